@@ -1,0 +1,65 @@
+package s3backend
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+)
+
+// CheckAccess sends one small listing of the prefix so that a mount with a
+// wrong bucket, endpoint or credentials fails at once with a clear Kind
+// (ErrNoSuchBucket, ErrInvalidCredentials, ErrAccessDenied, ErrUnavailable)
+// instead of on the first file access. Retries stop at ctx's deadline.
+func (s *Store) CheckAccess(ctx context.Context) error {
+	ctx, c := s.track(ctx, "", 0)
+	_, err := s.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{
+		Bucket: &s.bucket, Prefix: optional(s.prefix), MaxKeys: aws.Int32(1), RequestPayer: s.payer,
+	})
+	return s.wrap(ctx, c, "ListObjectsV2", "", err)
+}
+
+// ProbeConditionalWrites reports whether the endpoint enforces
+// If-None-Match on PUT. Some S3-compatible servers ignore the header and
+// overwrite silently, which would turn every conflict into a lost update;
+// the cache must know before it relies on 412s. The probe object is
+// deleted whatever happens.
+func (s *Store) ProbeConditionalWrites(ctx context.Context) (bool, error) {
+	var b [8]byte
+	rand.Read(b[:])
+	key := ".keelfs-probe-" + hex.EncodeToString(b[:])
+	created := false
+	create := func() error {
+		_, err := s.Put(ctx, PutInput{Key: key, Body: bytes.NewReader(nil), Cond: Condition{IfNoneMatch: true}})
+		created = created || err == nil
+		return err
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		// A failed delete matters only if the probe exists: on a
+		// read-only bucket the PUT failed too and there is nothing to say.
+		if err := s.Delete(dctx, key, Condition{}); err != nil && created {
+			s.log.Warn("could not delete conditional-write probe object", "key", key, "err", err)
+		}
+	}()
+	err := create()
+	if err == nil {
+		err = create()
+		if err == nil {
+			return false, nil
+		}
+	}
+	switch {
+	case errors.Is(err, ErrPrecondition):
+		return true, nil
+	case errors.Is(err, ErrNotImplemented), errors.Is(err, ErrInvalidRequest):
+		return false, nil
+	}
+	return false, err
+}
