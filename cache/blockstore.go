@@ -1,0 +1,421 @@
+package cache
+
+import (
+	"container/list"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
+)
+
+// Why block bytes live in files and not in badger: measured on this
+// project's machines, badger v4 kept 1 MiB values in its value log, which it
+// only reclaims from discard statistics that compactions produce. Block keys
+// are tiny, so compactions almost never run: 2 GiB of deleted blocks stayed
+// on disk, a second wave doubled it, and the memory-mapped log put 2 GiB in
+// the daemon's RSS. A cache must honour --cache-size, so badger keeps the
+// index (which blocks exist, their length and CRC) in the same transaction
+// as the inode record that refers to them, and each block's bytes are one
+// file, written under a temporary name and renamed into place so that a
+// crash leaves the old or the new content, never a torn block.
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+type blockID struct {
+	ino uint64
+	gen uint32
+	idx int64
+}
+
+// blockMeta is the index value of a block.
+type blockMeta struct {
+	Len uint32
+	CRC uint32
+}
+
+func (m blockMeta) marshal() []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint32(b, m.Len)
+	binary.BigEndian.PutUint32(b[4:], m.CRC)
+	return b
+}
+
+func unmarshalBlockMeta(b []byte) (blockMeta, error) {
+	if len(b) != 8 {
+		return blockMeta{}, errCorruptRecord
+	}
+	return blockMeta{Len: binary.BigEndian.Uint32(b), CRC: binary.BigEndian.Uint32(b[4:])}, nil
+}
+
+// diskSize is what a block of n bytes costs on disk, for the size budget.
+func diskSize(n uint32) int64 { return (int64(n) + 4095) &^ 4095 }
+
+// blockStore holds block bytes in files under dir and accounts for them.
+//
+// Lock order: blockStore.mu is a leaf; never call out while holding it.
+type blockStore struct {
+	dir   string
+	limit int64
+	log   logger
+
+	syncer groupSync
+
+	mu         sync.Mutex
+	spaceFreed *sync.Cond
+	lru        *list.List // of blockID, front = most recently used; clean blocks only
+	lruIndex   map[blockID]*list.Element
+	size       map[blockID]int64 // disk size of every block, clean or dirty
+	cleanBytes int64
+	dirtyBytes int64
+	db         *badger.DB
+	evictions  int64
+	// onPressure is called (without locks) when writers wait for dirty
+	// data to be uploaded.
+	onPressure func()
+}
+
+func newBlockStore(dir string, db *badger.DB, limit int64, log logger) (*blockStore, error) {
+	for _, d := range []string{dir, filepath.Join(dir, "tmp")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	bs := &blockStore{dir: dir, db: db, limit: limit, log: log, lru: list.New(),
+		lruIndex: make(map[blockID]*list.Element), size: make(map[blockID]int64)}
+	bs.spaceFreed = sync.NewCond(&bs.mu)
+	return bs, nil
+}
+
+func (bs *blockStore) path(id blockID) string {
+	return filepath.Join(bs.dir, fmt.Sprintf("%02x", byte(id.ino^id.ino>>8)),
+		fmt.Sprintf("%016x-%08x-%x", id.ino, id.gen, id.idx))
+}
+
+func parseBlockFile(name string) (blockID, bool) {
+	parts := strings.Split(name, "-")
+	if len(parts) != 3 {
+		return blockID{}, false
+	}
+	ino, e1 := strconv.ParseUint(parts[0], 16, 64)
+	gen, e2 := strconv.ParseUint(parts[1], 16, 32)
+	idx, e3 := strconv.ParseInt(parts[2], 16, 64)
+	if e1 != nil || e2 != nil || e3 != nil {
+		return blockID{}, false
+	}
+	return blockID{ino, uint32(gen), idx}, true
+}
+
+// write stores data as block id, replacing any previous content
+// atomically. The caller records the returned meta in the index in the
+// same transaction as the record that refers to the block.
+func (bs *blockStore) write(id blockID, data []byte) (blockMeta, error) {
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := filepath.Join(bs.dir, "tmp", hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return blockMeta{}, fmt.Errorf("cache block: %w", err)
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		dst := bs.path(id)
+		if err = os.Rename(tmp, dst); errors.Is(err, fs.ErrNotExist) {
+			if err = os.MkdirAll(filepath.Dir(dst), 0o700); err == nil {
+				err = os.Rename(tmp, dst)
+			}
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
+		if errors.Is(err, unix.ENOSPC) {
+			return blockMeta{}, ErrNoSpace
+		}
+		return blockMeta{}, fmt.Errorf("cache block: %w", err)
+	}
+	return blockMeta{Len: uint32(len(data)), CRC: crc32.Checksum(data, crcTable)}, nil
+}
+
+// read fills buf (at least meta.Len long) with block id and verifies it.
+// A missing file or a checksum mismatch is ErrCorrupt.
+func (bs *blockStore) read(id blockID, meta blockMeta, buf []byte) error {
+	f, err := os.Open(bs.path(id))
+	if err != nil {
+		return fmt.Errorf("%w: block %v: %v", ErrCorrupt, id, err)
+	}
+	defer f.Close()
+	n, err := io.ReadFull(f, buf[:meta.Len])
+	if err != nil || uint32(n) != meta.Len {
+		return fmt.Errorf("%w: block %v: short read: %v", ErrCorrupt, id, err)
+	}
+	if crc32.Checksum(buf[:n], crcTable) != meta.CRC {
+		return fmt.Errorf("%w: block %v: checksum mismatch", ErrCorrupt, id)
+	}
+	bs.touch(id)
+	return nil
+}
+
+// removeFile deletes a block's bytes; the caller deletes the index key.
+func (bs *blockStore) removeFile(id blockID) {
+	if err := os.Remove(bs.path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		bs.log.Warn("cache: remove block file", "err", err)
+	}
+}
+
+// added accounts for a block that now exists; dirty blocks are never
+// evicted.
+func (bs *blockStore) added(id blockID, n uint32, dirty bool) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	bs.forgetLocked(id)
+	sz := diskSize(n)
+	bs.size[id] = sz
+	if dirty {
+		bs.dirtyBytes += sz
+	} else {
+		bs.cleanBytes += sz
+		bs.lruIndex[id] = bs.lru.PushFront(id)
+	}
+}
+
+// markClean moves a block from the dirty to the clean (evictable) set.
+func (bs *blockStore) markClean(id blockID) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	sz, ok := bs.size[id]
+	if !ok {
+		return
+	}
+	if _, clean := bs.lruIndex[id]; clean {
+		return
+	}
+	bs.dirtyBytes -= sz
+	bs.cleanBytes += sz
+	bs.lruIndex[id] = bs.lru.PushFront(id)
+	bs.spaceFreed.Broadcast()
+}
+
+// removed forgets a block that was deleted.
+func (bs *blockStore) removed(id blockID) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	bs.forgetLocked(id)
+	bs.spaceFreed.Broadcast()
+}
+
+func (bs *blockStore) forgetLocked(id blockID) {
+	sz, ok := bs.size[id]
+	if !ok {
+		return
+	}
+	delete(bs.size, id)
+	if e, clean := bs.lruIndex[id]; clean {
+		bs.lru.Remove(e)
+		delete(bs.lruIndex, id)
+		bs.cleanBytes -= sz
+	} else {
+		bs.dirtyBytes -= sz
+	}
+}
+
+func (bs *blockStore) touch(id blockID) {
+	bs.mu.Lock()
+	if e, ok := bs.lruIndex[id]; ok {
+		bs.lru.MoveToFront(e)
+	}
+	bs.mu.Unlock()
+}
+
+func (bs *blockStore) usage() (clean, dirty int64) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return bs.cleanBytes, bs.dirtyBytes
+}
+
+// reserve makes room for a new block of n bytes. Clean blocks are evicted
+// first; if dirty data alone leaves no room, it waits for uploads (calling
+// onPressure so they start now) until ctx ends or wait passes, then fails
+// with ErrNoSpace. dirty says whether the block to come is dirty: a clean
+// block that does not fit is simply not cached (ok false, no error).
+func (bs *blockStore) reserve(ctx context.Context, n uint32, dirty bool, wait time.Duration) (ok bool, err error) {
+	need := diskSize(n)
+	deadline := time.Now().Add(wait)
+	for {
+		victims := bs.evictFor(need)
+		bs.dropVictims(victims)
+		bs.mu.Lock()
+		fits := bs.cleanBytes+bs.dirtyBytes+need <= bs.limit
+		dirtyFits := bs.dirtyBytes+need <= bs.limit
+		bs.mu.Unlock()
+		if fits {
+			return true, nil
+		}
+		if !dirty {
+			return false, nil
+		}
+		if dirtyFits {
+			continue // eviction raced with another reader; try again
+		}
+		if time.Now().After(deadline) {
+			return false, ErrNoSpace
+		}
+		if bs.onPressure != nil {
+			bs.onPressure()
+		}
+		if err := bs.waitFreed(ctx, time.Until(deadline)); err != nil {
+			return false, err
+		}
+	}
+}
+
+func (bs *blockStore) waitFreed(ctx context.Context, d time.Duration) error {
+	if d > time.Second {
+		d = time.Second
+	}
+	done := make(chan struct{})
+	t := time.AfterFunc(d, func() {
+		bs.mu.Lock()
+		bs.spaceFreed.Broadcast()
+		bs.mu.Unlock()
+	})
+	defer t.Stop()
+	go func() {
+		select {
+		case <-ctx.Done():
+			bs.mu.Lock()
+			bs.spaceFreed.Broadcast()
+			bs.mu.Unlock()
+		case <-done:
+		}
+	}()
+	bs.mu.Lock()
+	bs.spaceFreed.Wait()
+	bs.mu.Unlock()
+	close(done)
+	return ctx.Err()
+}
+
+// evictFor picks least recently used clean blocks until need more bytes fit
+// under the limit, and takes them out of the accounting.
+func (bs *blockStore) evictFor(need int64) []blockID {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	var victims []blockID
+	for bs.cleanBytes+bs.dirtyBytes+need > bs.limit {
+		e := bs.lru.Back()
+		if e == nil {
+			break
+		}
+		id := e.Value.(blockID)
+		victims = append(victims, id)
+		bs.forgetLocked(id)
+		bs.evictions++
+	}
+	return victims
+}
+
+func (bs *blockStore) dropVictims(victims []blockID) {
+	if len(victims) == 0 {
+		return
+	}
+	wb := bs.db.NewWriteBatch()
+	for _, id := range victims {
+		wb.Delete(blockKey(id.ino, id.gen, id.idx))
+	}
+	if err := wb.Flush(); err != nil {
+		bs.log.Warn("cache: evict blocks from index", "err", err)
+	}
+	for _, id := range victims {
+		bs.removeFile(id)
+	}
+}
+
+// sync makes every block written so far and the badger log durable.
+// Concurrent callers share one sync.
+func (bs *blockStore) sync() error {
+	return bs.syncer.do(func() error {
+		if err := bs.db.Sync(); err != nil {
+			return fmt.Errorf("cache sync: %w", err)
+		}
+		fd, err := unix.Open(bs.dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return fmt.Errorf("cache sync: %w", err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Syncfs(fd); err != nil {
+			return fmt.Errorf("cache sync: %w", err)
+		}
+		return nil
+	})
+}
+
+// groupSync lets concurrent callers share one expensive sync: each caller
+// returns after a sync that started after it called.
+type groupSync struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	running bool
+	started uint64
+	done    uint64
+	err     error
+}
+
+func (g *groupSync) do(fn func() error) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cond == nil {
+		g.cond = sync.NewCond(&g.mu)
+	}
+	need := g.started + 1
+	for g.done < need {
+		if g.running {
+			g.cond.Wait()
+			continue
+		}
+		g.running = true
+		g.started++
+		mine := g.started
+		g.mu.Unlock()
+		err := fn()
+		g.mu.Lock()
+		g.running = false
+		g.done, g.err = mine, err
+		g.cond.Broadcast()
+	}
+	return g.err
+}
+
+// scanFiles removes block files that the index does not know (a crash
+// between writing a file and committing its record) and temporary files.
+func (bs *blockStore) scanFiles(known func(blockID) bool) error {
+	os.RemoveAll(filepath.Join(bs.dir, "tmp"))
+	if err := os.MkdirAll(filepath.Join(bs.dir, "tmp"), 0o700); err != nil {
+		return err
+	}
+	return filepath.WalkDir(bs.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		id, ok := parseBlockFile(d.Name())
+		if !ok || !known(id) {
+			os.Remove(p)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,60 @@
+// Package cache is the local state of a keelfs mount and the write-back
+// that brings S3 up to date with it. It knows nothing of FUSE (fs/ adapts
+// it) nor of the AWS SDK (it talks to an s3backend.ObjectStore).
+//
+// # Records
+//
+// A badger store in the cache directory holds one record per inode (file,
+// directory, symlink), the directory entries, the journal and the block
+// index; see keys.go for the layout. Inode numbers are a hash of the path
+// at first sight and then stay with the inode, in the store, across
+// remounts. Names and attributes are trusted for the metadata TTL: a
+// directory is filled from one ListObjectsV2 walk, the x-amz-meta-*
+// headers of each object version are read by HEAD once (many at once) and
+// kept with the record, so neither a second listing within the TTL nor a
+// remount pays for them again.
+//
+// # Blocks
+//
+// File content is cut into blocks of BlockSize. A file's block map (Runs)
+// says, for each block, which generation holds it: a generation is one
+// version of content of one inode, either read from an object version
+// (clean: the block may be evicted and fetched again from that exact
+// version, If-Match its ETag) or written here (dirty: never evicted). A new
+// ETag from another writer gives the file a new generation, so a block of
+// the old object is never served as part of the new one. The bytes live in
+// files under blocks/, indexed in badger (see blockstore.go for why they
+// are not badger values). Clean blocks are evicted least recently used to
+// keep the cache within CacheSize; when dirty data alone fills it, writers
+// wait for uploads and then get ErrNoSpace.
+//
+// # Journal
+//
+// An inode with work pending (content or attributes not in S3, a name that
+// moved away from its object, an unlink) has a journal entry j/<ino>, set
+// in the same transaction as the change. A deleted object waits as a
+// tombstone t/<key>. An object key that an inode still needs after a
+// rename or unlink is claimed (k/<key>) so that nothing else writes it
+// first and listings do not show it twice. The uploader (uploader.go,
+// reconcile.go) works the journal off; Open resumes what a previous
+// process left, so a crash or kill -9 loses nothing that reached the cache.
+//
+// # Durability
+//
+// Writes go to a one-block buffer per file and then to the block store.
+// Flush (close) makes them durable in the cache (badger Sync and syncfs);
+// Fsync waits until the upload that contains them has landed. Uploads are
+// conditional on the ETag the edit started from (If-Match) or on absence
+// (If-None-Match); a 412 from another writer keeps both versions, the local
+// one as NAME.conflict-HOST-TIME.
+//
+// # Locking
+//
+// See Cache: nsMu (namespace) before inodeState.mu before statesMu. No lock
+// is held across an S3 request or while waiting for cache space.
+//
+// # Errors
+//
+// Functions return the sentinel errors of errors.go, or errors wrapping
+// s3backend's; fs/errno.go maps both to errnos.
+package cache

@@ -1,0 +1,812 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/keelfs/keelfs/s3backend"
+)
+
+// writeBuf holds the one block of a file that writes are filling, so that a
+// sequential writer costs one block write per block and not one per
+// request. It reaches the block store when a write moves to another block,
+// on flush, fsync, close, truncate and before an upload.
+type writeBuf struct {
+	idx    int64
+	gen    uint32
+	data   []byte // full block size
+	pooled bool   // counted in bufferBudget
+}
+
+// bufferBudget bounds the memory held by write buffers of all files.
+type bufferBudget struct {
+	mu    sync.Mutex
+	limit int64
+	used  int64
+	pool  sync.Pool
+}
+
+func newBufferBudget(limit int64) *bufferBudget { return &bufferBudget{limit: limit} }
+
+// get returns a zeroed block buffer, or nil when the budget is spent (the
+// writer then writes through).
+func (b *bufferBudget) get(size int64) []byte {
+	b.mu.Lock()
+	if b.used+size > b.limit {
+		b.mu.Unlock()
+		return nil
+	}
+	b.used += size
+	b.mu.Unlock()
+	if p, ok := b.pool.Get().(*[]byte); ok && int64(len(*p)) == size {
+		clear(*p)
+		return *p
+	}
+	return make([]byte, size)
+}
+
+func (b *bufferBudget) release(w *writeBuf) {
+	if w.pooled {
+		b.put(w.data)
+	}
+}
+
+func (b *bufferBudget) put(buf []byte) {
+	b.mu.Lock()
+	b.used -= int64(len(buf))
+	b.mu.Unlock()
+	b.pool.Put(&buf)
+}
+
+// Handle is an open file.
+type Handle struct {
+	c     *Cache
+	st    *inodeState
+	write bool
+	// The content version at open. If another writer's version replaces
+	// the file while it is open, this handle keeps reading the version it
+	// opened (from the cache, or from S3 while that version is still
+	// there) and never a mix of the two.
+	ver  uint64
+	snap *Inode
+}
+
+// OpenResult tells the kernel layer how to treat the open file.
+type OpenResult struct {
+	// ContentVer identifies the content; the kernel's page cache from an
+	// earlier open is valid only while it is unchanged.
+	ContentVer uint64
+}
+
+// Open opens a file. A clean file whose attributes are older than the TTL
+// is revalidated first (HEAD, ETag compare), so an open after another
+// mount's upload sees the new content (close-to-open).
+func (c *Cache) Open(ctx context.Context, ino uint64, write, trunc bool) (*Handle, OpenResult, error) {
+	if write && c.opt.ReadOnly {
+		return nil, OpenResult{}, ErrReadOnly
+	}
+	n, err := c.snapshot(ino)
+	if err != nil {
+		return nil, OpenResult{}, err
+	}
+	if n.Kind == KindDir {
+		return nil, OpenResult{}, ErrIsDir
+	}
+	if n.Kind == KindFile && !c.fresh(n) {
+		if _, err := c.revalidate(ctx, ino); err != nil {
+			return nil, OpenResult{}, err
+		}
+	}
+	if trunc && write {
+		if err := c.Truncate(ctx, ino, 0); err != nil {
+			return nil, OpenResult{}, err
+		}
+	}
+	st, err := c.acquire(ino)
+	if err != nil {
+		return nil, OpenResult{}, err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.rec == nil {
+		c.release(st)
+		return nil, OpenResult{}, ErrNotExist
+	}
+	st.handles++
+	if write {
+		st.writers++
+	}
+	h := &Handle{c: c, st: st, write: write, ver: st.rec.ContentVer}
+	if !write {
+		h.snap = st.rec.clone()
+	}
+	return h, OpenResult{ContentVer: st.rec.ContentVer}, nil
+}
+
+// Ino returns the inode number of the open file.
+func (h *Handle) Ino() uint64 { return h.st.ino }
+
+// Read reads up to len(dest) bytes at off. It returns fewer only at the end
+// of the file.
+func (h *Handle) Read(ctx context.Context, dest []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, ErrInvalid
+	}
+	c, st := h.c, h.st
+	bs := c.opt.BlockSize
+	st.mu.Lock()
+	if st.rec == nil {
+		st.mu.Unlock()
+		return 0, ErrStale
+	}
+	src := h.sourceLocked()
+	size := src.Size
+	st.mu.Unlock()
+	if off >= size || len(dest) == 0 {
+		return 0, nil
+	}
+	end := min(off+int64(len(dest)), size)
+	c.readAheadFor(st, src, off, end)
+	n := 0
+	for pos := off; pos < end; {
+		idx := pos / bs
+		blockOff := pos - idx*bs
+		data, release, err := c.readBlock(ctx, h, idx)
+		if err != nil {
+			if n > 0 {
+				return n, nil
+			}
+			return 0, err
+		}
+		want := min(end-pos, bs-blockOff)
+		var copied int64
+		if blockOff < int64(len(data)) {
+			copied = int64(copy(dest[n:n+int(want)], data[blockOff:]))
+		}
+		clear(dest[n+int(copied) : n+int(want)]) // short block: zeros past its end
+		release()
+		n += int(want)
+		pos += want
+	}
+	return n, nil
+}
+
+// sourceLocked returns the record reads should follow: the live one, or
+// the version this handle opened if another writer's replaced it.
+func (h *Handle) sourceLocked() *Inode {
+	rec := h.st.rec
+	if rec.ContentVer == h.ver || h.write {
+		return rec
+	}
+	return h.snap
+}
+
+// blockSource is where the content of one block comes from.
+type blockSource struct {
+	id    blockID
+	hole  bool // reads as zeros
+	dirty bool // must be in the block store
+	key   string
+	etag  string
+	rsize int64
+}
+
+func (c *Cache) sourceOf(rec *Inode, idx int64) blockSource {
+	run, ok := runAt(rec.Runs, idx)
+	if !ok || run.Gen == 0 {
+		return blockSource{hole: true}
+	}
+	return blockSource{id: blockID{rec.Ino, run.Gen, idx}, dirty: run.Dirty,
+		key: rec.RemoteKey, etag: rec.ETag, rsize: rec.RemoteSize}
+}
+
+var zeroBlock []byte
+
+// readBlock returns the content of block idx as seen through h. release
+// must be called when the caller is done with data.
+func (c *Cache) readBlock(ctx context.Context, h *Handle, idx int64) (data []byte, release func(), err error) {
+	st := h.st
+	st.mu.Lock()
+	if st.rec == nil {
+		st.mu.Unlock()
+		return nil, nil, ErrStale
+	}
+	rec := h.sourceLocked()
+	if rec == st.rec && st.buf != nil && st.buf.idx == idx {
+		out := c.getBlockBuf()
+		copy(out, st.buf.data)
+		st.mu.Unlock()
+		return out, func() { c.putBlockBuf(out) }, nil
+	}
+	src := c.sourceOf(rec, idx)
+	st.mu.Unlock()
+	return c.loadBlock(ctx, src)
+}
+
+// loadBlock reads a block from the store, or from S3 for a clean block
+// that is not cached.
+func (c *Cache) loadBlock(ctx context.Context, src blockSource) ([]byte, func(), error) {
+	if src.hole {
+		if zeroBlock == nil || int64(len(zeroBlock)) != c.opt.BlockSize {
+			zeroBlock = make([]byte, c.opt.BlockSize)
+		}
+		return zeroBlock, func() {}, nil
+	}
+	buf := c.getBlockBuf()
+	release := func() { c.putBlockBuf(buf) }
+	meta, found, err := c.blockMeta(src.id)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	if found {
+		if err := c.blocks.read(src.id, meta, buf); err == nil {
+			c.stats.CacheHits.Add(1)
+			return buf[:meta.Len], release, nil
+		} else if src.dirty {
+			release()
+			c.log.Error("cache: block of data not yet uploaded is unreadable", "err", err)
+			return nil, nil, err
+		} else {
+			c.log.Warn("cache: dropping unreadable cached block", "err", err)
+			c.deleteBlocks([]blockID{src.id})
+		}
+	} else if src.dirty {
+		release()
+		c.log.Error("cache: block of data not yet uploaded is missing", "block", fmt.Sprint(src.id))
+		return nil, nil, fmt.Errorf("%w: dirty block %v missing", ErrCorrupt, src.id)
+	}
+	release()
+	if src.key == "" {
+		return nil, nil, ErrStale
+	}
+	c.stats.CacheMisses.Add(1)
+	return c.fetchBlock(ctx, src)
+}
+
+func (c *Cache) blockMeta(id blockID) (blockMeta, bool, error) {
+	var m blockMeta
+	found := false
+	err := c.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(blockKey(id.ino, id.gen, id.idx))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		found = true
+		return it.Value(func(v []byte) error {
+			m, err = unmarshalBlockMeta(v)
+			return err
+		})
+	})
+	return m, found, err
+}
+
+var blockPool sync.Pool
+
+func (c *Cache) getBlockBuf() []byte {
+	if p, ok := blockPool.Get().(*[]byte); ok && int64(len(*p)) == c.opt.BlockSize {
+		return *p
+	}
+	return make([]byte, c.opt.BlockSize)
+}
+
+func (c *Cache) putBlockBuf(b []byte) {
+	if int64(cap(b)) == c.opt.BlockSize {
+		b = b[:cap(b)]
+		blockPool.Put(&b)
+	}
+}
+
+// Write writes data at off. Every byte lands in the block store before the
+// next flush, fsync or close returns.
+func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error) {
+	if !h.write {
+		return 0, syscall.EBADF
+	}
+	if off < 0 {
+		return 0, ErrInvalid
+	}
+	if off+int64(len(data)) > s3backend.MaxObjectSize {
+		return 0, ErrFileTooBig
+	}
+	c, st := h.c, h.st
+	bs := c.opt.BlockSize
+	n := 0
+	for n < len(data) {
+		pos := off + int64(n)
+		idx := pos / bs
+		blockOff := pos - idx*bs
+		chunk := data[n:min(len(data), n+int(bs-blockOff))]
+		if err := c.writeBlock(ctx, st, idx, func(b []byte) { copy(b[blockOff:], chunk) },
+			blockOff == 0 && int64(len(chunk)) == bs, pos+int64(len(chunk))); err != nil {
+			if n > 0 {
+				break
+			}
+			return 0, err
+		}
+		n += len(chunk)
+	}
+	st.mu.Lock()
+	first := false
+	if st.rec != nil {
+		now := c.now()
+		st.rec.Mtime, st.rec.Ctime = now, now
+		first = st.rec.Pending&pendData == 0
+		st.rec.Pending |= pendData
+		st.noteDataChange()
+	}
+	st.mu.Unlock()
+	if first {
+		c.up.notify(st.ino) // so an open file idle for WriteBackDelay is uploaded
+	}
+	return n, nil
+}
+
+// writeBlock applies patch to block idx of st's file, in the write buffer,
+// and grows the file to growTo if it is shorter. whole says the patch
+// overwrites the entire block, so its old content need not be read.
+func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch func([]byte), whole bool, growTo int64) error {
+	reserved := false
+	for {
+		pooled := false
+		st.mu.Lock()
+		rec := st.rec
+		if rec == nil {
+			st.mu.Unlock()
+			return ErrStale
+		}
+		if b := st.buf; b != nil && b.idx == idx && b.gen == rec.OpenGen && rec.OpenGen != 0 {
+			patch(b.data)
+			rec.Size = max(rec.Size, growTo)
+			st.mu.Unlock()
+			return nil
+		}
+		if st.buf != nil {
+			if err := c.flushBufLocked(st); err != nil {
+				st.mu.Unlock()
+				return err
+			}
+		}
+		src := c.sourceOf(rec, idx)
+		inOpenGen := !src.hole && src.dirty && src.id.gen == rec.OpenGen && rec.OpenGen != 0
+		if !inOpenGen && !reserved {
+			// A new dirty block: make room first, without the lock.
+			st.mu.Unlock()
+			if _, err := c.blocks.reserve(ctx, uint32(c.opt.BlockSize), true, c.spaceWait()); err != nil {
+				return err
+			}
+			reserved = true
+			continue
+		}
+		var base []byte
+		if !whole && !src.hole {
+			local := src.dirty
+			if !local {
+				_, found, err := c.blockMeta(src.id)
+				if err != nil {
+					st.mu.Unlock()
+					return err
+				}
+				local = found
+			}
+			if !local {
+				// The old content is only in S3: fetch it without the lock,
+				// then start over (the file may have changed meanwhile).
+				st.mu.Unlock()
+				_, release, err := c.loadBlock(ctx, src)
+				if err != nil {
+					return err
+				}
+				release()
+				continue
+			}
+			data, release, err := c.loadBlock(ctx, src)
+			if err != nil {
+				st.mu.Unlock()
+				if errors.Is(err, ErrCorrupt) && !src.dirty {
+					continue // dropped a bad clean block; fetch again
+				}
+				return err
+			}
+			base = c.bufMem.get(c.opt.BlockSize)
+			pooled = base != nil
+			if base == nil {
+				base = make([]byte, c.opt.BlockSize)
+			}
+			copy(base, data)
+			release()
+		}
+		if rec.OpenGen == 0 {
+			rec.NextGen++
+			rec.OpenGen = rec.NextGen
+		}
+		buf := base
+		if buf == nil {
+			buf = c.bufMem.get(c.opt.BlockSize)
+			pooled = buf != nil
+			if buf == nil {
+				buf = make([]byte, c.opt.BlockSize)
+			}
+		}
+		patch(buf)
+		rec.Size = max(rec.Size, growTo)
+		st.buf = &writeBuf{idx: idx, gen: rec.OpenGen, data: buf, pooled: pooled}
+		var err error
+		if !pooled {
+			// Over the memory budget: write through.
+			err = c.flushBufLocked(st)
+		}
+		st.mu.Unlock()
+		return err
+	}
+}
+
+// spaceWait is how long a writer waits for uploads to make room before it
+// gets ENOSPC.
+func (c *Cache) spaceWait() time.Duration { return 60 * time.Second }
+
+// flushBufLocked stores the write buffer as a dirty block and records it in
+// the block map, in one transaction. st.mu is held.
+func (c *Cache) flushBufLocked(st *inodeState) error {
+	b := st.buf
+	if b == nil {
+		return nil
+	}
+	rec := st.rec
+	if rec == nil {
+		c.bufMem.release(b)
+		st.buf = nil
+		return nil
+	}
+	bs := c.opt.BlockSize
+	// Only the part inside the file is stored.
+	n := min(bs, max(0, rec.Size-b.idx*bs))
+	id := blockID{rec.Ino, b.gen, b.idx}
+	meta, err := c.blocks.write(id, b.data[:n])
+	if err != nil {
+		return err
+	}
+	old := rec.clone()
+	rec.Runs = setBlock(rec.Runs, b.idx, b.gen, true)
+	rec.Runs = truncateRuns(rec.Runs, (rec.Size+bs-1)/bs)
+	rec.Pending |= pendData
+	err = update(c.db, func(txn *badger.Txn) error {
+		if err := txn.Set(blockKey(id.ino, id.gen, id.idx), meta.marshal()); err != nil {
+			return err
+		}
+		return putInode(txn, old, rec)
+	})
+	if err != nil {
+		rec.Runs = old.Runs
+		c.blocks.removeFile(id)
+		return fmt.Errorf("cache commit: %w", err)
+	}
+	c.blocks.added(id, meta.Len, true)
+	c.bufMem.release(b)
+	st.buf = nil
+	return nil
+}
+
+// persistDataLocked stores the record after a data change that did not go
+// through a buffer flush (size, mtime).
+func (c *Cache) persistDataLocked(st *inodeState) error {
+	rec := st.rec
+	return update(c.db, func(txn *badger.Txn) error { return putInode(txn, nil, rec) })
+}
+
+// Truncate sets a file's size. Growing adds a hole; shrinking drops blocks
+// past the end and zeroes the tail of the last one.
+func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
+	if c.opt.ReadOnly {
+		return ErrReadOnly
+	}
+	if size < 0 {
+		return ErrInvalid
+	}
+	if size > s3backend.MaxObjectSize {
+		return ErrFileTooBig
+	}
+	st, err := c.acquire(ino)
+	if err != nil {
+		return err
+	}
+	defer c.release(st)
+	bs := c.opt.BlockSize
+	st.mu.Lock()
+	if st.rec == nil {
+		st.mu.Unlock()
+		return ErrNotExist
+	}
+	if st.rec.Kind == KindDir {
+		st.mu.Unlock()
+		return ErrIsDir
+	}
+	if st.rec.Kind != KindFile {
+		st.mu.Unlock()
+		return ErrInvalid
+	}
+	oldSize := st.rec.Size
+	st.mu.Unlock()
+	if size < oldSize && size%bs != 0 {
+		// Zero the tail of the new last block, so that growing the file
+		// again reads zeros there.
+		tail := size % bs
+		if err := c.writeBlock(ctx, st, size/bs, func(b []byte) { clear(b[tail:]) }, false, 0); err != nil {
+			return err
+		}
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	rec := st.rec
+	if rec == nil {
+		return ErrNotExist
+	}
+	if st.buf != nil && st.buf.idx*bs >= size {
+		c.bufMem.release(st.buf)
+		st.buf = nil
+	}
+	if size < rec.Size {
+		rec.Runs = truncateRuns(rec.Runs, (size+bs-1)/bs)
+	} else {
+		rec.Runs = extendRuns(rec.Runs, (size+bs-1)/bs)
+	}
+	rec.Size = size
+	now := c.now()
+	rec.Mtime, rec.Ctime = now, now
+	rec.Pending |= pendData
+	if err := c.flushBufLocked(st); err != nil {
+		return err
+	}
+	if err := c.persistDataLocked(st); err != nil {
+		return err
+	}
+	st.noteDataChange()
+	c.up.notify(ino)
+	if !st.uploading {
+		go c.dropUnusedBlocks(ino)
+	}
+	return nil
+}
+
+// Allocate implements fallocate: mode 0 grows the file (as a hole, since S3
+// has nothing to preallocate); KEEP_SIZE is accepted and does nothing.
+func (h *Handle) Allocate(ctx context.Context, off, length int64, mode uint32) error {
+	const keepSize = 0x01
+	if mode&^keepSize != 0 {
+		return syscall.EOPNOTSUPP
+	}
+	if off < 0 || length <= 0 {
+		return ErrInvalid
+	}
+	if mode&keepSize != 0 {
+		return nil
+	}
+	h.st.mu.Lock()
+	size := h.st.rec.Size
+	h.st.mu.Unlock()
+	if off+length > size {
+		return h.c.Truncate(ctx, h.st.ino, off+length)
+	}
+	return nil
+}
+
+// Flush is called at every close of a descriptor. It returns once the
+// written data is durable in the cache; with SyncOnClose, once it is in S3.
+func (h *Handle) Flush(ctx context.Context) error {
+	if !h.write {
+		return nil
+	}
+	c, st := h.c, h.st
+	st.mu.Lock()
+	if st.rec == nil {
+		st.mu.Unlock()
+		return nil
+	}
+	err := c.flushBufLocked(st)
+	if err == nil && st.rec.Pending&pendData != 0 {
+		err = c.persistDataLocked(st)
+	}
+	dirty := st.rec.needsWork()
+	st.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if !dirty {
+		return nil
+	}
+	if err := c.blocks.sync(); err != nil {
+		return err
+	}
+	if c.opt.SyncOnClose {
+		return c.syncFile(ctx, st)
+	}
+	return nil
+}
+
+// Fsync returns once the file is in S3, or with ErrUploadFailed.
+func (h *Handle) Fsync(ctx context.Context) error {
+	c, st := h.c, h.st
+	st.mu.Lock()
+	if st.rec == nil {
+		st.mu.Unlock()
+		return nil
+	}
+	err := c.flushBufLocked(st)
+	if err == nil && st.rec.Pending&pendData != 0 {
+		err = c.persistDataLocked(st)
+	}
+	st.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := c.blocks.sync(); err != nil {
+		return err
+	}
+	return c.syncFile(ctx, st)
+}
+
+// Release closes the handle. The last release of an unlinked file deletes
+// it; the last writer's release starts the write-back clock.
+func (h *Handle) Release(ctx context.Context) error {
+	c, st := h.c, h.st
+	st.mu.Lock()
+	var err error
+	if st.rec != nil && h.write {
+		err = c.flushBufLocked(st)
+		if err == nil && st.rec.Pending&pendData != 0 {
+			err = c.persistDataLocked(st)
+		}
+	}
+	st.handles--
+	if h.write {
+		st.writers--
+	}
+	last := st.handles == 0
+	unlinked := st.rec != nil && st.rec.Unlinked
+	needs := st.rec != nil && st.rec.needsWork()
+	if h.write && st.writers == 0 {
+		st.lastChange = time.Now()
+	}
+	st.mu.Unlock()
+	if last && unlinked {
+		c.finalizeIfIdle(st.ino)
+	} else if needs {
+		c.up.notify(st.ino)
+	}
+	if last {
+		go c.dropUnusedBlocks(st.ino)
+	}
+	c.release(st)
+	return err
+}
+
+// finalizeIfIdle deletes an unlinked inode once no handle or upload uses
+// it.
+func (c *Cache) finalizeIfIdle(ino uint64) {
+	c.nsMu.Lock()
+	defer c.nsMu.Unlock()
+	t := c.beginNS()
+	n, err := t.get(ino)
+	if err != nil {
+		t.abort()
+		return
+	}
+	st := t.state(ino)
+	if !n.Unlinked || st.handles > 0 || st.uploading {
+		t.abort()
+		return
+	}
+	c.finalizeLocked(t, n)
+	if err := t.commit(); err != nil {
+		c.log.Error("cache: delete unlinked file", "err", err)
+	}
+}
+
+// noteDataChange counts a change of content or size (st.mu held).
+func (st *inodeState) noteDataChange() {
+	st.changes++
+	st.dataChanges++
+	st.lastChange = time.Now()
+	if st.dirtySince.IsZero() {
+		st.dirtySince = st.lastChange
+	}
+}
+
+// flushAllBuffers stores every pending write buffer (at Close).
+func (c *Cache) flushAllBuffers() {
+	c.statesMu.Lock()
+	states := make([]*inodeState, 0, len(c.states))
+	for _, st := range c.states {
+		states = append(states, st)
+	}
+	c.statesMu.Unlock()
+	for _, st := range states {
+		st.mu.Lock()
+		if st.buf != nil {
+			if err := c.flushBufLocked(st); err != nil {
+				c.log.Error("cache: store written data at close", "err", err)
+			}
+		}
+		st.mu.Unlock()
+	}
+}
+
+// dropUnusedBlocks deletes blocks of ino that nothing refers to any more:
+// not the block map, not an open handle's version, not an upload in
+// flight.
+func (c *Cache) dropUnusedBlocks(ino uint64) {
+	c.statesMu.Lock()
+	st := c.states[ino]
+	if st != nil {
+		st.refs++
+	}
+	c.statesMu.Unlock()
+	var keep map[uint32]bool
+	if st != nil {
+		st.mu.Lock()
+		if st.rec == nil || st.uploading || st.handles > 0 {
+			st.mu.Unlock()
+			c.release(st)
+			return
+		}
+		keep = gensOf(st.rec.Runs)
+		st.mu.Unlock()
+		defer c.release(st)
+	} else {
+		rec, err := c.loadInode(ino)
+		if err != nil {
+			if errors.Is(err, ErrNotExist) {
+				c.dropBlocks(ino, nil)
+			}
+			return
+		}
+		keep = gensOf(rec.Runs)
+	}
+	c.dropBlocks(ino, keep)
+}
+
+// dropBlocks deletes the blocks of ino whose generation is not in keep
+// (all of them when keep is nil).
+func (c *Cache) dropBlocks(ino uint64, keep map[uint32]bool) {
+	var ids []blockID
+	c.db.View(func(txn *badger.Txn) error {
+		prefix := blockPrefix(ino)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+			_, gen, idx, ok := parseBlockKey(it.Item().Key())
+			if ok && !keep[gen] {
+				ids = append(ids, blockID{ino, gen, idx})
+			}
+		}
+		return nil
+	})
+	c.deleteBlocks(ids)
+}
+
+func (c *Cache) deleteBlocks(ids []blockID) {
+	if len(ids) == 0 {
+		return
+	}
+	wb := c.db.NewWriteBatch()
+	for _, id := range ids {
+		wb.Delete(blockKey(id.ino, id.gen, id.idx))
+	}
+	if err := wb.Flush(); err != nil {
+		c.log.Warn("cache: delete blocks", "err", err)
+		return
+	}
+	for _, id := range ids {
+		c.blocks.removeFile(id)
+		c.blocks.removed(id)
+	}
+}

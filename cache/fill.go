@@ -1,0 +1,826 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/keelfs/keelfs/s3backend"
+)
+
+// flight runs one call per key at a time; callers that arrive while it
+// runs wait for it and share its result.
+type flight struct {
+	mu sync.Mutex
+	m  map[uint64]*flightCall
+}
+
+type flightCall struct {
+	done chan struct{}
+	err  error
+}
+
+func (f *flight) do(key uint64, fn func() error) error {
+	f.mu.Lock()
+	if f.m == nil {
+		f.m = make(map[uint64]*flightCall)
+	}
+	if call, ok := f.m[key]; ok {
+		f.mu.Unlock()
+		<-call.done
+		return call.err
+	}
+	call := &flightCall{done: make(chan struct{})}
+	f.m[key] = call
+	f.mu.Unlock()
+	call.err = fn()
+	f.mu.Lock()
+	delete(f.m, key)
+	f.mu.Unlock()
+	close(call.done)
+	return call.err
+}
+
+// fill lists a directory in S3 and merges the result into the cache: one
+// ListObjectsV2 walk for all names, sizes and ETags, then a HEAD for each
+// object version whose headers are not known yet, many at once. Local
+// changes not yet in S3 always win over what the listing says.
+func (c *Cache) fill(ctx context.Context, ino uint64) error {
+	return c.fills.do(ino, func() error { return c.doFill(ctx, ino) })
+}
+
+func (c *Cache) doFill(ctx context.Context, ino uint64) error {
+	dir, err := c.snapshot(ino)
+	if err != nil {
+		return err
+	}
+	if dir.Kind != KindDir {
+		return ErrNotDir
+	}
+	start := c.nextSeq()
+	epoch := start
+	prefix := dirPrefix(dir.Path)
+	heads := c.newHeadPool(ctx)
+	var (
+		batch    []s3backend.ListEntry
+		deferred []s3backend.ListEntry
+		count    uint32
+		stale    bool
+	)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		d, ok, err := c.mergeBatch(ino, prefix, batch, epoch, start, heads)
+		deferred = append(deferred, d...)
+		batch = batch[:0]
+		if err == nil && !ok {
+			stale = true
+			return errListingStale
+		}
+		return err
+	}
+	err = c.store.List(ctx, s3backend.ListInput{Prefix: prefix, Delimiter: "/"}, func(e s3backend.ListEntry) error {
+		count++
+		batch = append(batch, e)
+		if len(batch) >= 256 {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	heads.close()
+	if stale {
+		return nil // the directory moved while it was listed; the next access lists the new place
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.sweep(ino, epoch, start); err != nil {
+		return err
+	}
+	if len(deferred) > 0 {
+		heads = c.newHeadPool(ctx)
+		_, _, err := c.mergeBatch(ino, prefix, deferred, epoch, start, heads)
+		heads.close()
+		if err != nil {
+			return err
+		}
+	}
+	c.nsMu.Lock()
+	defer c.nsMu.Unlock()
+	t := c.beginNS()
+	d, err := t.get(ino)
+	if err != nil {
+		t.abort()
+		return err
+	}
+	if d.Path != dir.Path {
+		t.abort()
+		return nil
+	}
+	d.ListedUntil = c.now() + int64(c.opt.MetadataTTL)
+	d.FillEpoch = epoch
+	d.Entries = count
+	return t.commit()
+}
+
+var errListingStale = errors.New("listing stale")
+
+// local reports whether an inode's state must not be replaced by what a
+// listing that started at sequence start says: it has changes S3 has not
+// seen, an upload in flight, or S3 learned of it after the listing began.
+func local(n *Inode, start uint64) bool {
+	return busy(n) || n.SyncedSeq > start
+}
+
+// busy reports local changes S3 has not seen, or an upload in flight.
+func busy(n *Inode) bool { return n.needsWork() || n.UploadKey != "" }
+
+// mergeBatch merges listed entries of directory ino. ok is false if the
+// directory moved since the listing began (its result must be dropped).
+// Objects whose name is taken by a directory entry not yet confirmed by
+// this listing are returned, to be decided after the sweep.
+func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEntry, epoch, start uint64, heads *headPool) (deferred []s3backend.ListEntry, ok bool, err error) {
+	var jobs []headJob
+	defer func() { heads.add(jobs...) }()
+	c.nsMu.Lock()
+	defer c.nsMu.Unlock()
+	t := c.beginNS()
+	dir, err := t.get(ino)
+	if err != nil {
+		t.abort()
+		return nil, false, err
+	}
+	if dirPrefix(dir.Path) != prefix || dir.Unlinked {
+		t.abort()
+		return nil, false, nil
+	}
+	for _, e := range entries {
+		if !e.IsPrefix && e.Key == prefix {
+			c.mergeMarker(t, dir, e, start)
+			continue
+		}
+		name, valid := nameFromListing(prefix, e.Key, e.IsPrefix)
+		if !valid {
+			c.logBadKey(e.Key)
+			continue
+		}
+		if d, err := c.mergeEntry(t, dir, name, e, nil, epoch, start); err != nil {
+			t.abort()
+			return nil, false, err
+		} else if d {
+			deferred = append(deferred, e)
+		}
+	}
+	if err := t.commit(); err != nil {
+		return nil, false, err
+	}
+	jobs = t.heads
+	return deferred, true, nil
+}
+
+// mergeMarker notes a directory's own marker object.
+func (c *Cache) mergeMarker(t *nsTx, dir *Inode, e s3backend.ListEntry, start uint64) {
+	if local(dir, start) || dir.Ino == RootIno {
+		return
+	}
+	if dir.RemoteKey == e.Key && dir.ETag == e.ETag {
+		return
+	}
+	dir.RemoteKey, dir.ETag, dir.AttrsKnown = e.Key, e.ETag, false
+	t.head(dir.Ino, e.Key, e.ETag)
+}
+
+// mergeEntry merges one listed entry (or a HEAD result, info) into dir.
+// It returns deferred=true for an object shadowed by a directory entry that
+// this listing has not confirmed yet.
+func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEntry, info *s3backend.ObjectInfo, epoch, start uint64) (deferred bool, err error) {
+	key := e.Key
+	d, exists, err := t.dentry(dir.Ino, name)
+	if err != nil {
+		return false, err
+	}
+	if exists {
+		child, err := t.get(d.Ino)
+		if err != nil {
+			return false, err
+		}
+		seen := func() {
+			if epoch != 0 {
+				d.Epoch = epoch
+				t.setDentry(dir.Ino, name, d)
+			}
+			if info != nil {
+				child.ValidUntil = c.now() + int64(c.opt.MetadataTTL)
+			}
+		}
+		if local(child, start) {
+			seen()
+			return false, nil
+		}
+		switch {
+		case e.IsPrefix && child.Kind == KindDir:
+			if child.RemoteKey == "" {
+				child.RemoteKey = key
+			}
+			seen()
+			return false, nil
+		case e.IsPrefix:
+			// A file and a directory of the same name: the directory wins.
+			c.logShadowed(strings.TrimSuffix(key, "/"))
+			if err := c.removeEntryLocked(t, dir, name, child); err != nil {
+				return false, err
+			}
+		case child.Kind == KindDir:
+			if epoch == 0 || d.Epoch == epoch {
+				c.logShadowed(key)
+				return false, nil
+			}
+			return true, nil
+		case child.RemoteKey == key && child.ETag == e.ETag && (info == nil || child.AttrsKnown):
+			seen()
+			return false, nil
+		default:
+			c.newVersionLocked(t, child, key, e, info)
+			seen()
+			return false, nil
+		}
+	}
+	// Not known here. Keys held by an inode that moved away, or waiting to
+	// be deleted, stay hidden.
+	if claimed, err := c.claimed(key); err != nil || claimed {
+		return false, err
+	}
+	path := childPath(dir.Path, name)
+	ino, err := c.allocIno(t, path)
+	if err != nil {
+		return false, err
+	}
+	now := c.now()
+	rec := &Inode{Ino: ino, Gen: c.nextSeq(), Parent: dir.Ino, Name: name, Path: path,
+		UID: c.opt.UID, GID: c.opt.GID, Ctime: now, RemoteKey: key, SyncedSeq: 0}
+	if e.IsPrefix {
+		rec.Kind, rec.Perm, rec.Mtime = KindDir, c.opt.DirMode, now
+		if !c.opt.SkipHeaders {
+			t.head(ino, key, "")
+		} else {
+			rec.AttrsKnown = true
+		}
+	} else {
+		rec.Kind, rec.Perm = KindFile, c.opt.FileMode
+		c.setVersion(rec, e.ETag, e.Size, e.LastModified.UnixNano())
+		if info != nil {
+			c.applyHeaders(rec, info)
+		} else if c.opt.SkipHeaders {
+			rec.AttrsKnown = true
+		} else {
+			t.head(ino, key, e.ETag)
+		}
+	}
+	if info != nil {
+		rec.ValidUntil = now + int64(c.opt.MetadataTTL)
+	}
+	t.add(rec)
+	t.setDentry(dir.Ino, name, dentry{Ino: ino, Epoch: epoch, Kind: rec.Kind})
+	return false, nil
+}
+
+// setVersion points a file record at a new object version: every block
+// comes from the object until written.
+func (c *Cache) setVersion(n *Inode, etag string, size, mtime int64) {
+	n.ETag, n.RemoteSize, n.Size, n.Mtime = etag, size, size, mtime
+	n.AttrsKnown = false
+	n.NextGen++
+	gen := n.NextGen
+	n.Runs = nil
+	if nb := (size + c.opt.BlockSize - 1) / c.opt.BlockSize; nb > 0 {
+		n.Runs = []Run{{Start: 0, End: nb, Gen: gen}}
+	}
+	n.OpenGen = 0
+	n.Target = ""
+	n.ContentVer++
+}
+
+// newVersionLocked replaces a clean file's content with another writer's
+// version. Blocks of the old version are dropped once no handle reads them.
+func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.ListEntry, info *s3backend.ObjectInfo) {
+	st := t.state(n.Ino)
+	n.RemoteKey = key
+	c.setVersion(n, e.ETag, e.Size, e.LastModified.UnixNano())
+	n.Kind = KindFile
+	if info != nil {
+		c.applyHeaders(n, info)
+	} else if c.opt.SkipHeaders {
+		n.AttrsKnown = true
+	} else {
+		t.head(n.Ino, key, e.ETag)
+	}
+	st.cacheVer++
+	ino := n.Ino
+	t.after = append(t.after, func() {
+		c.dropUnusedBlocks(ino)
+		if c.opt.Invalidate != nil {
+			c.opt.Invalidate(ino)
+		}
+	})
+}
+
+// applyHeaders sets a record's attributes from an object's headers.
+func (c *Cache) applyHeaders(n *Inode, info *s3backend.ObjectInfo) {
+	n.AttrsKnown = true
+	if c.opt.SkipHeaders {
+		return
+	}
+	h := parseHeaders(info.Metadata)
+	if h.HasMode {
+		n.Perm = h.Mode & 0o7777
+		if h.IsSymlink && n.Kind == KindFile {
+			n.Kind = KindSymlink
+		}
+	}
+	if h.HasUID {
+		n.UID = h.UID
+	}
+	if h.HasGID {
+		n.GID = h.GID
+	}
+	if h.HasMtime {
+		n.Mtime = h.Mtime
+	} else if n.Kind != KindDir && !info.LastModified.IsZero() {
+		n.Mtime = info.LastModified.UnixNano()
+	}
+	if h.HasCtime {
+		n.Ctime = h.Ctime
+	}
+}
+
+// claimed reports whether an object key is held by an inode that moved
+// away from it or is waiting to be deleted (or, for a directory key, lies
+// under a directory that is).
+func (c *Cache) claimed(key string) (bool, error) {
+	found := false
+	err := c.db.View(func(txn *badger.Txn) error {
+		for _, k := range [][]byte{claimKey(key), tombKey(key)} {
+			if _, err := txn.Get(k); err == nil {
+				found = true
+				return nil
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+		}
+		return nil
+	})
+	return found, err
+}
+
+// removeEntryLocked takes an entry out of the cache because S3 no longer
+// has it. Its inode lives on, detached from S3, while handles are open.
+func (c *Cache) removeEntryLocked(t *nsTx, dir *Inode, name string, child *Inode) error {
+	t.delDentry(dir.Ino, name)
+	if child.Kind == KindDir {
+		if err := c.removeSubtreeLocked(t, child.Ino); err != nil {
+			return err
+		}
+	}
+	child.Parent, child.Unlinked = 0, true
+	child.RemoteKey, child.Pending = "", 0
+	st := t.state(child.Ino)
+	if st.handles == 0 && !st.uploading {
+		t.drop(child.Ino)
+	}
+	if dir.Entries > 0 {
+		dir.Entries--
+	}
+	if c.opt.InvalidateEntry != nil {
+		parent := dir.Ino
+		t.after = append(t.after, func() { c.opt.InvalidateEntry(parent, name) })
+	}
+	return nil
+}
+
+// removeSubtreeLocked forgets everything under a directory that vanished
+// from S3. Only called when nothing under it has local changes.
+func (c *Cache) removeSubtreeLocked(t *nsTx, ino uint64) error {
+	r := &DirReader{c: c, ino: ino}
+	for {
+		e, ok, err := r.Next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return nil
+		}
+		child, err := t.get(e.Ino)
+		if err != nil {
+			continue
+		}
+		if child.Kind == KindDir {
+			if err := c.removeSubtreeLocked(t, child.Ino); err != nil {
+				return err
+			}
+		}
+		t.delDentry(ino, e.Name)
+		child.Parent, child.Unlinked, child.RemoteKey, child.Pending = 0, true, "", 0
+		if st := t.state(child.Ino); st.handles == 0 && !st.uploading {
+			t.drop(child.Ino)
+		}
+	}
+}
+
+// subtreeLocal reports whether anything under a directory has changes S3
+// has not seen.
+func (c *Cache) subtreeLocal(ino uint64, start uint64) (bool, error) {
+	r := &DirReader{c: c, ino: ino}
+	for {
+		e, ok, err := r.Next()
+		if err != nil || !ok {
+			return false, err
+		}
+		child, err := c.snapshot(e.Ino)
+		if err != nil {
+			continue
+		}
+		if local(child, start) {
+			return true, nil
+		}
+		if child.Kind == KindDir {
+			if l, err := c.subtreeLocal(child.Ino, start); err != nil || l {
+				return l, err
+			}
+		}
+	}
+}
+
+// sweep removes entries that the listing with this epoch did not show and
+// that have nothing local to keep them.
+type victim struct {
+	name string
+	ino  uint64
+}
+
+func (c *Cache) sweep(ino uint64, epoch, start uint64) error {
+	var victims []victim
+	r := &DirReader{c: c, ino: ino}
+	for {
+		e, ok, err := r.Next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		d, found, err := c.peekDentry(ino, e.Name)
+		if err != nil {
+			return err
+		}
+		if !found || d.Epoch == epoch {
+			continue
+		}
+		child, err := c.snapshot(e.Ino)
+		if err != nil || local(child, start) {
+			continue
+		}
+		if child.Kind == KindDir {
+			if l, err := c.subtreeLocal(child.Ino, start); err != nil || l {
+				continue
+			}
+		}
+		victims = append(victims, victim{e.Name, e.Ino})
+	}
+	for len(victims) > 0 {
+		n := min(len(victims), 200)
+		if err := c.removeVictims(ino, victims[:n], epoch, start); err != nil {
+			return err
+		}
+		victims = victims[n:]
+	}
+	return nil
+}
+
+func (c *Cache) removeVictims(ino uint64, victims []victim, epoch, start uint64) error {
+	c.nsMu.Lock()
+	defer c.nsMu.Unlock()
+	t := c.beginNS()
+	dir, err := t.get(ino)
+	if err != nil {
+		t.abort()
+		return err
+	}
+	for _, v := range victims {
+		d, ok, err := t.dentry(ino, v.name)
+		if err != nil {
+			t.abort()
+			return err
+		}
+		if !ok || d.Ino != v.ino || d.Epoch == epoch {
+			continue
+		}
+		child, err := t.get(v.ino)
+		if err != nil || local(child, start) {
+			continue
+		}
+		if err := c.removeEntryLocked(t, dir, v.name, child); err != nil {
+			t.abort()
+			return err
+		}
+	}
+	return t.commit()
+}
+
+// headPool runs the HEADs that learn attributes while a directory fills,
+// HeadWorkers at a time. Jobs are queued without holding nsMu (a full
+// queue blocks the lister, which is what bounds memory for huge
+// directories); workers take nsMu to apply each result.
+type headPool struct {
+	c    *Cache
+	ctx  context.Context
+	jobs chan headJob
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+type headJob struct {
+	ino       uint64
+	key, etag string // etag "" for a directory's marker that may not exist
+}
+
+func (c *Cache) newHeadPool(ctx context.Context) *headPool {
+	return &headPool{c: c, ctx: ctx, jobs: make(chan headJob, 256)}
+}
+
+func (p *headPool) add(jobs ...headJob) {
+	if len(jobs) == 0 {
+		return
+	}
+	p.once.Do(func() {
+		for i := 0; i < p.c.opt.HeadWorkers; i++ {
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				for j := range p.jobs {
+					info, err := p.c.store.Head(p.ctx, j.key)
+					p.c.applyHead(j, info, err)
+				}
+			}()
+		}
+	})
+	for _, j := range jobs {
+		p.jobs <- j
+	}
+}
+
+// close waits for every queued HEAD. The pool cannot be used afterwards.
+func (p *headPool) close() {
+	close(p.jobs)
+	p.wg.Wait()
+}
+
+// applyHead stores what a HEAD learned, unless the inode changed since.
+func (c *Cache) applyHead(j headJob, info s3backend.ObjectInfo, err error) {
+	if err != nil {
+		if errors.Is(err, s3backend.ErrNotFound) {
+			if j.etag == "" { // directory without a marker: implicit
+				c.mutateClean(j.ino, j.key, "", func(n *Inode) { n.AttrsKnown = true })
+			}
+			return // the object vanished after the listing; the next listing says so
+		}
+		if !errors.Is(err, context.Canceled) {
+			c.log.Warn("cache: read attributes", "key", j.key, "err", err)
+		}
+		return
+	}
+	c.nsMu.Lock()
+	defer c.nsMu.Unlock()
+	t := c.beginNS()
+	n, gerr := t.get(j.ino)
+	if gerr != nil || n.RemoteKey != j.key || (j.etag != "" && n.ETag != j.etag) || busy(n) {
+		t.abort()
+		return
+	}
+	if n.Kind == KindDir {
+		n.ETag = info.ETag
+		c.applyHeaders(n, &info)
+		t.commit()
+		return
+	}
+	if info.ETag != n.ETag {
+		c.newVersionLocked(t, n, j.key, s3backend.ListEntry{Key: j.key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}, &info)
+	} else {
+		c.applyHeaders(n, &info)
+	}
+	if n.Kind == KindSymlink && n.Parent != 0 {
+		t.setDentry(n.Parent, n.Name, dentry{Ino: n.Ino, Kind: KindSymlink, Epoch: c.dentryEpoch(t, n.Parent, n.Name)})
+	}
+	t.commit()
+}
+
+func (c *Cache) dentryEpoch(t *nsTx, parent uint64, name string) uint64 {
+	d, _, _ := t.dentry(parent, name)
+	return d.Epoch
+}
+
+// mutateClean applies fn to an inode still at key/etag and without local
+// changes.
+func (c *Cache) mutateClean(ino uint64, key, etag string, fn func(*Inode)) {
+	c.nsMu.Lock()
+	defer c.nsMu.Unlock()
+	t := c.beginNS()
+	n, err := t.get(ino)
+	if err != nil || n.RemoteKey != key || n.ETag != etag || busy(n) {
+		t.abort()
+		return
+	}
+	fn(n)
+	t.commit()
+}
+
+// refreshName asks S3 about one name: a HEAD for the object and a
+// one-key LIST for a directory of that name, at once.
+func (c *Cache) refreshName(ctx context.Context, ino uint64, name string) error {
+	dir, err := c.snapshot(ino)
+	if err != nil {
+		return err
+	}
+	if checkName(name) != nil {
+		return nil
+	}
+	key := childPath(dir.Path, name)
+	start := c.nextSeq()
+	var (
+		info    s3backend.ObjectInfo
+		headErr error
+		isDir   bool
+		listErr error
+		wg      sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		info, headErr = c.store.Head(ctx, key)
+	}()
+	listErr = c.store.List(ctx, s3backend.ListInput{Prefix: key + "/", Delimiter: "/", MaxKeys: 1}, func(s3backend.ListEntry) error {
+		isDir = true
+		return nil
+	})
+	wg.Wait()
+	if listErr != nil {
+		return listErr
+	}
+	found := headErr == nil
+	if headErr != nil && !errors.Is(headErr, s3backend.ErrNotFound) {
+		return headErr
+	}
+	jobs, err := c.mergeName(ino, dir.Path, name, key, isDir, found, &info, start)
+	if err != nil {
+		return err
+	}
+	for _, j := range jobs {
+		info, err := c.store.Head(ctx, j.key)
+		c.applyHead(j, info, err)
+	}
+	return nil
+}
+
+// mergeName merges what refreshName learned about one name.
+func (c *Cache) mergeName(ino uint64, origPath, name, key string, isDir, found bool, info *s3backend.ObjectInfo, start uint64) ([]headJob, error) {
+	c.nsMu.Lock()
+	defer c.nsMu.Unlock()
+	t := c.beginNS()
+	dir, err := t.get(ino)
+	if err != nil || dir.Path != origPath {
+		t.abort()
+		return nil, err
+	}
+	switch {
+	case isDir:
+		_, err = c.mergeEntry(t, dir, name, s3backend.ListEntry{Key: key + "/", IsPrefix: true}, nil, 0, start)
+	case found:
+		e := s3backend.ListEntry{Key: key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
+		_, err = c.mergeEntry(t, dir, name, e, info, 0, start)
+	default:
+		if d, ok, derr := t.dentry(ino, name); derr == nil && ok {
+			if child, gerr := t.get(d.Ino); gerr == nil && !local(child, start) {
+				err = c.removeEntryLocked(t, dir, name, child)
+			}
+		}
+	}
+	if err != nil {
+		t.abort()
+		return nil, err
+	}
+	if err := t.commit(); err != nil {
+		return nil, err
+	}
+	return t.heads, nil
+}
+
+// revalidate asks S3 whether a clean file changed: HEAD, ETag compare.
+func (c *Cache) revalidate(ctx context.Context, ino uint64) (*Inode, error) {
+	n, err := c.snapshot(ino)
+	if err != nil {
+		return nil, err
+	}
+	if c.fresh(n) {
+		return n, nil
+	}
+	start := c.nextSeq()
+	info, err := c.store.Head(ctx, n.RemoteKey)
+	if err != nil && !errors.Is(err, s3backend.ErrNotFound) {
+		return nil, err
+	}
+	c.nsMu.Lock()
+	defer c.nsMu.Unlock()
+	t := c.beginNS()
+	cur, gerr := t.get(ino)
+	if gerr != nil {
+		t.abort()
+		return nil, gerr
+	}
+	if local(cur, start) || cur.RemoteKey != n.RemoteKey {
+		out := cur.clone()
+		t.abort()
+		return out, nil
+	}
+	if err != nil { // gone from S3
+		if cur.Parent != 0 {
+			dir, derr := t.get(cur.Parent)
+			if derr != nil {
+				t.abort()
+				return nil, derr
+			}
+			if rerr := c.removeEntryLocked(t, dir, cur.Name, cur); rerr != nil {
+				t.abort()
+				return nil, rerr
+			}
+		}
+		if cerr := t.commit(); cerr != nil {
+			return nil, cerr
+		}
+		return nil, ErrNotExist
+	}
+	if info.ETag != cur.ETag {
+		e := s3backend.ListEntry{Key: cur.RemoteKey, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
+		c.newVersionLocked(t, cur, cur.RemoteKey, e, &info)
+	} else if !cur.AttrsKnown {
+		c.applyHeaders(cur, &info)
+	}
+	cur.ValidUntil = c.now() + int64(c.opt.MetadataTTL)
+	out := cur.clone()
+	if err := t.commit(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// materialize makes every object under a directory known locally, so that
+// the directory can be moved: each directory of the subtree is listed.
+func (c *Cache) materialize(ctx context.Context, ino uint64) error {
+	queue := []uint64{ino}
+	for len(queue) > 0 {
+		d, err := c.snapshot(queue[0])
+		queue = queue[1:]
+		if err != nil {
+			continue
+		}
+		if d.RemoteKey == "" && d.Pending&pendMarker != 0 && d.FillEpoch != 0 && !c.listingFresh(d) {
+			// Created here and never in S3: nothing remote to learn.
+		} else if !d.moved() && !c.listingFresh(d) {
+			if err := c.fill(ctx, d.Ino); err != nil {
+				return err
+			}
+		}
+		r := &DirReader{c: c, ino: d.Ino}
+		for {
+			e, ok, err := r.Next()
+			if err != nil {
+				return err
+			}
+			if !ok {
+				break
+			}
+			if e.Mode == modeBits(KindDir) {
+				queue = append(queue, e.Ino)
+			}
+		}
+	}
+	return nil
+}
+
+// logBadKey logs, once per key, a key that cannot be a file name.
+func (c *Cache) logBadKey(key string) {
+	if _, loaded := c.badKeys.LoadOrStore(key, true); !loaded {
+		c.log.Info("cache: object key is not a valid file name; hidden", "key", key)
+	}
+}
+
+func (c *Cache) logShadowed(key string) {
+	if _, loaded := c.badKeys.LoadOrStore("shadow:"+key, true); !loaded {
+		c.log.Info("cache: object hidden by a directory of the same name", "key", key)
+	}
+}

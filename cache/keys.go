@@ -1,0 +1,102 @@
+package cache
+
+import "encoding/binary"
+
+// Badger key layout. One byte of prefix, then big-endian numbers so that
+// keys of one inode or directory sort together.
+//
+//	i <ino>                  inode record (Inode.marshal)
+//	d <parent> <name>        directory entry -> dentry
+//	j <ino>                  journal: the inode has pending work
+//	k <key>                  claim: an object key owned by an inode whose
+//	                         name no longer matches it (moved, unlinked but
+//	                         open, or an upload in flight) -> ino
+//	t <key>                  tombstone: the object must be deleted -> ETag
+//	b <ino> <gen> <idx>      block index -> blockMeta (the bytes are a file)
+//	r <ino>                  a directory rename whose subtree paths are
+//	                         being rewritten (redone after a crash)
+//	s                        superblock (format and settings)
+const (
+	pInode   = 'i'
+	pDentry  = 'd'
+	pJournal = 'j'
+	pClaim   = 'k'
+	pTomb    = 't'
+	pBlock   = 'b'
+	pSuper   = 's'
+	pRename  = 'r'
+)
+
+func inoKey(p byte, ino uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = p
+	binary.BigEndian.PutUint64(k[1:], ino)
+	return k
+}
+
+func inodeKey(ino uint64) []byte   { return inoKey(pInode, ino) }
+func journalKey(ino uint64) []byte { return inoKey(pJournal, ino) }
+func renameKey(ino uint64) []byte  { return inoKey(pRename, ino) }
+
+func dentryPrefix(parent uint64) []byte { return inoKey(pDentry, parent) }
+
+func dentryKey(parent uint64, name string) []byte {
+	return append(dentryPrefix(parent), name...)
+}
+
+func claimKey(key string) []byte { return append([]byte{pClaim}, key...) }
+func tombKey(key string) []byte  { return append([]byte{pTomb}, key...) }
+
+func blockPrefix(ino uint64) []byte { return inoKey(pBlock, ino) }
+
+func blockGenPrefix(ino uint64, gen uint32) []byte {
+	return binary.BigEndian.AppendUint32(blockPrefix(ino), gen)
+}
+
+func blockKey(ino uint64, gen uint32, idx int64) []byte {
+	return binary.BigEndian.AppendUint64(blockGenPrefix(ino, gen), uint64(idx))
+}
+
+// parseBlockKey splits a block index key.
+func parseBlockKey(k []byte) (ino uint64, gen uint32, idx int64, ok bool) {
+	if len(k) != 1+8+4+8 || k[0] != pBlock {
+		return 0, 0, 0, false
+	}
+	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint32(k[9:]), int64(binary.BigEndian.Uint64(k[13:])), true
+}
+
+// dentry is the value of a directory entry.
+type dentry struct {
+	Ino   uint64
+	Epoch uint64 // FillEpoch of the parent's listing that last saw it; 0 if local
+	Kind  Kind
+}
+
+func (d dentry) marshal() []byte {
+	b := make([]byte, 0, 20)
+	b = binary.AppendUvarint(b, d.Ino)
+	b = binary.AppendUvarint(b, d.Epoch)
+	return append(b, byte(d.Kind))
+}
+
+func unmarshalDentry(b []byte) (dentry, error) {
+	dec := decoder{b: b}
+	d := dentry{Ino: dec.u(), Epoch: dec.u()}
+	if dec.err != nil || len(dec.b) != 1 {
+		return d, errCorruptRecord
+	}
+	d.Kind = Kind(dec.b[0])
+	return d, nil
+}
+
+// prefixEnd returns the first key after every key that starts with p.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
