@@ -1,0 +1,186 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/keelfs/keelfs/cache"
+)
+
+// Options configure the FUSE side of a mount.
+type Options struct {
+	FsName      string // shown as the first column of df/mount
+	ReadOnly    bool
+	AllowOther  bool
+	AllowRoot   bool
+	TTL         time.Duration // entry, attribute and negative-entry timeouts
+	MaxWrite    int           // bytes per READ/WRITE request; default 1 MiB
+	ControlPath string        // served as xattr user.keelfs.control on the root
+	Debug       bool
+	Logger      *slog.Logger
+}
+
+// FS is a mounted keelfs: the go-fuse server and the node registry that
+// lets the cache tell the kernel about changes made behind its back.
+type FS struct {
+	c    *cache.Cache
+	opt  Options
+	log  *slog.Logger
+	root *Node
+
+	mu    sync.Mutex
+	nodes map[uint64]*Node // live nodes by inode number, for notifications
+
+	server *fuse.Server
+}
+
+// New returns the filesystem for c. Pass its Invalidate and InvalidateEntry
+// methods to the cache (cache.Options) before opening it, or call Bind.
+func New(opt Options) *FS {
+	if opt.MaxWrite <= 0 {
+		opt.MaxWrite = 1 << 20
+	}
+	if opt.TTL <= 0 {
+		opt.TTL = time.Second
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	f := &FS{opt: opt, log: opt.Logger, nodes: make(map[uint64]*Node)}
+	f.root = &Node{fsys: f}
+	return f
+}
+
+// SetControlPath sets the control socket path the root advertises.
+func (f *FS) SetControlPath(p string) { f.opt.ControlPath = p }
+
+// Bind attaches the cache the filesystem serves.
+func (f *FS) Bind(c *cache.Cache) { f.c = c }
+
+// Mount mounts the filesystem at dir and starts serving it. It returns
+// once the kernel has the mount.
+func (f *FS) Mount(dir string) error {
+	if f.c == nil {
+		return fmt.Errorf("fs: no cache bound")
+	}
+	ttl := f.opt.TTL
+	opts := &gofs.Options{
+		EntryTimeout:    &ttl,
+		AttrTimeout:     &ttl,
+		NegativeTimeout: &ttl,
+		RootStableAttr:  &gofs.StableAttr{Ino: cache.RootIno},
+		MountOptions: fuse.MountOptions{
+			FsName:               f.opt.FsName,
+			Name:                 "keelfs",
+			AllowOther:           f.opt.AllowOther,
+			MaxWrite:             f.opt.MaxWrite,
+			MaxReadAhead:         f.opt.MaxWrite,
+			MaxBackground:        64,
+			Debug:                f.opt.Debug,
+			DirectMount:          true,
+			EnableSymlinkCaching: false,
+			// Locks are handled by the kernel within this mount; they
+			// cannot span mounts (S3 has no locks).
+			EnableLocks: false,
+			Options:     []string{"default_permissions"},
+		},
+	}
+	if f.opt.ReadOnly {
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
+	}
+	if f.opt.AllowRoot && !f.opt.AllowOther {
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "allow_root")
+	}
+	if f.opt.Debug {
+		opts.MountOptions.Logger = log.New(slogWriter{f.log}, "", 0)
+	}
+	server, err := gofs.Mount(dir, f.root, opts)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", dir, err)
+	}
+	f.server = server
+	f.register(cache.RootIno, f.root)
+	return nil
+}
+
+// Wait blocks until the filesystem is unmounted.
+func (f *FS) Wait() { f.server.Wait() }
+
+// Unmount asks the kernel to unmount. It fails with EBUSY while files are
+// open, like umount.
+func (f *FS) Unmount() error { return f.server.Unmount() }
+
+func (f *FS) register(ino uint64, n *Node) {
+	f.mu.Lock()
+	f.nodes[ino] = n
+	f.mu.Unlock()
+}
+
+func (f *FS) forget(ino uint64, n *Node) {
+	f.mu.Lock()
+	if f.nodes[ino] == n {
+		delete(f.nodes, ino)
+	}
+	f.mu.Unlock()
+}
+
+func (f *FS) node(ino uint64) *Node {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.nodes[ino]
+}
+
+// Invalidate drops the kernel's cached pages and attributes of ino. It is
+// called by the cache when another writer's version replaced a file. It
+// runs asynchronously: a notification sent from inside a FUSE request on
+// the same inode could deadlock.
+func (f *FS) Invalidate(ino uint64) {
+	n := f.node(ino)
+	if n == nil {
+		return
+	}
+	go n.NotifyContent(0, 0)
+}
+
+// InvalidateEntry drops the kernel's dentry for name in parent.
+func (f *FS) InvalidateEntry(parent uint64, name string) {
+	n := f.node(parent)
+	if n == nil {
+		return
+	}
+	go n.NotifyEntry(name)
+}
+
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.l.Debug("fuse: " + strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func callerIDs(ctx context.Context) (uid, gid uint32) {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return c.Uid, c.Gid
+	}
+	return 0, 0
+}
+
+func fillAttr(a cache.Attr, out *fuse.Attr) {
+	out.Ino = a.Ino
+	out.Mode = a.Mode
+	out.Size = uint64(a.Size)
+	out.Blocks = uint64(a.Blocks)
+	out.Nlink = a.Nlink
+	out.Owner = fuse.Owner{Uid: a.UID, Gid: a.GID}
+	out.Blksize = 1 << 20
+	mt, ct := a.Mtime, a.Ctime
+	out.SetTimes(&mt, &mt, &ct)
+}

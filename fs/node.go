@@ -1,0 +1,140 @@
+package fs
+
+import (
+	"context"
+	"sync/atomic"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/keelfs/keelfs/cache"
+)
+
+// Node is one file, directory or symlink known to the kernel.
+type Node struct {
+	gofs.Inode
+	fsys *FS
+	// openedVer is the content version the kernel's page cache holds for
+	// this node (from the last open); KEEP_CACHE is only given while it is
+	// unchanged.
+	openedVer atomic.Uint64
+}
+
+var _ = (gofs.InodeEmbedder)((*Node)(nil))
+
+func (n *Node) ino() uint64 { return n.StableAttr().Ino }
+
+// newChild returns the node for a, registering it for notifications.
+func (n *Node) newChild(ctx context.Context, a cache.Attr) *gofs.Inode {
+	child := &Node{fsys: n.fsys}
+	in := n.NewInode(ctx, child, gofs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: a.Ino, Gen: a.Gen})
+	if got, ok := in.Operations().(*Node); ok {
+		n.fsys.register(a.Ino, got)
+	}
+	return in
+}
+
+var _ = (gofs.NodeOnForgetter)((*Node)(nil))
+
+// OnForget drops the node from the registry once the kernel forgot it.
+func (n *Node) OnForget() { n.fsys.forget(n.ino(), n) }
+
+var _ = (gofs.NodeGetattrer)((*Node)(nil))
+
+// Getattr revalidates a clean file older than the TTL against S3.
+func (n *Node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	a, err := n.fsys.c.Getattr(ctx, n.ino())
+	if err != nil {
+		return toErrno("getattr", err)
+	}
+	fillAttr(a, &out.Attr)
+	return 0
+}
+
+var _ = (gofs.NodeSetattrer)((*Node)(nil))
+
+// Setattr changes mode, owner, times or size; the kernel has checked
+// permissions (default_permissions).
+func (n *Node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	var sa cache.SetAttr
+	if m, ok := in.GetMode(); ok {
+		m &= 0o7777
+		sa.Mode = &m
+	}
+	if u, ok := in.GetUID(); ok {
+		sa.UID = &u
+	}
+	if g, ok := in.GetGID(); ok {
+		sa.GID = &g
+	}
+	if s, ok := in.GetSize(); ok {
+		size := int64(s)
+		sa.Size = &size
+	}
+	if t, ok := in.GetMTime(); ok {
+		sa.Mtime = &t
+	}
+	a, err := n.fsys.c.Setattr(ctx, n.ino(), sa)
+	if err != nil {
+		return toErrno("setattr", err)
+	}
+	fillAttr(a, &out.Attr)
+	return 0
+}
+
+var _ = (gofs.NodeReadlinker)((*Node)(nil))
+
+func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	t, err := n.fsys.c.Readlink(ctx, n.ino())
+	if err != nil {
+		return nil, toErrno("readlink", err)
+	}
+	return []byte(t), 0
+}
+
+var _ = (gofs.NodeStatfser)((*Node)(nil))
+
+func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	s := n.fsys.c.Statfs()
+	out.Blocks, out.Bfree, out.Bavail = s.Blocks, s.Bfree, s.Bavail
+	out.Files, out.Ffree = s.Files, s.Ffree
+	out.Bsize, out.Frsize, out.NameLen = s.Bsize, s.Bsize, s.NameLen
+	return 0
+}
+
+// Extended attributes are not stored (S3 user metadata is taken by the
+// attributes). The root answers one: the control socket of the daemon, so
+// that `keelfs status MOUNTPOINT` can find it.
+const controlXattr = "user.keelfs.control"
+
+var _ = (gofs.NodeGetxattrer)((*Node)(nil))
+
+func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if n.ino() != cache.RootIno || attr != controlXattr || n.fsys.opt.ControlPath == "" {
+		return 0, syscall.ENODATA
+	}
+	v := n.fsys.opt.ControlPath
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+var _ = (gofs.NodeListxattrer)((*Node)(nil))
+
+func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return 0, 0
+}
+
+var _ = (gofs.NodeSetxattrer)((*Node)(nil))
+
+func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.ENOTSUP
+}
+
+var _ = (gofs.NodeRemovexattrer)((*Node)(nil))
+
+func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return syscall.ENODATA
+}

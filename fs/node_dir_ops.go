@@ -1,0 +1,179 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/keelfs/keelfs/cache"
+)
+
+var _ = (gofs.NodeLookuper)((*Node)(nil))
+
+func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	a, err := n.fsys.c.Lookup(ctx, n.ino(), name)
+	if err != nil {
+		return nil, toErrno("lookup", err)
+	}
+	fillAttr(a, &out.Attr)
+	return n.newChild(ctx, a), 0
+}
+
+var _ = (gofs.NodeReaddirer)((*Node)(nil))
+
+// Readdir streams the directory from the cache, listing it in S3 first when
+// the cached listing is older than the TTL.
+func (n *Node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	r, err := n.fsys.c.OpenDir(ctx, n.ino())
+	if err != nil {
+		return nil, toErrno("readdir", err)
+	}
+	parentIno := n.ino()
+	if _, p := n.Parent(); p != nil {
+		parentIno = p.StableAttr().Ino
+	}
+	dot := []cache.DirEntry{
+		{Name: ".", Ino: n.ino(), Mode: syscall.S_IFDIR},
+		{Name: "..", Ino: parentIno, Mode: syscall.S_IFDIR},
+	}
+	return &dirStream{r: r, dots: dot}, 0
+}
+
+// dirStream yields "." and "..", then the cache's entries.
+type dirStream struct {
+	r    *cache.DirReader
+	dots []cache.DirEntry
+	next cache.DirEntry
+	have bool
+	done bool
+	err  error
+}
+
+func (d *dirStream) HasNext() bool {
+	if d.have {
+		return true
+	}
+	if len(d.dots) > 0 {
+		d.next, d.dots, d.have = d.dots[0], d.dots[1:], true
+		return true
+	}
+	if d.done {
+		return false
+	}
+	e, ok, err := d.r.Next()
+	if err != nil {
+		d.err, d.done = err, true
+		return true // Next reports the error
+	}
+	if !ok {
+		d.done = true
+		return false
+	}
+	d.next, d.have = e, true
+	return true
+}
+
+func (d *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
+	if d.err != nil {
+		err := d.err
+		d.err = nil
+		return fuse.DirEntry{}, toErrno("readdir", err)
+	}
+	d.have = false
+	return fuse.DirEntry{Name: d.next.Name, Ino: d.next.Ino, Mode: d.next.Mode}, 0
+}
+
+func (d *dirStream) Close() {}
+
+var _ = (gofs.NodeMkdirer)((*Node)(nil))
+
+func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	uid, gid := callerIDs(ctx)
+	a, err := n.fsys.c.Mkdir(ctx, n.ino(), name, mode, uid, gid)
+	if err != nil {
+		return nil, toErrno("mkdir", err)
+	}
+	fillAttr(a, &out.Attr)
+	return n.newChild(ctx, a), 0
+}
+
+var _ = (gofs.NodeSymlinker)((*Node)(nil))
+
+func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	uid, gid := callerIDs(ctx)
+	a, err := n.fsys.c.Symlink(ctx, n.ino(), name, target, uid, gid)
+	if err != nil {
+		return nil, toErrno("symlink", err)
+	}
+	fillAttr(a, &out.Attr)
+	return n.newChild(ctx, a), 0
+}
+
+var _ = (gofs.NodeCreater)((*Node)(nil))
+
+// Create makes and opens a file. If a file of that name appeared since the
+// kernel's lookup and O_EXCL is not set, it is opened instead, as open(2)
+// would.
+func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	uid, gid := callerIDs(ctx)
+	a, err := n.fsys.c.Create(ctx, n.ino(), name, mode, uid, gid)
+	if errors.Is(err, cache.ErrExist) && flags&syscall.O_EXCL == 0 {
+		a, err = n.fsys.c.Lookup(ctx, n.ino(), name)
+		if err == nil && a.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+			err = cache.ErrIsDir
+		}
+	}
+	if err != nil {
+		return nil, nil, 0, toErrno("create", err)
+	}
+	child := n.newChild(ctx, a)
+	fh, fuseFlags, errno := child.Operations().(*Node).open(ctx, flags)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	a, err = n.fsys.c.Getattr(ctx, a.Ino)
+	if err != nil {
+		return nil, nil, 0, toErrno("create", err)
+	}
+	fillAttr(a, &out.Attr)
+	return child, fh, fuseFlags, 0
+}
+
+var _ = (gofs.NodeUnlinker)((*Node)(nil))
+
+func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
+	return toErrno("unlink", n.fsys.c.Unlink(ctx, n.ino(), name))
+}
+
+var _ = (gofs.NodeRmdirer)((*Node)(nil))
+
+func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return toErrno("rmdir", n.fsys.c.Rmdir(ctx, n.ino(), name))
+}
+
+var _ = (gofs.NodeRenamer)((*Node)(nil))
+
+func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, ok := newParent.(*Node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	return toErrno("rename", n.fsys.c.Rename(ctx, n.ino(), name, np.ino(), newName, flags))
+}
+
+var _ = (gofs.NodeLinker)((*Node)(nil))
+
+// Link fails: an S3 object cannot have two names.
+func (n *Node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, toErrno("link", cache.ErrNoHardLinks)
+}
+
+var _ = (gofs.NodeMknoder)((*Node)(nil))
+
+// Mknod fails for devices, FIFOs and sockets, which S3 cannot hold.
+func (n *Node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
