@@ -1,0 +1,254 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// mountConfig is everything `keelfs mount` takes. Every field is a flag,
+// an -o option (with _ or -) and a KEELFS_<NAME> environment variable.
+type mountConfig struct {
+	Bucket, Prefix string
+	MountPoint     string
+
+	Endpoint       string
+	Region         string
+	ForcePathStyle bool
+	Profile        string
+	NoSignRequest  bool
+	RequesterPays  bool
+	CABundle       string
+	SSE            string
+	SSEKMSKeyID    string
+	StorageClass   string
+
+	CacheDir        string
+	CacheSize       sizeValue
+	BlockSize       sizeValue
+	PartSize        sizeValue
+	MetadataTTL     time.Duration
+	WriteBackDelay  time.Duration
+	ShutdownTimeout time.Duration
+	SyncOnClose     bool
+	MaxUploads      int
+	SkipHeaders     bool
+	Conflict        string
+	EncryptionKey   string
+
+	UID, GID          uint32
+	FileMode, DirMode modeValue
+	ReadOnly          bool
+	AllowOther        bool
+	AllowRoot         bool
+	Foreground        bool
+
+	LogFormat   string
+	LogLevel    string
+	Debug       bool
+	MetricsAddr string
+	PprofAddr   string
+}
+
+// flagAliases maps the names other tools use (Mountpoint for S3, s3fs) to
+// keelfs's.
+var flagAliases = map[string]string{
+	"endpoint-url":   "endpoint",
+	"cache":          "cache-dir",
+	"max-cache-size": "cache-size",
+	"max-threads":    "max-uploads",
+	"url":            "endpoint",
+	"use-cache":      "cache-dir",
+	"ro":             "read-only",
+	"umask":          "",
+}
+
+func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("mount", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringVar(&cfg.Endpoint, "endpoint", "", "S3 endpoint URL (default: AWS for the region)")
+	fs.StringVar(&cfg.Region, "region", "", "AWS region (default: from the environment or profile, else us-east-1)")
+	fs.BoolVar(&cfg.ForcePathStyle, "force-path-style", false, "address the bucket as https://endpoint/bucket (needed by most non-AWS servers)")
+	fs.StringVar(&cfg.Profile, "profile", "", "shared config profile for credentials")
+	fs.BoolVar(&cfg.NoSignRequest, "no-sign-request", false, "send unsigned requests (public buckets)")
+	fs.BoolVar(&cfg.RequesterPays, "requester-pays", false, "set the requester-pays header")
+	fs.StringVar(&cfg.CABundle, "ca-bundle", "", "extra PEM CA bundle for the endpoint (AWS_CA_BUNDLE is honoured too)")
+	fs.StringVar(&cfg.Prefix, "prefix", "", "mount only this prefix of the bucket")
+	fs.StringVar(&cfg.SSE, "sse", "", "server-side encryption for uploads: AES256 or aws:kms")
+	fs.StringVar(&cfg.SSEKMSKeyID, "sse-kms-key-id", "", "KMS key for --sse aws:kms")
+	fs.StringVar(&cfg.StorageClass, "storage-class", "", "storage class for uploads")
+
+	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "cache directory (default $XDG_CACHE_HOME/keelfs or /var/cache/keelfs, a subdirectory per bucket and prefix)")
+	cfg.CacheSize = sizeValue(10 << 30)
+	fs.Var(&cfg.CacheSize, "cache-size", "largest size of cached data on disk (e.g. 10G, 512M)")
+	cfg.BlockSize = sizeValue(1 << 20)
+	fs.Var(&cfg.BlockSize, "block-size", "size of cached blocks")
+	cfg.PartSize = sizeValue(16 << 20)
+	fs.Var(&cfg.PartSize, "part-size", "multipart upload part size (grown as needed for huge files)")
+	fs.DurationVar(&cfg.MetadataTTL, "metadata-ttl", time.Second, "how long names and attributes are trusted before S3 is asked again")
+	fs.DurationVar(&cfg.WriteBackDelay, "write-back-delay", time.Second, "how long after close (or after writes stop) the upload starts")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "on SIGTERM, how long to wait for pending uploads before exiting")
+	fs.BoolVar(&cfg.SyncOnClose, "sync-on-close", false, "make close(2) wait until the file is in S3")
+	fs.IntVar(&cfg.MaxUploads, "max-uploads", 4, "files uploaded at once")
+	fs.BoolVar(&cfg.SkipHeaders, "skip-headers", false, "never read x-amz-meta-* attributes (no HEAD per object); every object gets the defaults")
+	fs.StringVar(&cfg.Conflict, "conflict", "copy", "when another writer changed a file first: copy (keep both) or overwrite (last writer wins)")
+	fs.StringVar(&cfg.EncryptionKey, "cache-encryption-key-file", "", "encrypt the cache metadata at rest with the 16, 24 or 32 byte key in this file")
+
+	fs.Uint32Var(&cfg.UID, "uid", uint32(os.Getuid()), "owner of objects without attribute headers")
+	fs.Uint32Var(&cfg.GID, "gid", uint32(os.Getgid()), "group of objects without attribute headers")
+	cfg.FileMode = 0o644
+	fs.Var(&cfg.FileMode, "file-mode", "permissions of files without attribute headers (octal)")
+	cfg.DirMode = 0o755
+	fs.Var(&cfg.DirMode, "dir-mode", "permissions of directories without attribute headers (octal)")
+	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "mount read-only")
+	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users access the mount (needs user_allow_other for non-root)")
+	fs.BoolVar(&cfg.AllowRoot, "allow-root", false, "let root access the mount")
+	fs.BoolVarP(&cfg.Foreground, "foreground", "f", false, "stay in the foreground (containers, systemd)")
+
+	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request (very verbose)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics and /healthz on this address (e.g. 127.0.0.1:9100)")
+	fs.StringVar(&cfg.PprofAddr, "pprof-addr", "", "serve Go profiling (net/http/pprof) on this address")
+
+	// Accepted for Mountpoint compatibility; keelfs always allows both.
+	fs.Bool("allow-delete", true, "accepted for mount-s3 compatibility (always on)")
+	fs.Bool("allow-overwrite", true, "accepted for mount-s3 compatibility (always on)")
+	fs.Lookup("allow-delete").NoOptDefVal = "true"
+	fs.Lookup("allow-overwrite").NoOptDefVal = "true"
+	fs.SetNormalizeFunc(func(f *pflag.FlagSet, name string) pflag.NormalizedName {
+		name = strings.ReplaceAll(name, "_", "-")
+		if a, ok := flagAliases[name]; ok && a != "" {
+			name = a
+		}
+		return pflag.NormalizedName(name)
+	})
+	return fs
+}
+
+// applyEnv sets every flag not given on the command line from
+// KEELFS_<FLAG_NAME>, for container definitions.
+func applyEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || err != nil {
+			return
+		}
+		env := "KEELFS_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s: %w", env, serr)
+			}
+		}
+	})
+	return err
+}
+
+// sizeValue is a byte count with an optional K, M, G or T suffix (powers
+// of 1024).
+type sizeValue int64
+
+func (s *sizeValue) String() string { return formatSize(int64(*s)) }
+func (s *sizeValue) Type() string   { return "size" }
+func (s *sizeValue) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeValue(n)
+	return nil
+}
+
+func parseSize(v string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(v))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			t = t[:n-1]
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("invalid size %q (use e.g. 512M, 10G)", v)
+	}
+	return int64(f * float64(mult)), nil
+}
+
+func formatSize(n int64) string {
+	switch {
+	case n >= 1<<40 && n%(1<<40) == 0:
+		return fmt.Sprintf("%dT", n>>40)
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dG", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dM", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dK", n>>10)
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// modeValue is a permission mode in octal.
+type modeValue uint32
+
+func (m *modeValue) String() string { return fmt.Sprintf("%04o", uint32(*m)) }
+func (m *modeValue) Type() string   { return "octal" }
+func (m *modeValue) Set(v string) error {
+	n, err := strconv.ParseUint(strings.TrimPrefix(v, "0o"), 8, 32)
+	if err != nil || n > 0o7777 {
+		return fmt.Errorf("invalid mode %q (use octal, e.g. 0644)", v)
+	}
+	*m = modeValue(n)
+	return nil
+}
+
+// parseBucket splits the source forms users write: BUCKET, BUCKET/PREFIX,
+// s3://BUCKET/PREFIX and BUCKET:/PREFIX (s3fs style).
+func parseBucket(s string) (bucket, prefix string, err error) {
+	s = strings.TrimPrefix(s, "s3://")
+	if b, p, ok := strings.Cut(s, ":"); ok {
+		s = b + "/" + strings.TrimPrefix(p, "/")
+	}
+	bucket, prefix, _ = strings.Cut(s, "/")
+	prefix = strings.Trim(prefix, "/")
+	if bucket == "" {
+		return "", "", errors.New("no bucket name given")
+	}
+	if len(bucket) < 3 || len(bucket) > 255 || strings.ContainsAny(bucket, " \\") {
+		return "", "", fmt.Errorf("%q is not a valid bucket name", bucket)
+	}
+	if strings.Contains(prefix, "//") {
+		return "", "", fmt.Errorf("prefix %q has an empty path segment", prefix)
+	}
+	return bucket, prefix, nil
+}
+
+// splitOptions parses a mount(8) style option string "a,b=c".
+func splitOptions(s string) [][2]string {
+	var out [][2]string
+	for _, o := range strings.Split(s, ",") {
+		o = strings.TrimSpace(o)
+		if o == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(o, "=")
+		out = append(out, [2]string{k, v})
+	}
+	return out
+}

@@ -1,0 +1,322 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The daemon answers `keelfs status/flush/unmount` on a unix socket whose
+// path the mount's root shows as the xattr user.keelfs.control.
+
+type controlServer struct {
+	path string
+	srv  *http.Server
+	ln   net.Listener
+}
+
+// status is what `keelfs status` shows.
+type status struct {
+	MountPoint     string `json:"mountpoint"`
+	Source         string `json:"source"`
+	PendingFiles   int    `json:"pending_files"`
+	PendingDeletes int    `json:"pending_deletes"`
+	DirtyBytes     int64  `json:"dirty_bytes"`
+	CachedBytes    int64  `json:"cached_bytes"`
+	CacheSize      int64  `json:"cache_size"`
+	Uploads        int64  `json:"uploads"`
+	UploadErrors   int64  `json:"upload_errors"`
+	Deletes        int64  `json:"deletes"`
+	Conflicts      int64  `json:"conflicts"`
+	CacheHits      int64  `json:"cache_hits"`
+	CacheMisses    int64  `json:"cache_misses"`
+	BytesUploaded  int64  `json:"bytes_uploaded"`
+}
+
+func (m *mount) status() status {
+	clean, dirty := m.cache.Usage()
+	files, deletes := m.cache.PendingCount()
+	st := m.cache.Stats()
+	return status{
+		MountPoint: m.cfg.MountPoint, Source: "s3://" + m.cfg.Bucket + "/" + m.cfg.Prefix,
+		PendingFiles: files, PendingDeletes: deletes, DirtyBytes: dirty, CachedBytes: clean + dirty,
+		CacheSize: int64(m.cfg.CacheSize), Uploads: st.UploadsDone.Load(), UploadErrors: st.UploadErrors.Load(),
+		Deletes: st.DeletesDone.Load(), Conflicts: st.Conflicts.Load(), CacheHits: st.CacheHits.Load(),
+		CacheMisses: st.CacheMisses.Load(), BytesUploaded: st.BytesUploaded.Load(),
+	}
+}
+
+func startControl(m *mount, cacheDir string) (*controlServer, error) {
+	path := filepath.Join(cacheDir, "control.sock")
+	if len(path) > 100 { // sun_path is 108 bytes
+		sum := sha256.Sum256([]byte(cacheDir))
+		dir := "/run/keelfs"
+		if os.Geteuid() != 0 {
+			dir = filepath.Join(os.TempDir(), fmt.Sprintf("keelfs-%d", os.Geteuid()))
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		path = filepath.Join(dir, hex.EncodeToString(sum[:8])+".sock")
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	os.Chmod(path, 0o600)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(m.status())
+	})
+	mux.HandleFunc("POST /flush", func(w http.ResponseWriter, r *http.Request) {
+		// Progress lines while the journal drains, then "done" or "error".
+		flusher, _ := w.(http.Flusher)
+		done := make(chan error, 1)
+		var left []string
+		go func() {
+			var err error
+			left, err = m.cache.Drain(r.Context())
+			done <- err
+		}()
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case err := <-done:
+				if err != nil || len(left) > 0 {
+					fmt.Fprintf(w, "error %d pending: %v\n", len(left), err)
+				} else {
+					fmt.Fprintln(w, "done")
+				}
+				return
+			case <-t.C:
+				st := m.status()
+				fmt.Fprintf(w, "pending %d %d %d\n", st.PendingFiles, st.PendingDeletes, st.DirtyBytes)
+				if flusher != nil {
+					flusher.Flush()
+				}
+			}
+		}
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return &controlServer{path: path, srv: srv, ln: ln}, nil
+}
+
+func (s *controlServer) close() {
+	if s == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.srv.Shutdown(ctx)
+	os.Remove(s.path)
+}
+
+// controlClient returns an HTTP client bound to the daemon serving mnt.
+func controlClient(mnt string) (*http.Client, error) {
+	buf := make([]byte, 4096)
+	n, err := unix.Getxattr(mnt, "user.keelfs.control", buf)
+	if err != nil {
+		if errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) {
+			return nil, withCode(exitMountPoint, fmt.Errorf("%s is not a keelfs mount", mnt))
+		}
+		return nil, withCode(exitMountPoint, fmt.Errorf("%s: %v", mnt, err))
+	}
+	path := string(buf[:n])
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}, nil
+}
+
+func oneMountPoint(cmd string, args []string) (string, error) {
+	for _, a := range args {
+		if a == "-h" || a == "--help" {
+			fmt.Fprintf(os.Stderr, "Usage: keelfs %s MOUNTPOINT\n", cmd)
+			return "", errHelpShown
+		}
+	}
+	if len(args) != 1 {
+		return "", usageErr("usage: keelfs %s MOUNTPOINT", cmd)
+	}
+	return filepath.Abs(args[0])
+}
+
+func statusCmd(args []string) error {
+	mnt, err := oneMountPoint("status", args)
+	if err != nil {
+		return err
+	}
+	cl, err := controlClient(mnt)
+	if err != nil {
+		return err
+	}
+	resp, err := cl.Get("http://keelfs/status")
+	if err != nil {
+		return fmt.Errorf("ask the daemon: %w", err)
+	}
+	defer resp.Body.Close()
+	var st status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return err
+	}
+	fmt.Printf("mount point:      %s\n", st.MountPoint)
+	fmt.Printf("source:           %s\n", st.Source)
+	fmt.Printf("pending uploads:  %d files, %s not yet in S3\n", st.PendingFiles, humanBytes(st.DirtyBytes))
+	fmt.Printf("pending deletes:  %d\n", st.PendingDeletes)
+	fmt.Printf("cache:            %s of %s used\n", humanBytes(st.CachedBytes), humanBytes(st.CacheSize))
+	ratio := "n/a"
+	if st.CacheHits+st.CacheMisses > 0 {
+		ratio = fmt.Sprintf("%.1f%%", 100*float64(st.CacheHits)/float64(st.CacheHits+st.CacheMisses))
+	}
+	fmt.Printf("cache hit ratio:  %s (%d hits, %d misses)\n", ratio, st.CacheHits, st.CacheMisses)
+	fmt.Printf("uploads:          %d done (%s), %d failed attempts\n", st.Uploads, humanBytes(st.BytesUploaded), st.UploadErrors)
+	fmt.Printf("deletes:          %d done\n", st.Deletes)
+	fmt.Printf("conflicts:        %d\n", st.Conflicts)
+	return nil
+}
+
+func flushCmd(args []string) error {
+	mnt, err := oneMountPoint("flush", args)
+	if err != nil {
+		return err
+	}
+	return flush(mnt)
+}
+
+// flush asks the daemon to upload everything now and shows progress until
+// the journal is empty.
+func flush(mnt string) error {
+	cl, err := controlClient(mnt)
+	if err != nil {
+		return err
+	}
+	resp, err := cl.Post("http://keelfs/flush", "text/plain", nil)
+	if err != nil {
+		return fmt.Errorf("ask the daemon: %w", err)
+	}
+	defer resp.Body.Close()
+	p := newProgress("flush")
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) == 4 && f[0] == "pending":
+			var files, deletes int
+			var dirty int64
+			fmt.Sscan(f[1], &files)
+			fmt.Sscan(f[2], &deletes)
+			fmt.Sscan(f[3], &dirty)
+			p.pending(files, deletes, dirty)
+		case len(f) > 0 && f[0] == "done":
+			p.done("everything is in S3")
+			return nil
+		case len(f) > 0 && f[0] == "error":
+			p.done("")
+			return errors.New("flush: " + strings.TrimPrefix(sc.Text(), "error "))
+		}
+	}
+	return fmt.Errorf("flush: the daemon went away: %v", sc.Err())
+}
+
+func unmountCmd(args []string) error {
+	mnt, err := oneMountPoint("unmount", args)
+	if err != nil {
+		return err
+	}
+	if err := flush(mnt); err != nil {
+		return err
+	}
+	if err := syscall.Unmount(mnt, 0); err != nil {
+		if errors.Is(err, syscall.EPERM) {
+			if out, ferr := runCmd("fusermount3", "-u", mnt); ferr != nil {
+				return fmt.Errorf("unmount %s: %v %s", mnt, ferr, out)
+			}
+			return nil
+		}
+		return fmt.Errorf("unmount %s: %w", mnt, err)
+	}
+	return nil
+}
+
+// warmCmd reads files into the cache.
+func warmCmd(args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(os.Stderr, "Usage: keelfs warm PATH...\n\nReads every file under the paths, so that later reads come from the cache.")
+		if len(args) == 0 {
+			return usageErr("warm needs at least one path")
+		}
+		return errHelpShown
+	}
+	var files []string
+	var total int64
+	for _, a := range args {
+		err := filepath.Walk(a, func(p string, info os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			if info.Mode().IsRegular() {
+				files = append(files, p)
+				total += info.Size()
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	p := newProgress("warm")
+	p.start(total)
+	buf := make([]byte, 1<<20)
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			return err
+		}
+		for {
+			n, err := fh.Read(buf)
+			p.add(int64(n))
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				fh.Close()
+				return fmt.Errorf("%s: %w", f, err)
+			}
+		}
+		fh.Close()
+	}
+	p.done(fmt.Sprintf("%d files, %s in the cache", len(files), humanBytes(total)))
+	return nil
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,548 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/keelfs/keelfs/cache"
+	kfs "github.com/keelfs/keelfs/fs"
+	"github.com/keelfs/keelfs/s3backend"
+)
+
+const mountUsage = `Usage: keelfs mount BUCKET[/PREFIX] MOUNTPOINT [flags]
+
+BUCKET may also be written s3://BUCKET/PREFIX or BUCKET:/PREFIX. Credentials
+come from the standard AWS chain (environment, profile, web identity, ECS task
+role, instance metadata), never from the command line. Every flag can also be
+given as an -o option (cache_dir=/x or cache-dir=/x) or as an environment
+variable KEELFS_<FLAG> (KEELFS_CACHE_DIR=/x).
+
+Examples:
+  keelfs mount s3://my-bucket/uploads /var/www/uploads
+  keelfs mount my-bucket /data -f --endpoint http://127.0.0.1:9000 --force-path-style
+  keelfs mount my-bucket/logs /logs --sync-on-close --metrics-addr 127.0.0.1:9100
+
+Flags:
+`
+
+func mountCmd(args []string) error {
+	cfg := &mountConfig{}
+	flags := newMountFlags(cfg)
+	var opts []string
+	flags.StringSliceVarP(&opts, "options", "o", nil, "mount options, as in fstab: opt,opt=value")
+	flags.Usage = func() {
+		fmt.Fprint(os.Stderr, mountUsage)
+		flags.PrintDefaults()
+	}
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return errHelpShown
+		}
+		return usageErr("%v (see keelfs mount --help)", err)
+	}
+	for _, o := range opts {
+		if err := applyOption(flags, o); err != nil {
+			return usageErr("%v", err)
+		}
+	}
+	if err := applyEnv(flags); err != nil {
+		return usageErr("%v", err)
+	}
+	pos := flags.Args()
+	if len(pos) != 2 {
+		return usageErr("mount needs BUCKET[/PREFIX] and MOUNTPOINT (see keelfs mount --help)")
+	}
+	bucket, prefix, err := parseBucket(pos[0])
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	if cfg.Prefix != "" {
+		prefix = strings.Trim(strings.Trim(prefix, "/")+"/"+strings.Trim(cfg.Prefix, "/"), "/")
+	}
+	cfg.Bucket, cfg.Prefix = bucket, prefix
+	if cfg.MountPoint, err = filepath.Abs(pos[1]); err != nil {
+		return usageErr("%v", err)
+	}
+	if err := validate(cfg); err != nil {
+		return usageErr("%v", err)
+	}
+	if !cfg.Foreground && os.Getenv("KEELFS_READY_FD") == "" {
+		return daemonize(args)
+	}
+	return serve(cfg)
+}
+
+// standardOptions are mount(8) options that mean nothing to keelfs or
+// that the kernel and mount(8) handle themselves.
+var ignoredOptions = regexp.MustCompile(`^(defaults|_netdev|auto|noauto|nofail|user|users|nouser|owner|group|rw|suid|nosuid|dev|nodev|exec|noexec|atime|noatime|relatime|norelatime|strictatime|diratime|nodiratime|lazytime|sync|async|dirsync|remount|bind|comment=.*|x-.*|fsname=.*|subtype=.*|default_permissions|allow-delete|allow_delete|allow-overwrite|allow_overwrite)$`)
+
+// applyOption sets one -o option: a keelfs flag (with _ or -), or a
+// standard mount option.
+func applyOption(flags *pflag.FlagSet, opts string) error {
+	for _, kv := range splitOptions(opts) {
+		k, v := kv[0], kv[1]
+		full := k
+		if v != "" {
+			full += "=" + v
+		}
+		switch {
+		case ignoredOptions.MatchString(full) || ignoredOptions.MatchString(k):
+			continue
+		case k == "ro":
+			k, v = "read-only", "true"
+		case k == "foreground":
+			k, v = "foreground", "true"
+		}
+		f := flags.Lookup(k)
+		if f == nil {
+			return fmt.Errorf("unknown mount option %q", k)
+		}
+		if v == "" {
+			if f.NoOptDefVal == "" {
+				return fmt.Errorf("mount option %q needs a value", k)
+			}
+			v = f.NoOptDefVal
+		}
+		if err := flags.Set(k, v); err != nil {
+			return fmt.Errorf("mount option %s: %v", k, err)
+		}
+	}
+	return nil
+}
+
+func validate(cfg *mountConfig) error {
+	switch cfg.Conflict {
+	case "copy", "overwrite":
+	default:
+		return fmt.Errorf("--conflict must be copy or overwrite, not %q", cfg.Conflict)
+	}
+	switch cfg.LogFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("--log-format must be text or json, not %q", cfg.LogFormat)
+	}
+	if _, err := parseLevel(cfg.LogLevel); err != nil {
+		return err
+	}
+	if cfg.BlockSize < 64<<10 || cfg.BlockSize > 64<<20 || cfg.BlockSize&(cfg.BlockSize-1) != 0 {
+		return fmt.Errorf("--block-size must be a power of two between 64K and 64M")
+	}
+	if cfg.PartSize < s3backend.MinPartSize || cfg.PartSize > s3backend.MaxPartSize {
+		return fmt.Errorf("--part-size must be between 5M and 5G")
+	}
+	if cfg.CacheSize < 8*cfg.BlockSize {
+		return fmt.Errorf("--cache-size must be at least 8 blocks (%s)", formatSize(int64(8*cfg.BlockSize)))
+	}
+	if cfg.MaxUploads < 1 || cfg.MaxUploads > 256 {
+		return fmt.Errorf("--max-uploads must be between 1 and 256")
+	}
+	if cfg.MetadataTTL < 0 || cfg.WriteBackDelay < 0 || cfg.ShutdownTimeout < 0 {
+		return fmt.Errorf("durations must not be negative")
+	}
+	switch cfg.SSE {
+	case "", "AES256", "aws:kms", "aws:kms:dsse":
+	default:
+		return fmt.Errorf("--sse must be AES256 or aws:kms, not %q", cfg.SSE)
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", s)
+	}
+	return l, nil
+}
+
+func newLogger(cfg *mountConfig) *slog.Logger {
+	level, _ := parseLevel(cfg.LogLevel)
+	if cfg.Debug {
+		level = slog.LevelDebug
+	}
+	o := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, o))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, o))
+}
+
+// daemonize runs the mount in a child process and returns once the mount
+// is live, or with the child's error. The child reports through a pipe
+// (fd 3, KEELFS_READY_FD).
+func daemonize(args []string) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, append([]string{"mount"}, args...)...)
+	cmd.Env = append(os.Environ(), "KEELFS_READY_FD=3")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stdout, cmd.Stderr = nil, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("start mount process: %w", err)
+	}
+	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	r.Close()
+	line = strings.TrimSpace(line)
+	if line == "ok" {
+		cmd.Process.Release()
+		return nil
+	}
+	if code, msg, ok := strings.Cut(line, " "); ok {
+		if n, err := strconv.Atoi(code); err == nil {
+			cmd.Wait()
+			return withCode(n, errors.New(msg))
+		}
+	}
+	err = cmd.Wait()
+	return withCode(exitError, fmt.Errorf("mount process exited before the mount was ready: %v", err))
+}
+
+// readyPipe reports the outcome of start-up to a waiting parent.
+type readyPipe struct{ f *os.File }
+
+func openReady() *readyPipe {
+	fd, err := strconv.Atoi(os.Getenv("KEELFS_READY_FD"))
+	if err != nil {
+		return nil
+	}
+	os.Unsetenv("KEELFS_READY_FD")
+	return &readyPipe{os.NewFile(uintptr(fd), "ready")}
+}
+
+func (p *readyPipe) ok() {
+	if p == nil {
+		return
+	}
+	fmt.Fprintln(p.f, "ok")
+	p.f.Close()
+	// The parent has exited: stop writing logs to its terminal only if it
+	// is gone; stderr stays as inherited (journal, container log).
+}
+
+func (p *readyPipe) fail(err error) error {
+	if p == nil {
+		return err
+	}
+	code := exitError
+	var ce *codeError
+	if errors.As(err, &ce) {
+		code = ce.code
+	}
+	fmt.Fprintf(p.f, "%d %s\n", code, strings.ReplaceAll(err.Error(), "\n", " "))
+	p.f.Close()
+	return withCode(code, errReported)
+}
+
+var errReported = errors.New("reported to the parent")
+
+// serve mounts and runs until unmounted or stopped by a signal.
+func serve(cfg *mountConfig) error {
+	ready := openReady()
+	log := newLogger(cfg)
+	slog.SetDefault(log)
+	m, err := startMount(cfg, log)
+	if err != nil {
+		return ready.fail(err)
+	}
+	ready.ok()
+	return m.run()
+}
+
+type mount struct {
+	cfg     *mountConfig
+	log     *slog.Logger
+	cache   *cache.Cache
+	fsys    *kfs.FS
+	control *controlServer
+}
+
+func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return nil, withCode(exitFuse, fmt.Errorf("FUSE is not available (/dev/fuse: %v); install fuse3, or run the container with --device /dev/fuse --cap-add SYS_ADMIN", err))
+	}
+	if err := checkMountPoint(cfg.MountPoint, log); err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	store, err := s3backend.New(ctx, s3backend.Config{
+		Bucket: cfg.Bucket, Prefix: cfg.Prefix, Endpoint: cfg.Endpoint, Region: cfg.Region,
+		ForcePathStyle: cfg.ForcePathStyle, Profile: cfg.Profile, NoSignRequest: cfg.NoSignRequest,
+		RequesterPays: cfg.RequesterPays, CABundle: cfg.CABundle, SSE: cfg.SSE, SSEKMSKeyID: cfg.SSEKMSKeyID,
+		StorageClass: cfg.StorageClass, UnsignedPayload: true, Logger: log,
+	})
+	if err != nil {
+		return nil, withCode(exitAccess, fmt.Errorf("s3 client: %w", err))
+	}
+	where := fmt.Sprintf("s3://%s/%s", cfg.Bucket, cfg.Prefix)
+	if cfg.Endpoint != "" {
+		where += " at " + cfg.Endpoint
+	}
+	cctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	err = store.CheckAccess(cctx)
+	cancel()
+	if err != nil {
+		return nil, accessError(where, err)
+	}
+	conditional := false
+	if !cfg.ReadOnly {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		conditional, err = store.ProbeConditionalWrites(pctx)
+		cancel()
+		switch {
+		case err != nil:
+			log.Warn("could not test the endpoint for conditional writes; uploads are last-writer-wins", "err", err)
+		case !conditional:
+			log.Warn("the endpoint does not enforce conditional writes (If-Match/If-None-Match); uploads are last-writer-wins and concurrent edits from other mounts can overwrite each other")
+		}
+	}
+	cacheDir, err := resolveCacheDir(cfg)
+	if err != nil {
+		return nil, withCode(exitCache, err)
+	}
+	var key []byte
+	if cfg.EncryptionKey != "" {
+		if key, err = readKeyFile(cfg.EncryptionKey); err != nil {
+			return nil, withCode(exitUsage, err)
+		}
+	}
+	fsys := kfs.New(kfs.Options{
+		FsName: "keelfs:" + strings.TrimSuffix(cfg.Bucket+"/"+cfg.Prefix, "/"), ReadOnly: cfg.ReadOnly,
+		AllowOther: cfg.AllowOther, AllowRoot: cfg.AllowRoot, TTL: cfg.MetadataTTL, Debug: cfg.Debug, Logger: log,
+	})
+	conflict := cache.ConflictCopy
+	if cfg.Conflict == "overwrite" {
+		conflict = cache.ConflictOverwrite
+	}
+	c, err := cache.Open(ctx, cache.Options{
+		Dir: cacheDir, Store: store, ReadOnly: cfg.ReadOnly, BlockSize: int64(cfg.BlockSize),
+		CacheSize: int64(cfg.CacheSize), MetadataTTL: cfg.MetadataTTL, WriteBackDelay: cfg.WriteBackDelay,
+		SyncOnClose: cfg.SyncOnClose, PartSize: int64(cfg.PartSize), MaxUploads: cfg.MaxUploads,
+		SkipHeaders: cfg.SkipHeaders, Conflict: conflict, ConditionalWrites: conditional,
+		UID: cfg.UID, GID: cfg.GID, FileMode: uint32(cfg.FileMode), DirMode: uint32(cfg.DirMode),
+		EncryptionKey: key, Logger: log, Invalidate: fsys.Invalidate, InvalidateEntry: fsys.InvalidateEntry,
+	})
+	if err != nil {
+		return nil, withCode(exitCache, err)
+	}
+	m := &mount{cfg: cfg, log: log, cache: c, fsys: fsys}
+	m.control, err = startControl(m, cacheDir)
+	if err != nil {
+		c.Close()
+		return nil, withCode(exitCache, err)
+	}
+	fsys.SetControlPath(m.control.path)
+	fsys.Bind(c)
+	if err := fsys.Mount(cfg.MountPoint); err != nil {
+		m.control.close()
+		c.Close()
+		return nil, withCode(exitFuse, err)
+	}
+	if cfg.PprofAddr != "" {
+		go func() {
+			if err := http.ListenAndServe(cfg.PprofAddr, nil); err != nil {
+				log.Error("pprof server", "err", err)
+			}
+		}()
+	}
+	log.Info("mounted", "source", where, "mountpoint", cfg.MountPoint, "cache", cacheDir)
+	return m, nil
+}
+
+// accessError turns a failed access check into one clear line and an exit
+// code.
+func accessError(where string, err error) error {
+	switch {
+	case errors.Is(err, s3backend.ErrNoSuchBucket):
+		return withCode(exitBucket, fmt.Errorf("bucket does not exist: %s", where))
+	case errors.Is(err, s3backend.ErrInvalidCredentials):
+		return withCode(exitAccess, fmt.Errorf("credentials rejected by %s: %v", where, err))
+	case errors.Is(err, s3backend.ErrAccessDenied):
+		return withCode(exitAccess, fmt.Errorf("access denied to %s: %v", where, err))
+	case errors.Is(err, s3backend.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return withCode(exitBucket, fmt.Errorf("cannot reach %s: %v", where, err))
+	}
+	return withCode(exitBucket, fmt.Errorf("cannot use %s: %v", where, err))
+}
+
+// checkMountPoint makes sure dir can be mounted on. A FUSE mount left by a
+// dead process (ENOTCONN) is detached first.
+func checkMountPoint(dir string, log *slog.Logger) error {
+	st, err := os.Stat(dir)
+	if errors.Is(err, syscall.ENOTCONN) {
+		log.Warn("mount point has a stale mount from a process that died; detaching it", "mountpoint", dir)
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			if out, ferr := exec.Command("fusermount3", "-u", "-z", dir).CombinedOutput(); ferr != nil {
+				return withCode(exitMountPoint, fmt.Errorf("mount point %s has a stale mount that could not be detached: %v %s", dir, err, out))
+			}
+		}
+		st, err = os.Stat(dir)
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return withCode(exitMountPoint, fmt.Errorf("mount point %s does not exist", dir))
+		}
+		return withCode(exitMountPoint, fmt.Errorf("mount point %s: %v", dir, err))
+	}
+	if !st.IsDir() {
+		return withCode(exitMountPoint, fmt.Errorf("mount point %s is not a directory", dir))
+	}
+	if mounted, _ := isMountPoint(dir); mounted {
+		return withCode(exitMountPoint, fmt.Errorf("%s is already a mount point", dir))
+	}
+	return nil
+}
+
+// isMountPoint reports whether dir is a mount point, from mountinfo.
+func isMountPoint(dir string) (bool, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && unescapeMount(f[4]) == dir {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func unescapeMount(s string) string {
+	return regexp.MustCompile(`\\([0-7]{3})`).ReplaceAllStringFunc(s, func(m string) string {
+		n, _ := strconv.ParseUint(m[1:], 8, 8)
+		return string(rune(n))
+	})
+}
+
+// resolveCacheDir returns the cache directory of this bucket and prefix:
+// a subdirectory, mode 0700, of --cache-dir or the default base.
+func resolveCacheDir(cfg *mountConfig) (string, error) {
+	base := cfg.CacheDir
+	if base == "" {
+		switch {
+		case os.Getenv("XDG_CACHE_HOME") != "":
+			base = filepath.Join(os.Getenv("XDG_CACHE_HOME"), "keelfs")
+		case os.Geteuid() == 0:
+			base = "/var/cache/keelfs"
+		default:
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", fmt.Errorf("no cache directory: set --cache-dir")
+			}
+			base = filepath.Join(home, ".cache", "keelfs")
+		}
+	}
+	sum := sha256.Sum256([]byte(cfg.Endpoint + "\x00" + cfg.Bucket + "\x00" + cfg.Prefix))
+	name := regexp.MustCompile(`[^A-Za-z0-9._-]+`).ReplaceAllString(strings.Trim(cfg.Bucket+"-"+cfg.Prefix, "-"), "_")
+	if len(name) > 64 {
+		name = name[:64]
+	}
+	dir := filepath.Join(base, name+"-"+hex.EncodeToString(sum[:6]))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("cache directory %s: %v", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return "", fmt.Errorf("cache directory %s: %v", dir, err)
+	}
+	return dir, nil
+}
+
+func readKeyFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cache encryption key: %v", err)
+	}
+	key := []byte(strings.TrimSpace(string(b)))
+	if dec, err := hex.DecodeString(string(key)); err == nil {
+		key = dec
+	}
+	switch len(key) {
+	case 16, 24, 32:
+		return key, nil
+	}
+	return nil, fmt.Errorf("cache encryption key in %s must be 16, 24 or 32 bytes (raw or hex), not %d", path, len(key))
+}
+
+// run serves until the filesystem is unmounted or a signal stops it.
+func (m *mount) run() error {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	done := make(chan struct{})
+	go func() {
+		m.fsys.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		m.log.Info("unmounted; finishing pending uploads")
+		return m.finish(sigs, false)
+	case sig := <-sigs:
+		m.log.Info("stopping: uploading everything pending, then unmounting", "signal", sig.String(),
+			"timeout", m.cfg.ShutdownTimeout.String())
+		return m.finish(sigs, true)
+	}
+}
+
+// finish drains the journal within the shutdown timeout (a second signal
+// cuts it short), unmounts and closes the cache. Whatever is still pending
+// stays in the cache for the next mount, and the exit status says so.
+func (m *mount) finish(sigs chan os.Signal, unmount bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case sig := <-sigs:
+			m.log.Warn("second signal: stopping now", "signal", sig.String())
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	left, _ := m.cache.Drain(ctx)
+	if unmount {
+		if err := m.fsys.Unmount(); err != nil {
+			m.log.Warn("unmount busy; detaching the mount", "err", err)
+			syscall.Unmount(m.cfg.MountPoint, syscall.MNT_DETACH)
+		}
+	}
+	m.control.close()
+	if err := m.cache.Close(); err != nil {
+		m.log.Error("closing cache", "err", err)
+	}
+	if len(left) > 0 {
+		show := left
+		if len(show) > 20 {
+			show = append(show[:20:20], fmt.Sprintf("... and %d more", len(left)-20))
+		}
+		return withCode(exitPending, fmt.Errorf("stopped with %d changes not yet in S3; they are safe in the cache and the next mount with the same --cache-dir uploads them: %s",
+			len(left), strings.Join(show, ", ")))
+	}
+	m.log.Info("stopped; everything is in S3")
+	return nil
+}
