@@ -85,7 +85,23 @@ func (e *Error) Error() string {
 	if e.RequestID != "" {
 		s += ", request id " + e.RequestID
 	}
+	// Without a response the cause is all there is to go on ("connection
+	// refused", "no credentials found"): show its innermost message.
+	if e.Cause != nil && e.Code == "" && (e.Kind == ErrUnavailable || e.Kind == ErrInvalidCredentials) {
+		s += ": " + rootCause(e.Cause).Error()
+	}
 	return s
+}
+
+// rootCause follows single-error Unwrap chains to the innermost error.
+func rootCause(err error) error {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err
+		}
+		err = next
+	}
 }
 
 func (e *Error) Unwrap() []error { return []error{e.Kind, e.Cause} }

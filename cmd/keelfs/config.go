@@ -50,6 +50,7 @@ type mountConfig struct {
 
 	LogFormat   string
 	LogLevel    string
+	LogFile     string
 	Debug       bool
 	MetricsAddr string
 	PprofAddr   string
@@ -112,6 +113,7 @@ func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
 
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&cfg.LogFile, "log-file", "", "write logs to this file (default: stderr with -f, else keelfs.log in the cache directory)")
 	fs.BoolVar(&cfg.Debug, "debug", false, "log every FUSE request (very verbose)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics and /healthz on this address (e.g. 127.0.0.1:9100)")
 	fs.StringVar(&cfg.PprofAddr, "pprof-addr", "", "serve Go profiling (net/http/pprof) on this address")

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	_ "net/http/pprof"
@@ -173,16 +174,24 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-func newLogger(cfg *mountConfig) *slog.Logger {
+func newLogger(cfg *mountConfig) (*slog.Logger, error) {
 	level, _ := parseLevel(cfg.LogLevel)
 	if cfg.Debug {
 		level = slog.LevelDebug
 	}
+	var w io.Writer = os.Stderr
+	if cfg.LogFile != "" {
+		f, err := os.OpenFile(cfg.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("log file: %v", err)
+		}
+		w = f
+	}
 	o := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, o))
+		return slog.New(slog.NewJSONHandler(w, o)), nil
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, o))
+	return slog.New(slog.NewTextHandler(w, o)), nil
 }
 
 // daemonize runs the mount in a child process and returns once the mount
@@ -200,7 +209,10 @@ func daemonize(args []string) error {
 	cmd := exec.Command(self, append([]string{"mount"}, args...)...)
 	cmd.Env = append(os.Environ(), "KEELFS_READY_FD=3")
 	cmd.ExtraFiles = []*os.File{w}
-	cmd.Stdout, cmd.Stderr = nil, os.Stderr
+	// The child reports start-up through the pipe and logs to a file; it
+	// must not hold our stdout or stderr, or a caller that captures them
+	// would wait for the daemon to exit.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, nil
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()
@@ -265,7 +277,17 @@ var errReported = errors.New("reported to the parent")
 // serve mounts and runs until unmounted or stopped by a signal.
 func serve(cfg *mountConfig) error {
 	ready := openReady()
-	log := newLogger(cfg)
+	if ready != nil && cfg.LogFile == "" {
+		// In the background nobody reads our stderr (and holding the
+		// caller's pipe open would hang it): log to the cache directory.
+		if dir, err := resolveCacheDir(cfg); err == nil {
+			cfg.LogFile = filepath.Join(dir, "keelfs.log")
+		}
+	}
+	log, err := newLogger(cfg)
+	if err != nil {
+		return ready.fail(withCode(exitUsage, err))
+	}
 	slog.SetDefault(log)
 	m, err := startMount(cfg, log)
 	if err != nil {
@@ -291,12 +313,7 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 		return nil, err
 	}
 	ctx := context.Background()
-	store, err := s3backend.New(ctx, s3backend.Config{
-		Bucket: cfg.Bucket, Prefix: cfg.Prefix, Endpoint: cfg.Endpoint, Region: cfg.Region,
-		ForcePathStyle: cfg.ForcePathStyle, Profile: cfg.Profile, NoSignRequest: cfg.NoSignRequest,
-		RequesterPays: cfg.RequesterPays, CABundle: cfg.CABundle, SSE: cfg.SSE, SSEKMSKeyID: cfg.SSEKMSKeyID,
-		StorageClass: cfg.StorageClass, UnsignedPayload: true, Logger: log,
-	})
+	store, err := s3backend.New(ctx, storeConfig(cfg, log))
 	if err != nil {
 		return nil, withCode(exitAccess, fmt.Errorf("s3 client: %w", err))
 	}
@@ -304,8 +321,14 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	if cfg.Endpoint != "" {
 		where += " at " + cfg.Endpoint
 	}
+	// The access check runs on a store that does not log its retries: its
+	// outcome is the one line the user needs.
+	quiet, err := s3backend.New(ctx, storeConfig(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		return nil, withCode(exitAccess, fmt.Errorf("s3 client: %w", err))
+	}
 	cctx, cancel := context.WithTimeout(ctx, 8*time.Second)
-	err = store.CheckAccess(cctx)
+	err = quiet.CheckAccess(cctx)
 	cancel()
 	if err != nil {
 		return nil, accessError(where, err)
@@ -373,6 +396,15 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	}
 	log.Info("mounted", "source", where, "mountpoint", cfg.MountPoint, "cache", cacheDir)
 	return m, nil
+}
+
+func storeConfig(cfg *mountConfig, log *slog.Logger) s3backend.Config {
+	return s3backend.Config{
+		Bucket: cfg.Bucket, Prefix: cfg.Prefix, Endpoint: cfg.Endpoint, Region: cfg.Region,
+		ForcePathStyle: cfg.ForcePathStyle, Profile: cfg.Profile, NoSignRequest: cfg.NoSignRequest,
+		RequesterPays: cfg.RequesterPays, CABundle: cfg.CABundle, SSE: cfg.SSE, SSEKMSKeyID: cfg.SSEKMSKeyID,
+		StorageClass: cfg.StorageClass, UnsignedPayload: true, Logger: log,
+	}
 }
 
 // accessError turns a failed access check into one clear line and an exit

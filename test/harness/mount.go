@@ -1,0 +1,333 @@
+package harness
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// Binary returns the keelfs binary under test: $KEELFS_BIN (the Makefile
+// sets it), else one built once per test process.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("KEELFS_BIN"); p != "" {
+		if abs, err := filepath.Abs(p); err == nil {
+			return abs
+		}
+		return p
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "keelfs-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "keelfs")
+		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/keelfs")
+		cmd.Dir = RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("harness: build keelfs: %v", buildErr)
+	}
+	return buildPath
+}
+
+// RequireFUSE fails the test, loudly, when this machine cannot mount FUSE.
+func RequireFUSE(t testing.TB) {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Fatalf("harness: FUSE is not available (/dev/fuse: %v); this test needs it (install fuse3, run as root or with /dev/fuse access)", err)
+	}
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		t.Fatalf("harness: fusermount3 not found; install the fuse3 package (make test does it)")
+	}
+}
+
+// Mount is one running keelfs process serving a mount point.
+type Mount struct {
+	Dir      string // mount point
+	CacheDir string
+	Source   string // s3://bucket/prefix
+	Server   *Server
+
+	t       testing.TB
+	args    []string
+	env     []string
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{}
+	exitErr error
+	allowed []*regexp.Regexp
+	mu      sync.Mutex
+}
+
+// MountOptions tunes a test mount.
+type MountOptions struct {
+	Dir      string   // mount point; default a new temp dir
+	CacheDir string   // default a new temp dir
+	Args     []string // extra flags
+	Env      []string // extra environment
+	Endpoint string   // S3 endpoint to use instead of the server's (a Proxy)
+}
+
+// Mount starts keelfs in the foreground on source ("bucket" or
+// "bucket/prefix") and waits until the mount is live. It is unmounted and
+// stopped at cleanup, whatever happens in the test.
+func (s *Server) Mount(t testing.TB, source string, o MountOptions) *Mount {
+	t.Helper()
+	RequireFUSE(t)
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	if o.CacheDir == "" {
+		o.CacheDir = t.TempDir()
+	}
+	m := &Mount{Dir: o.Dir, CacheDir: o.CacheDir, Source: "s3://" + source, Server: s, t: t,
+		env: append(append(os.Environ(), s.Env()...), o.Env...)}
+	endpoint := s.Endpoint
+	if o.Endpoint != "" {
+		endpoint = o.Endpoint
+	}
+	m.args = append([]string{"mount", m.Source, m.Dir, "-f", "--endpoint", endpoint, "--force-path-style",
+		"--cache-dir", m.CacheDir, "--log-level", "debug"}, o.Args...)
+	m.logPath = filepath.Join(t.TempDir(), "keelfs.log")
+	t.Cleanup(m.cleanup)
+	m.start()
+	return m
+}
+
+func (m *Mount) start() {
+	m.t.Helper()
+	logf, err := os.OpenFile(m.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		m.t.Fatalf("harness: %v", err)
+	}
+	fmt.Fprintf(logf, "=== keelfs %s\n", strings.Join(m.args, " "))
+	cmd := exec.Command(Binary(m.t), m.args...)
+	cmd.Env = m.env
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		m.t.Fatalf("harness: start keelfs: %v", err)
+	}
+	done := make(chan struct{})
+	m.mu.Lock()
+	m.cmd, m.done = cmd, done
+	m.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		m.mu.Lock()
+		m.exitErr = err
+		m.mu.Unlock()
+		close(done)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			m.t.Fatalf("harness: keelfs exited before mounting (%v):\n%s", m.exitErr, m.Log())
+		default:
+		}
+		if IsMounted(m.Dir) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	m.t.Fatalf("harness: %s not mounted after 30s:\n%s", m.Dir, m.Log())
+}
+
+// IsMounted reports whether dir is a keelfs mount point.
+func IsMounted(dir string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		for i, x := range f {
+			if x == "-" && i+1 < len(f) && len(f) > 4 && f[4] == dir && strings.HasPrefix(f[i+1], "fuse.keelfs") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Path joins p to the mount point.
+func (m *Mount) Path(p ...string) string { return filepath.Join(append([]string{m.Dir}, p...)...) }
+
+// Log returns the daemon's log so far.
+func (m *Mount) Log() string {
+	b, _ := os.ReadFile(m.logPath)
+	return string(b)
+}
+
+// AllowLog lets log lines at WARN or ERROR matching re pass; any other
+// such line fails the test at cleanup.
+func (m *Mount) AllowLog(re string) { m.allowed = append(m.allowed, regexp.MustCompile(re)) }
+
+// Stop sends SIGTERM and waits for the process; it returns the exit code.
+func (m *Mount) Stop() int {
+	m.t.Helper()
+	return m.signalAndWait(syscall.SIGTERM, 60*time.Second)
+}
+
+// Kill9 kills the daemon without warning, like a crash or an OOM kill,
+// and detaches the dead mount.
+func (m *Mount) Kill9() {
+	m.t.Helper()
+	m.signalAndWait(syscall.SIGKILL, 10*time.Second)
+	detach(m.Dir)
+}
+
+// Remount starts keelfs again on the same mount point and cache directory.
+func (m *Mount) Remount(extraArgs ...string) {
+	m.t.Helper()
+	if m.running() {
+		m.t.Fatalf("harness: remount while still running")
+	}
+	m.args = append(m.args, extraArgs...)
+	m.start()
+}
+
+// Flush runs `keelfs flush` on the mount and fails the test if it fails.
+func (m *Mount) Flush() {
+	m.t.Helper()
+	cmd := exec.Command(Binary(m.t), "flush", m.Dir)
+	cmd.Env = m.env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		m.t.Fatalf("keelfs flush: %v\n%s\nlog:\n%s", err, out, tailStr(m.Log(), 4000))
+	}
+}
+
+func (m *Mount) running() bool {
+	m.mu.Lock()
+	done := m.done
+	m.mu.Unlock()
+	if done == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (m *Mount) signalAndWait(sig syscall.Signal, timeout time.Duration) int {
+	m.mu.Lock()
+	cmd, done := m.cmd, m.done
+	m.mu.Unlock()
+	if cmd == nil {
+		return -1
+	}
+	select {
+	case <-done:
+	default:
+		cmd.Process.Signal(sig)
+		select {
+		case <-done:
+		case <-time.After(timeout):
+			m.t.Errorf("harness: keelfs did not exit %v after %v; killing it", sig, timeout)
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ee *exec.ExitError
+	if errors.As(m.exitErr, &ee) {
+		return ee.ExitCode()
+	}
+	if m.exitErr != nil {
+		return -1
+	}
+	return 0
+}
+
+func (m *Mount) cleanup() {
+	if m.running() {
+		if code := m.signalAndWait(syscall.SIGTERM, 60*time.Second); code != 0 && !m.t.Failed() {
+			m.t.Errorf("harness: keelfs exited %d at cleanup:\n%s", code, tailStr(m.Log(), 4000))
+		}
+	}
+	if IsMounted(m.Dir) {
+		detach(m.Dir)
+	}
+	if !m.t.Failed() {
+		m.checkLog()
+	}
+	if m.t.Failed() {
+		m.t.Logf("keelfs log (%s):\n%s", m.Dir, tailStr(m.Log(), 12000))
+	}
+}
+
+var badLine = regexp.MustCompile(`level=(WARN|ERROR)|"level":"(WARN|ERROR)"|panic:|DATA RACE`)
+
+// checkLog fails the test on a warning or error nobody expected: an
+// unexpected S3 error or cache inconsistency must not pass quietly.
+func (m *Mount) checkLog() {
+	for _, line := range strings.Split(m.Log(), "\n") {
+		if !badLine.MatchString(line) {
+			continue
+		}
+		ok := false
+		for _, re := range m.allowed {
+			if re.MatchString(line) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			m.t.Errorf("unexpected log line from keelfs: %s", line)
+		}
+	}
+}
+
+func detach(dir string) {
+	if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+		exec.Command("fusermount3", "-u", "-z", dir).Run()
+	}
+}
+
+func tailStr(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// Run runs a shell command in dir and returns its combined output; it
+// fails the test if the command fails.
+func Run(t testing.TB, dir, script string) string {
+	t.Helper()
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = dir
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out.String())
+	}
+	return out.String()
+}
