@@ -19,7 +19,7 @@ import (
 // on flush, fsync, close, truncate and before an upload.
 type writeBuf struct {
 	idx    int64
-	gen    uint32
+	gen    uint64
 	data   []byte // full block size
 	pooled bool   // counted in bufferBudget
 }
@@ -145,7 +145,7 @@ func (h *Handle) Read(ctx context.Context, dest []byte, off int64) (int, error) 
 		st.mu.Unlock()
 		return 0, ErrStale
 	}
-	src := h.sourceLocked()
+	src := h.sourceLocked().clone() // read-ahead works on it without the lock
 	size := src.Size
 	st.mu.Unlock()
 	if off >= size || len(dest) == 0 {
@@ -206,37 +206,44 @@ func (c *Cache) sourceOf(rec *Inode, idx int64) blockSource {
 		key: rec.RemoteKey, etag: rec.ETag, rsize: rec.RemoteSize}
 }
 
-var zeroBlock []byte
-
 // readBlock returns the content of block idx as seen through h. release
 // must be called when the caller is done with data.
 func (c *Cache) readBlock(ctx context.Context, h *Handle, idx int64) (data []byte, release func(), err error) {
 	st := h.st
-	st.mu.Lock()
-	if st.rec == nil {
+	var last blockSource
+	for attempt := 0; ; attempt++ {
+		st.mu.Lock()
+		if st.rec == nil {
+			st.mu.Unlock()
+			return nil, nil, ErrStale
+		}
+		rec := h.sourceLocked()
+		if rec == st.rec && st.buf != nil && st.buf.idx == idx {
+			out := c.getBlockBuf()
+			copy(out, st.buf.data)
+			st.mu.Unlock()
+			return out, func() { c.putBlockBuf(out) }, nil
+		}
+		src := c.sourceOf(rec, idx)
 		st.mu.Unlock()
-		return nil, nil, ErrStale
+		if attempt > 0 && src == last {
+			return nil, nil, err // the source did not move: the failure stands
+		}
+		data, release, err = c.loadBlock(ctx, src)
+		// A rename's copy and delete can land between working out a
+		// clean block's object and fetching it: look again.
+		if err == nil || !errors.Is(err, ErrStale) || attempt == 3 {
+			return data, release, err
+		}
+		last = src
 	}
-	rec := h.sourceLocked()
-	if rec == st.rec && st.buf != nil && st.buf.idx == idx {
-		out := c.getBlockBuf()
-		copy(out, st.buf.data)
-		st.mu.Unlock()
-		return out, func() { c.putBlockBuf(out) }, nil
-	}
-	src := c.sourceOf(rec, idx)
-	st.mu.Unlock()
-	return c.loadBlock(ctx, src)
 }
 
 // loadBlock reads a block from the store, or from S3 for a clean block
 // that is not cached.
 func (c *Cache) loadBlock(ctx context.Context, src blockSource) ([]byte, func(), error) {
 	if src.hole {
-		if zeroBlock == nil || int64(len(zeroBlock)) != c.opt.BlockSize {
-			zeroBlock = make([]byte, c.opt.BlockSize)
-		}
-		return zeroBlock, func() {}, nil
+		return c.zeroBlock, func() {}, nil // callers never write to it
 	}
 	buf := c.getBlockBuf()
 	release := func() { c.putBlockBuf(buf) }
@@ -356,6 +363,7 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 // overwrites the entire block, so its old content need not be read.
 func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch func([]byte), whole bool, growTo int64) error {
 	reserved := false
+	staleRetries := 0
 	for {
 		pooled := false
 		st.mu.Lock()
@@ -404,6 +412,10 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 				st.mu.Unlock()
 				_, release, err := c.loadBlock(ctx, src)
 				if err != nil {
+					if errors.Is(err, ErrStale) && staleRetries < 3 {
+						staleRetries++ // the object may have moved meanwhile: look again
+						continue
+					}
 					return err
 				}
 				release()
@@ -426,8 +438,7 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 			release()
 		}
 		if rec.OpenGen == 0 {
-			rec.NextGen++
-			rec.OpenGen = rec.NextGen
+			rec.OpenGen = c.newGen()
 		}
 		buf := base
 		if buf == nil {
@@ -742,7 +753,9 @@ func (c *Cache) flushAllBuffers() {
 
 // dropUnusedBlocks deletes blocks of ino that nothing refers to any more:
 // not the block map, not an open handle's version, not an upload in
-// flight.
+// flight. Only generations that existed when the block map was read can
+// be garbage: a write that starts afterwards gets a newer generation, so
+// its blocks are never swept.
 func (c *Cache) dropUnusedBlocks(ino uint64) {
 	c.statesMu.Lock()
 	st := c.states[ino]
@@ -750,7 +763,8 @@ func (c *Cache) dropUnusedBlocks(ino uint64) {
 		st.refs++
 	}
 	c.statesMu.Unlock()
-	var keep map[uint32]bool
+	var rec *Inode
+	upTo := c.seq.Load() // generations handed out from now on are newer
 	if st != nil {
 		st.mu.Lock()
 		if st.rec == nil || st.uploading || st.handles > 0 {
@@ -758,25 +772,26 @@ func (c *Cache) dropUnusedBlocks(ino uint64) {
 			c.release(st)
 			return
 		}
-		keep = gensOf(st.rec.Runs)
+		rec = st.rec.clone()
 		st.mu.Unlock()
 		defer c.release(st)
 	} else {
-		rec, err := c.loadInode(ino)
-		if err != nil {
+		var err error
+		if rec, err = c.loadInode(ino); err != nil {
 			if errors.Is(err, ErrNotExist) {
-				c.dropBlocks(ino, nil)
+				c.dropBlocks(ino, nil, ^uint64(0))
 			}
 			return
 		}
-		keep = gensOf(rec.Runs)
 	}
-	c.dropBlocks(ino, keep)
+	keep := gensOf(rec.Runs)
+	keep[rec.OpenGen] = true
+	c.dropBlocks(ino, keep, upTo)
 }
 
-// dropBlocks deletes the blocks of ino whose generation is not in keep
-// (all of them when keep is nil).
-func (c *Cache) dropBlocks(ino uint64, keep map[uint32]bool) {
+// dropBlocks deletes the blocks of ino whose generation is at most upTo
+// and not in keep (all of them when keep is nil).
+func (c *Cache) dropBlocks(ino uint64, keep map[uint64]bool, upTo uint64) {
 	var ids []blockID
 	c.db.View(func(txn *badger.Txn) error {
 		prefix := blockPrefix(ino)
@@ -784,7 +799,7 @@ func (c *Cache) dropBlocks(ino uint64, keep map[uint32]bool) {
 		defer it.Close()
 		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
 			_, gen, idx, ok := parseBlockKey(it.Item().Key())
-			if ok && !keep[gen] {
+			if ok && gen <= upTo && !keep[gen] {
 				ids = append(ids, blockID{ino, gen, idx})
 			}
 		}

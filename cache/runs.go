@@ -25,12 +25,12 @@ func runsEnd(runs []Run) int64 {
 
 // setBlock maps block idx to gen, growing the map with holes if idx lies
 // past its end.
-func setBlock(runs []Run, idx int64, gen uint32, dirty bool) []Run {
+func setBlock(runs []Run, idx int64, gen uint64, dirty bool) []Run {
 	return setRange(runs, idx, idx+1, gen, dirty)
 }
 
 // setRange maps blocks [start, end) to gen.
-func setRange(runs []Run, start, end int64, gen uint32, dirty bool) []Run {
+func setRange(runs []Run, start, end int64, gen uint64, dirty bool) []Run {
 	if start >= end {
 		return runs
 	}
@@ -82,7 +82,7 @@ func truncateRuns(runs []Run, n int64) []Run {
 
 // cleanRuns marks every dirty run whose generation is below gen as clean:
 // an upload that sealed those generations has landed.
-func cleanRuns(runs []Run, below uint32) []Run {
+func cleanRuns(runs []Run, below uint64) []Run {
 	out := append([]Run(nil), runs...)
 	for i := range out {
 		if out[i].Dirty && out[i].Gen < below {
@@ -109,8 +109,8 @@ func mergeRuns(runs []Run) []Run {
 
 // gensOf returns the distinct generations the runs reference (holes
 // excluded).
-func gensOf(runs []Run) map[uint32]bool {
-	m := make(map[uint32]bool)
+func gensOf(runs []Run) map[uint64]bool {
+	m := make(map[uint64]bool)
 	for _, r := range runs {
 		if r.Gen != 0 {
 			m[r.Gen] = true

@@ -9,7 +9,7 @@ import (
 // generations, over random operations.
 func TestRunsModel(t *testing.T) {
 	type blk struct {
-		gen   uint32
+		gen   uint64
 		dirty bool
 	}
 	rng := rand.New(rand.NewSource(1))
@@ -21,7 +21,7 @@ func TestRunsModel(t *testing.T) {
 			case 0, 1:
 				s := int64(rng.Intn(40))
 				e := s + 1 + int64(rng.Intn(5))
-				g := uint32(rng.Intn(4))
+				g := uint64(rng.Intn(4))
 				d := rng.Intn(2) == 0
 				runs = setRange(runs, s, e, g, d)
 				for int64(len(model)) < e {
@@ -89,7 +89,7 @@ func TestInodeRoundTrip(t *testing.T) {
 	n := &Inode{Ino: 77, Gen: 3, Parent: 1, Name: "a b", Path: "x/a b", Kind: KindFile, Perm: 0o640,
 		UID: 1000, GID: 1000, Mtime: 1700000000123456789, Ctime: -5, Size: 1 << 40, RemoteKey: "x/a b",
 		ETag: `"abc"`, RemoteSize: 12, AttrsKnown: true, ValidUntil: 99, SyncedSeq: 7, Target: "t",
-		Runs: []Run{{0, 3, 1, false}, {3, 4, 0, false}, {4, 9, 2, true}}, NextGen: 3, OpenGen: 2,
+		Runs: []Run{{0, 3, 1, false}, {3, 4, 0, false}, {4, 9, 1 << 40, true}}, OpenGen: 1 << 40,
 		Pending: pendData | pendMeta, MetaVer: 9, UploadKey: "u", UploadTokens: "tok", UploadID: "id", ConflictKey: "c", ConflictETag: "e",
 		ListedUntil: 5, FillEpoch: 6, Entries: 7, Unlinked: true}
 	got, err := unmarshalInode(n.marshal())
