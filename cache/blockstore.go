@@ -37,7 +37,7 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 type blockID struct {
 	ino uint64
-	gen uint32
+	gen uint64
 	idx int64
 }
 
@@ -102,7 +102,7 @@ func newBlockStore(dir string, db *badger.DB, limit int64, log logger) (*blockSt
 
 func (bs *blockStore) path(id blockID) string {
 	return filepath.Join(bs.dir, fmt.Sprintf("%02x", byte(id.ino^id.ino>>8)),
-		fmt.Sprintf("%016x-%08x-%x", id.ino, id.gen, id.idx))
+		fmt.Sprintf("%016x-%016x-%x", id.ino, id.gen, id.idx))
 }
 
 func parseBlockFile(name string) (blockID, bool) {
@@ -111,12 +111,12 @@ func parseBlockFile(name string) (blockID, bool) {
 		return blockID{}, false
 	}
 	ino, e1 := strconv.ParseUint(parts[0], 16, 64)
-	gen, e2 := strconv.ParseUint(parts[1], 16, 32)
+	gen, e2 := strconv.ParseUint(parts[1], 16, 64)
 	idx, e3 := strconv.ParseInt(parts[2], 16, 64)
 	if e1 != nil || e2 != nil || e3 != nil {
 		return blockID{}, false
 	}
-	return blockID{ino, uint32(gen), idx}, true
+	return blockID{ino, gen, idx}, true
 }
 
 // write stores data as block id, replacing any previous content

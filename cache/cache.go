@@ -154,6 +154,7 @@ type Cache struct {
 
 	fetchOnce sync.Once
 	fetch     *fetcher
+	zeroBlock []byte // a block of zeros, shared read-only
 
 	badKeys   sync.Map // keys already logged as unusable
 	closeOnce sync.Once
@@ -186,6 +187,7 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		closed: make(chan struct{}),
 	}
 	c.seq.Store(uint64(opt.Now().UnixNano()))
+	c.zeroBlock = make([]byte, opt.BlockSize)
 	c.bufMem = newBufferBudget(max(16<<20, 8*opt.BlockSize))
 	c.blocks, err = newBlockStore(filepath.Join(opt.Dir, "blocks"), db, opt.CacheSize, opt.Logger)
 	if err != nil {
@@ -280,6 +282,12 @@ func (c *Cache) nextSeq() uint64 {
 	}
 }
 
+// newGen hands out a content generation: unique across all inodes and
+// restarts, and larger than every one handed out before. A block key names
+// its generation, so a block can never be taken for another version's, nor
+// for another inode's that reuses a number.
+func (c *Cache) newGen() uint64 { return c.nextSeq() }
+
 // inodeState is the in-memory side of an inode that is open, being written,
 // uploaded or changed. While it exists, rec is the authoritative record.
 type inodeState struct {
@@ -301,9 +309,6 @@ type inodeState struct {
 	lastErr     error  // of the last attempt
 	lastChange  time.Time
 	uploading   bool
-	// protectGen: while an upload runs, blocks of generations below it
-	// are what the upload reads; they are not deleted until it ends.
-	protectGen uint32
 	// cacheVer identifies the content the kernel may have cached; it
 	// changes when another writer's version replaces ours.
 	cacheVer   uint64

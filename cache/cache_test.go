@@ -799,3 +799,43 @@ func TestReadOnly(t *testing.T) {
 
 var _ = io.EOF
 var _ = os.Getpid
+
+// lostAnswers lets writes land in S3 and then reports a network error to
+// the caller, n times: the "request succeeded, answer lost" case.
+type lostAnswers struct {
+	s3backend.ObjectStore
+	n atomic.Int32
+}
+
+func (l *lostAnswers) Put(ctx context.Context, in s3backend.PutInput) (string, error) {
+	etag, err := l.ObjectStore.Put(ctx, in)
+	if err == nil && l.n.Add(-1) >= 0 {
+		return "", &s3backend.Error{Op: "PutObject", Key: in.Key, Kind: s3backend.ErrUnavailable, Cause: errors.New("answer lost")}
+	}
+	return etag, err
+}
+
+// TestLostAnswersAreOurs: uploads whose answers were lost are recognised as
+// our own, however many; they never turn into a conflict.
+func TestLostAnswersAreOurs(t *testing.T) {
+	var wrapped *lostAnswers
+	e := newEnv(t, func(o *Options) {
+		wrapped = &lostAnswers{ObjectStore: o.Store}
+		o.Store = wrapped
+	})
+	e.logs.allow("upload failed; will retry")
+	e.write("f", 0, []byte("version 1"))
+	e.drain()
+	wrapped.n.Store(10)
+	for i := 2; i <= 4; i++ {
+		e.write("f", 0, []byte(fmt.Sprintf("version %d", i)))
+	}
+	e.drain()
+	if got := string(e.object("f")); got != "version 4" {
+		t.Fatalf("f = %q", got)
+	}
+	if n := e.c.Stats().Conflicts.Load(); n != 0 {
+		t.Fatalf("%d conflicts from our own lost answers; keys %v", n, e.keys())
+	}
+	eqKeys(t, e.keys(), "f")
+}

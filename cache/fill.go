@@ -296,8 +296,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 func (c *Cache) setVersion(n *Inode, etag string, size, mtime int64) {
 	n.ETag, n.RemoteSize, n.Size, n.Mtime = etag, size, size, mtime
 	n.AttrsKnown = false
-	n.NextGen++
-	gen := n.NextGen
+	gen := c.newGen()
 	n.Runs = nil
 	if nb := (size + c.opt.BlockSize - 1) / c.opt.BlockSize; nb > 0 {
 		n.Runs = []Run{{Start: 0, End: nb, Gen: gen}}

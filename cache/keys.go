@@ -49,20 +49,20 @@ func tombKey(key string) []byte  { return append([]byte{pTomb}, key...) }
 
 func blockPrefix(ino uint64) []byte { return inoKey(pBlock, ino) }
 
-func blockGenPrefix(ino uint64, gen uint32) []byte {
-	return binary.BigEndian.AppendUint32(blockPrefix(ino), gen)
+func blockGenPrefix(ino uint64, gen uint64) []byte {
+	return binary.BigEndian.AppendUint64(blockPrefix(ino), gen)
 }
 
-func blockKey(ino uint64, gen uint32, idx int64) []byte {
+func blockKey(ino uint64, gen uint64, idx int64) []byte {
 	return binary.BigEndian.AppendUint64(blockGenPrefix(ino, gen), uint64(idx))
 }
 
 // parseBlockKey splits a block index key.
-func parseBlockKey(k []byte) (ino uint64, gen uint32, idx int64, ok bool) {
-	if len(k) != 1+8+4+8 || k[0] != pBlock {
+func parseBlockKey(k []byte) (ino uint64, gen uint64, idx int64, ok bool) {
+	if len(k) != 1+8+8+8 || k[0] != pBlock {
 		return 0, 0, 0, false
 	}
-	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint32(k[9:]), int64(binary.BigEndian.Uint64(k[13:])), true
+	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), int64(binary.BigEndian.Uint64(k[17:])), true
 }
 
 // dentry is the value of a directory entry.

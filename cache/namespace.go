@@ -176,7 +176,7 @@ func (t *nsTx) commit() error {
 		t.c.release(st)
 	}
 	for _, n := range t.blockGC {
-		t.c.dropBlocks(n.Ino, nil)
+		t.c.dropBlocks(n.Ino, nil, ^uint64(0)) // the inode is gone: nothing can write to it
 	}
 	for ino := range t.notify {
 		if !t.gone[ino] {
@@ -429,6 +429,11 @@ func (c *Cache) OpenDir(ctx context.Context, ino uint64) (*DirReader, error) {
 		}
 	}
 	return &DirReader{c: c, ino: ino}, nil
+}
+
+// Reset starts the reader over from the first entry.
+func (r *DirReader) Reset() {
+	r.after, r.buf, r.done = nil, nil, false
 }
 
 // Next returns the next entry; ok is false at the end.

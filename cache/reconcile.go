@@ -28,7 +28,7 @@ type uploadPlan struct {
 	target      string // object key to write
 	cond        s3backend.Condition
 	token       string
-	sealGen     uint32 // generations below are part of this upload
+	sealGen     uint64 // generations below are part of this upload
 	changes     uint64
 	dataChanges uint64
 	metaVer     uint32
@@ -108,7 +108,7 @@ func (c *Cache) seal(st *inodeState, urgent bool) (plan *uploadPlan, out outcome
 	old := rec.clone()
 	plan.cond = cond
 	plan.token = newToken()
-	plan.sealGen = rec.NextGen + 1
+	plan.sealGen = c.newGen()
 	plan.changes, plan.dataChanges, plan.metaVer = st.changes, st.dataChanges, rec.MetaVer
 	rec.OpenGen = 0
 	if rec.UploadKey != plan.target {
@@ -626,8 +626,14 @@ func (c *Cache) precondition(ctx context.Context, st *inodeState, p *uploadPlan)
 		}
 		return outcome{}
 	case ours:
-		// An older attempt of ours landed: overwrite it.
-		rec.UploadIfMatch = info.ETag
+		// An older attempt of ours landed (its answer was lost to a crash
+		// or a timeout): that object is the file's remote version now, with
+		// the content of an earlier snapshot; overwrite it.
+		if p.target == rec.RemoteKey {
+			rec.ETag, rec.RemoteSize = info.ETag, info.Size
+		} else {
+			rec.UploadIfMatch = info.ETag
+		}
 		t.commit()
 		return outcome{retryAfter: time.Millisecond}
 	case herr != nil && !errors.Is(herr, s3backend.ErrNotFound):
@@ -689,7 +695,6 @@ func (c *Cache) applyConflictSaved(t *nsTx, st *inodeState, rec *Inode, p *uploa
 	rec.Pending &^= pendData | pendMeta
 	rec.ValidUntil = 0
 	rec.Runs = nil
-	rec.NextGen++
 	rec.OpenGen = 0
 	rec.ContentVer++
 	st.cacheVer++

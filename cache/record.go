@@ -75,8 +75,7 @@ type Inode struct {
 	ContentVer uint64
 
 	Runs    []Run  // block map of a file
-	NextGen uint32 // next content generation to hand out
-	OpenGen uint32 // generation receiving writes; 0 before the first
+	OpenGen uint64 // generation receiving writes; 0 before the first
 
 	Pending uint8
 	MetaVer uint32 // bumped on every attribute change
@@ -106,7 +105,7 @@ type Inode struct {
 // dirty run's blocks are always present.
 type Run struct {
 	Start, End int64
-	Gen        uint32
+	Gen        uint64
 	Dirty      bool
 }
 
@@ -179,11 +178,10 @@ func (n *Inode) marshal() []byte {
 	for _, r := range n.Runs {
 		e.i(r.Start)
 		e.i(r.End - r.Start)
-		e.u(uint64(r.Gen))
+		e.u(r.Gen)
 		e.bool(r.Dirty)
 	}
-	e.u(uint64(n.NextGen))
-	e.u(uint64(n.OpenGen))
+	e.u(n.OpenGen)
 	e.u(uint64(n.Pending))
 	e.u(uint64(n.MetaVer))
 	e.s(n.UploadKey)
@@ -237,12 +235,11 @@ func unmarshalInode(b []byte) (*Inode, error) {
 			r := &n.Runs[i]
 			r.Start = d.i()
 			r.End = r.Start + d.i()
-			r.Gen = uint32(d.u())
+			r.Gen = d.u()
 			r.Dirty = d.bool()
 		}
 	}
-	n.NextGen = uint32(d.u())
-	n.OpenGen = uint32(d.u())
+	n.OpenGen = d.u()
 	n.Pending = uint8(d.u())
 	n.MetaVer = uint32(d.u())
 	n.UploadKey = d.s()
