@@ -39,17 +39,36 @@ func (n *Node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		{Name: ".", Ino: n.ino(), Mode: syscall.S_IFDIR},
 		{Name: "..", Ino: parentIno, Mode: syscall.S_IFDIR},
 	}
-	return &dirStream{r: r, dots: dot}, 0
+	return &dirStream{r: r, dots: dot, initDots: dot}, 0
 }
 
-// dirStream yields "." and "..", then the cache's entries.
+// dirStream yields "." and "..", then the cache's entries. Offsets are
+// positions (1-based), so telldir/seekdir work: a seek restarts the
+// stream and skips that many entries.
 type dirStream struct {
-	r    *cache.DirReader
-	dots []cache.DirEntry
-	next cache.DirEntry
-	have bool
-	done bool
-	err  error
+	r        *cache.DirReader
+	dots     []cache.DirEntry
+	initDots []cache.DirEntry
+	next     cache.DirEntry
+	pos      uint64
+	have     bool
+	done     bool
+	err      error
+}
+
+var _ = (gofs.FileSeekdirer)((*dirStream)(nil))
+
+func (d *dirStream) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.r.Reset()
+	d.dots, d.pos, d.have, d.done, d.err = d.initDots, 0, false, false, nil
+	for d.pos < off && d.HasNext() {
+		if d.err != nil {
+			return toErrno("seekdir", d.err)
+		}
+		d.have = false
+		d.pos++
+	}
+	return 0
 }
 
 func (d *dirStream) HasNext() bool {
@@ -83,7 +102,8 @@ func (d *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
 		return fuse.DirEntry{}, toErrno("readdir", err)
 	}
 	d.have = false
-	return fuse.DirEntry{Name: d.next.Name, Ino: d.next.Ino, Mode: d.next.Mode}, 0
+	d.pos++
+	return fuse.DirEntry{Name: d.next.Name, Ino: d.next.Ino, Mode: d.next.Mode, Off: d.pos}, 0
 }
 
 func (d *dirStream) Close() {}

@@ -48,8 +48,8 @@ type Store struct {
 var _ ObjectStore = (*Store)(nil)
 
 const (
-	defaultMaxAttempts    = 8
-	defaultMaxBackoff     = 10 * time.Second
+	defaultMaxAttempts    = 5
+	defaultMaxBackoff     = 4 * time.Second
 	defaultMaxConnections = 64
 	defaultRegion         = "us-east-1"
 

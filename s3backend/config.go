@@ -24,8 +24,8 @@ type Config struct {
 	SSEKMSKeyID  string // with SSE "aws:kms"
 	StorageClass string // "" for the bucket default
 
-	MaxAttempts    int           // per request, including the first; default 8
-	MaxBackoff     time.Duration // cap on the delay between attempts; default 10s
+	MaxAttempts    int           // per request, including the first; default 5 (the uploader retries on top, forever)
+	MaxBackoff     time.Duration // cap on the delay between attempts; default 4s
 	MaxConnections int           // idle connections kept per host; default 64
 	// UnsignedPayload skips hashing request bodies for the signature
 	// (the payload is still protected by TLS on https endpoints).

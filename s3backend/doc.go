@@ -28,8 +28,10 @@
 // # Retries
 //
 // The SDK's standard retryer does the retrying, with Config.MaxAttempts
-// attempts (default 8) and exponential backoff with jitter capped at
-// Config.MaxBackoff (default 10s). Throttling (SlowDown, 503, 429), other
+// attempts (default 5) and exponential backoff with jitter capped at
+// Config.MaxBackoff (default 4s), so one request gives up within about ten
+// seconds; the cache's uploader retries failed uploads on top of that, with
+// its own backoff, forever. Throttling (SlowDown, 503, 429), other
 // 5xx answers, connection errors and timeouts are retried; nothing else is.
 // The client-side retry quota is disabled: a burst of failures across many
 // parallel uploads must slow each of them down, not make the SDK refuse

@@ -249,9 +249,17 @@ func (m *Mount) signalAndWait(sig syscall.Signal, timeout time.Duration) int {
 		select {
 		case <-done:
 		case <-time.After(timeout):
-			m.t.Errorf("harness: keelfs did not exit %v after %v; killing it", sig, timeout)
-			cmd.Process.Kill()
-			<-done
+			// Ask Go for every goroutine's stack (into the log) before the
+			// kill, so a hang can be diagnosed.
+			m.t.Errorf("harness: keelfs did not exit %v after %v; dumping goroutines and killing it", sig, timeout)
+			cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				abortFUSE(m.Dir)
+				cmd.Process.Kill()
+				<-done
+			}
 		}
 	}
 	m.mu.Lock()
@@ -279,8 +287,30 @@ func (m *Mount) cleanup() {
 		m.checkLog()
 	}
 	if m.t.Failed() {
-		m.t.Logf("keelfs log (%s):\n%s", m.Dir, tailStr(m.Log(), 12000))
+		log := m.Log()
+		if races := raceReports(log); races != "" {
+			m.t.Logf("data races in keelfs:\n%s", races)
+		}
+		m.t.Logf("keelfs log (%s):\n%s", m.Dir, tailStr(log, 12000))
 	}
+}
+
+// raceReports extracts the race detector's reports from a log, whole.
+func raceReports(log string) string {
+	var out []string
+	in := false
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "WARNING: DATA RACE") {
+			in = true
+		}
+		if in {
+			out = append(out, line)
+			if strings.HasPrefix(line, "==================") && len(out) > 1 {
+				in = false
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 var badLine = regexp.MustCompile(`level=(WARN|ERROR)|"level":"(WARN|ERROR)"|panic:|DATA RACE`)
@@ -306,8 +336,36 @@ func (m *Mount) checkLog() {
 }
 
 func detach(dir string) {
+	abortFUSE(dir)
 	if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
 		exec.Command("fusermount3", "-u", "-z", dir).Run()
+	}
+}
+
+// abortFUSE aborts the FUSE connection of the mount at dir (through the
+// fusectl filesystem), so that nothing waits forever on a dead daemon: a
+// process blocked on the mount gets ENOTCONN instead. It does nothing if
+// dir is not a FUSE mount.
+func abortFUSE(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[4] != dir || !strings.Contains(line, " - fuse") {
+			continue
+		}
+		_, minor, ok := strings.Cut(f[2], ":")
+		if !ok {
+			return
+		}
+		const ctl = "/sys/fs/fuse/connections"
+		if _, err := os.Stat(filepath.Join(ctl, minor)); err != nil {
+			syscall.Mount("fusectl", ctl, "fusectl", 0, "")
+		}
+		os.WriteFile(filepath.Join(ctl, minor, "abort"), []byte("1"), 0o200)
+		return
 	}
 }
 
