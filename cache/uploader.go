@@ -26,8 +26,10 @@ type uploader struct {
 	urgent   map[uint64]bool // skip the write-back delay
 	failures map[uint64]int  // consecutive failures, for backoff
 	tombFail map[string]int
-	waiters  map[string][]uint64 // inodes waiting for a key to be released
-	drain    bool                // everything is due now
+	waiters  map[string][]uint64  // inodes waiting for a key to be released
+	drain    bool                 // everything is due now
+	since    map[uint64]time.Time // when each pending inode first became pending
+	tombFrom map[string]time.Time // same for tombstones
 	stopped  bool
 
 	ctx    context.Context
@@ -38,7 +40,8 @@ type uploader struct {
 func newUploader(c *Cache) *uploader {
 	u := &uploader{c: c, due: make(map[uint64]time.Time), tombDue: make(map[string]time.Time),
 		running: make(map[uint64]bool), tombBusy: make(map[string]bool), urgent: make(map[uint64]bool),
-		failures: make(map[uint64]int), tombFail: make(map[string]int), waiters: make(map[string][]uint64)}
+		failures: make(map[uint64]int), tombFail: make(map[string]int), waiters: make(map[string][]uint64),
+		since: make(map[uint64]time.Time), tombFrom: make(map[string]time.Time)}
 	u.cond = sync.NewCond(&u.mu)
 	u.ctx, u.cancel = context.WithCancel(context.Background())
 	return u
@@ -84,6 +87,7 @@ func (u *uploader) notify(ino uint64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	when := time.Now().Add(u.c.opt.WriteBackDelay)
+	u.markLocked(ino)
 	if d, ok := u.due[ino]; !ok || when.Before(d) {
 		u.due[ino] = when
 	}
@@ -94,6 +98,7 @@ func (u *uploader) notify(ino uint64) {
 func (u *uploader) now(ino uint64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.markLocked(ino)
 	u.due[ino] = time.Now()
 	u.urgent[ino] = true
 	delete(u.failures, ino)
@@ -105,6 +110,9 @@ func (u *uploader) notifyTomb(key string) {
 	defer u.mu.Unlock()
 	if _, ok := u.tombDue[key]; !ok {
 		u.tombDue[key] = time.Now()
+	}
+	if _, ok := u.tombFrom[key]; !ok {
+		u.tombFrom[key] = time.Now()
 	}
 	u.cond.Broadcast()
 }
@@ -150,6 +158,34 @@ func (u *uploader) pendingCount() (inodes, tombs int) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return len(u.due) + len(u.running), len(u.tombDue) + len(u.tombBusy)
+}
+
+// markLocked notes when ino started to be pending, for OldestPending.
+func (u *uploader) markLocked(ino uint64) {
+	if _, ok := u.since[ino]; !ok {
+		u.since[ino] = time.Now()
+	}
+}
+
+// oldest returns how long the oldest pending job has been waiting.
+func (u *uploader) oldest() time.Duration {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var first time.Time
+	for _, t := range u.since {
+		if first.IsZero() || t.Before(first) {
+			first = t
+		}
+	}
+	for _, t := range u.tombFrom {
+		if first.IsZero() || t.Before(first) {
+			first = t
+		}
+	}
+	if first.IsZero() {
+		return 0
+	}
+	return time.Since(first)
 }
 
 // waitKey parks ino until key is released (or a while passes).
@@ -277,6 +313,10 @@ func (u *uploader) finishInode(ino uint64, out outcome) {
 		delete(u.failures, ino)
 		if _, again := u.due[ino]; !again {
 			delete(u.urgent, ino)
+			delete(u.since, ino)
+		} else {
+			// Changes made during the upload are younger than it.
+			u.since[ino] = time.Now()
 		}
 	}
 	u.cond.Broadcast()
@@ -294,6 +334,9 @@ func (u *uploader) finishTomb(key string, out outcome) {
 		u.tombDue[key] = time.Now().Add(out.retryAfter)
 	default:
 		delete(u.tombFail, key)
+		if _, again := u.tombDue[key]; !again {
+			delete(u.tombFrom, key)
+		}
 	}
 	u.cond.Broadcast()
 }
@@ -353,6 +396,10 @@ func (c *Cache) Pending() []string {
 	sort.Strings(out)
 	return out
 }
+
+// OldestPending is how long the oldest pending upload or delete has been
+// waiting; 0 when nothing is pending.
+func (c *Cache) OldestPending() time.Duration { return c.up.oldest() }
 
 // PendingCount returns how many inodes and deletes are waiting.
 func (c *Cache) PendingCount() (inodes, deletes int) { return c.up.pendingCount() }

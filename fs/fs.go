@@ -26,6 +26,7 @@ type Options struct {
 	ControlPath string        // served as xattr user.keelfs.control on the root
 	Debug       bool
 	Logger      *slog.Logger
+	Ops         OpObserver // told about every FUSE request; may be nil
 }
 
 // FS is a mounted keelfs: the go-fuse server and the node registry that
@@ -102,8 +103,19 @@ func (f *FS) Mount(dir string) error {
 	if f.opt.Debug {
 		opts.MountOptions.Logger = log.New(slogWriter{f.log}, "", 0)
 	}
-	server, err := gofs.Mount(dir, f.root, opts)
+	// gofs.Mount, with the raw filesystem wrapped so that operations can
+	// be counted at the boundary.
+	var raw fuse.RawFileSystem = gofs.NewNodeFS(f.root, opts)
+	if f.opt.Ops != nil {
+		raw = &countingFS{RawFileSystem: raw, obs: f.opt.Ops}
+	}
+	server, err := fuse.NewServer(raw, dir, &opts.MountOptions)
 	if err != nil {
+		return fmt.Errorf("mount %s: %w", dir, err)
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		server.Unmount()
 		return fmt.Errorf("mount %s: %w", dir, err)
 	}
 	f.server = server

@@ -32,7 +32,7 @@ type mountConfig struct {
 	CacheSize       sizeValue
 	BlockSize       sizeValue
 	PartSize        sizeValue
-	MetadataTTL     time.Duration
+	MetadataTTL     ttlValue
 	WriteBackDelay  time.Duration
 	ShutdownTimeout time.Duration
 	SyncOnClose     bool
@@ -59,14 +59,13 @@ type mountConfig struct {
 // flagAliases maps the names other tools use (Mountpoint for S3, s3fs) to
 // keelfs's.
 var flagAliases = map[string]string{
-	"endpoint-url":   "endpoint",
-	"cache":          "cache-dir",
-	"max-cache-size": "cache-size",
-	"max-threads":    "max-uploads",
-	"url":            "endpoint",
-	"use-cache":      "cache-dir",
-	"ro":             "read-only",
-	"umask":          "",
+	"endpoint-url": "endpoint",
+	"cache":        "cache-dir",
+	"max-threads":  "max-uploads",
+	"url":          "endpoint",
+	"use-cache":    "cache-dir",
+	"ro":           "read-only",
+	"umask":        "",
 }
 
 func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
@@ -87,11 +86,13 @@ func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
 	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "cache directory (default $XDG_CACHE_HOME/keelfs or /var/cache/keelfs, a subdirectory per bucket and prefix)")
 	cfg.CacheSize = sizeValue(10 << 30)
 	fs.Var(&cfg.CacheSize, "cache-size", "largest size of cached data on disk (e.g. 10G, 512M)")
+	fs.Var(mibValue{&cfg.CacheSize}, "max-cache-size", "mount-s3's spelling of --cache-size: a plain number is MiB")
 	cfg.BlockSize = sizeValue(1 << 20)
 	fs.Var(&cfg.BlockSize, "block-size", "size of cached blocks")
 	cfg.PartSize = sizeValue(16 << 20)
 	fs.Var(&cfg.PartSize, "part-size", "multipart upload part size (grown as needed for huge files)")
-	fs.DurationVar(&cfg.MetadataTTL, "metadata-ttl", time.Second, "how long names and attributes are trusted before S3 is asked again")
+	cfg.MetadataTTL = ttlValue(time.Second)
+	fs.Var(&cfg.MetadataTTL, "metadata-ttl", "how long names and attributes are trusted before S3 is asked again: a duration (1s, 5m), seconds (as mount-s3), minimal (1s) or indefinite")
 	fs.DurationVar(&cfg.WriteBackDelay, "write-back-delay", time.Second, "how long after close (or after writes stop) the upload starts")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "on SIGTERM, how long to wait for pending uploads before exiting")
 	fs.BoolVar(&cfg.SyncOnClose, "sync-on-close", false, "make close(2) wait until the file is in S3")
@@ -164,6 +165,25 @@ func (s *sizeValue) Set(v string) error {
 	}
 	*s = sizeValue(n)
 	return nil
+}
+
+// mibValue sets a sizeValue where a plain number means MiB, as mount-s3's
+// --max-cache-size does.
+type mibValue struct{ s *sizeValue }
+
+func (m mibValue) String() string {
+	if m.s == nil {
+		return ""
+	}
+	return m.s.String()
+}
+func (m mibValue) Type() string { return "MiB" }
+func (m mibValue) Set(v string) error {
+	if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 40); err == nil {
+		*m.s = sizeValue(n << 20)
+		return nil
+	}
+	return m.s.Set(v)
 }
 
 func parseSize(v string) (int64, error) {
@@ -253,4 +273,51 @@ func splitOptions(s string) [][2]string {
 		out = append(out, [2]string{k, v})
 	}
 	return out
+}
+
+// ttlValue is --metadata-ttl. It takes Go durations and also Mountpoint's
+// spellings (plain seconds, "minimal", "indefinite"), so that mount-s3
+// command lines and fstab entries work unchanged.
+type ttlValue time.Duration
+
+// indefiniteTTL stands for "never revalidate": ten years.
+const indefiniteTTL = 10 * 365 * 24 * time.Hour
+
+func (v *ttlValue) String() string { return time.Duration(*v).String() }
+func (v *ttlValue) Type() string   { return "duration" }
+
+func (v *ttlValue) Set(s string) error {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "minimal":
+		*v = ttlValue(time.Second)
+		return nil
+	case "indefinite":
+		*v = ttlValue(indefiniteTTL)
+		return nil
+	}
+	if n, err := strconv.ParseFloat(s, 64); err == nil {
+		if n < 0 || n > indefiniteTTL.Seconds() {
+			return fmt.Errorf("out of range")
+		}
+		*v = ttlValue(time.Duration(n * float64(time.Second)))
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("must be a duration like 30s or 5m, a number of seconds, minimal or indefinite")
+	}
+	if d < 0 {
+		return fmt.Errorf("must not be negative")
+	}
+	*v = ttlValue(d)
+	return nil
+}
+
+// duration is the TTL to hand to the cache and FUSE, where 0 means "use
+// the default": a TTL of 0 (always ask S3) becomes the smallest one.
+func (v ttlValue) duration() time.Duration {
+	if v == 0 {
+		return time.Nanosecond
+	}
+	return time.Duration(v)
 }

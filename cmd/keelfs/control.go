@@ -45,6 +45,12 @@ type status struct {
 	CacheHits      int64  `json:"cache_hits"`
 	CacheMisses    int64  `json:"cache_misses"`
 	BytesUploaded  int64  `json:"bytes_uploaded"`
+	OldestPending  string `json:"oldest_pending"`
+	S3Requests     int64  `json:"s3_requests"`
+	S3Failures     int64  `json:"s3_failures"`
+	S3Retries      int64  `json:"s3_retries"`
+	S3BytesUp      int64  `json:"s3_bytes_up"`
+	S3BytesDown    int64  `json:"s3_bytes_down"`
 }
 
 func (m *mount) status() status {
@@ -57,6 +63,9 @@ func (m *mount) status() status {
 		CacheSize: int64(m.cfg.CacheSize), Uploads: st.UploadsDone.Load(), UploadErrors: st.UploadErrors.Load(),
 		Deletes: st.DeletesDone.Load(), Conflicts: st.Conflicts.Load(), CacheHits: st.CacheHits.Load(),
 		CacheMisses: st.CacheMisses.Load(), BytesUploaded: st.BytesUploaded.Load(),
+		OldestPending: m.cache.OldestPending().Round(time.Second).String(),
+		S3Requests:    m.metrics.requests.Load(), S3Failures: m.metrics.failures.Load(), S3Retries: m.metrics.retries.Load(),
+		S3BytesUp: m.metrics.bytesUp.Load(), S3BytesDown: m.metrics.bytesDown.Load(),
 	}
 }
 
@@ -147,10 +156,32 @@ func controlClient(mnt string) (*http.Client, error) {
 	}}, nil
 }
 
+// commandHelp is the --help text of the commands that take a mount point.
+var commandHelp = map[string]string{
+	"status": `Shows what the mount is doing: files and bytes not yet in S3, the age of
+the oldest pending change, cache use and hit ratio, uploads, conflicts and
+S3 traffic.
+
+Example:
+  keelfs status /var/www/uploads`,
+	"flush": `Uploads everything pending now and waits until S3 has it all. Shows a
+progress bar on a terminal and plain lines otherwise. Exits non-zero if
+uploads keep failing.
+
+Examples:
+  keelfs flush /data
+  keelfs flush /data && tar czf /backup/data.tgz /data`,
+	"unmount": `Uploads everything pending, then unmounts. Use it instead of umount when
+the daemon should leave nothing behind in the cache.
+
+Example:
+  keelfs unmount /data`,
+}
+
 func oneMountPoint(cmd string, args []string) (string, error) {
 	for _, a := range args {
 		if a == "-h" || a == "--help" {
-			fmt.Fprintf(os.Stderr, "Usage: keelfs %s MOUNTPOINT\n", cmd)
+			fmt.Fprintf(os.Stderr, "Usage: keelfs %s MOUNTPOINT\n\n%s\n", cmd, commandHelp[cmd])
 			return "", errHelpShown
 		}
 	}
@@ -182,6 +213,9 @@ func statusCmd(args []string) error {
 	fmt.Printf("source:           %s\n", st.Source)
 	fmt.Printf("pending uploads:  %d files, %s not yet in S3\n", st.PendingFiles, humanBytes(st.DirtyBytes))
 	fmt.Printf("pending deletes:  %d\n", st.PendingDeletes)
+	if st.PendingFiles+st.PendingDeletes > 0 {
+		fmt.Printf("oldest pending:   %s\n", st.OldestPending)
+	}
 	fmt.Printf("cache:            %s of %s used\n", humanBytes(st.CachedBytes), humanBytes(st.CacheSize))
 	ratio := "n/a"
 	if st.CacheHits+st.CacheMisses > 0 {
@@ -191,6 +225,8 @@ func statusCmd(args []string) error {
 	fmt.Printf("uploads:          %d done (%s), %d failed attempts\n", st.Uploads, humanBytes(st.BytesUploaded), st.UploadErrors)
 	fmt.Printf("deletes:          %d done\n", st.Deletes)
 	fmt.Printf("conflicts:        %d\n", st.Conflicts)
+	fmt.Printf("s3 requests:      %d (%d without answer or 5xx, %d retried)\n", st.S3Requests, st.S3Failures, st.S3Retries)
+	fmt.Printf("s3 traffic:       %s up, %s down\n", humanBytes(st.S3BytesUp), humanBytes(st.S3BytesDown))
 	return nil
 }
 
@@ -260,7 +296,7 @@ func unmountCmd(args []string) error {
 // warmCmd reads files into the cache.
 func warmCmd(args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(os.Stderr, "Usage: keelfs warm PATH...\n\nReads every file under the paths, so that later reads come from the cache.")
+		fmt.Fprintln(os.Stderr, "Usage: keelfs warm PATH...\n\nReads every file under the paths, so that later reads come from the cache.\nShows a progress bar on a terminal and plain lines otherwise.\n\nExamples:\n  keelfs warm /data/models\n  keelfs warm /srv/site/static /srv/site/templates")
 		if len(args) == 0 {
 			return usageErr("warm needs at least one path")
 		}

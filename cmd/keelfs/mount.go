@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	_ "net/http/pprof"
 	"os"
@@ -155,7 +156,7 @@ func validate(cfg *mountConfig) error {
 	if cfg.MaxUploads < 1 || cfg.MaxUploads > 256 {
 		return fmt.Errorf("--max-uploads must be between 1 and 256")
 	}
-	if cfg.MetadataTTL < 0 || cfg.WriteBackDelay < 0 || cfg.ShutdownTimeout < 0 {
+	if cfg.WriteBackDelay < 0 || cfg.ShutdownTimeout < 0 {
 		return fmt.Errorf("durations must not be negative")
 	}
 	switch cfg.SSE {
@@ -303,6 +304,9 @@ type mount struct {
 	cache   *cache.Cache
 	fsys    *kfs.FS
 	control *controlServer
+	metrics *metrics
+	// metricsLn is the --metrics-addr listener; closed at exit.
+	metricsLn net.Listener
 }
 
 func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
@@ -313,7 +317,10 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 		return nil, err
 	}
 	ctx := context.Background()
-	store, err := s3backend.New(ctx, storeConfig(cfg, log))
+	met := newMetrics()
+	scfg := storeConfig(cfg, log)
+	scfg.Observer = met
+	store, err := s3backend.New(ctx, scfg)
 	if err != nil {
 		return nil, withCode(exitAccess, fmt.Errorf("s3 client: %w", err))
 	}
@@ -357,7 +364,8 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	}
 	fsys := kfs.New(kfs.Options{
 		FsName: "keelfs:" + strings.TrimSuffix(cfg.Bucket+"/"+cfg.Prefix, "/"), ReadOnly: cfg.ReadOnly,
-		AllowOther: cfg.AllowOther, AllowRoot: cfg.AllowRoot, TTL: cfg.MetadataTTL, Debug: cfg.Debug, Logger: log,
+		AllowOther: cfg.AllowOther, AllowRoot: cfg.AllowRoot, TTL: cfg.MetadataTTL.duration(), Debug: cfg.Debug, Logger: log,
+		Ops: met.fuseOp,
 	})
 	conflict := cache.ConflictCopy
 	if cfg.Conflict == "overwrite" {
@@ -365,7 +373,7 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	}
 	c, err := cache.Open(ctx, cache.Options{
 		Dir: cacheDir, Store: store, ReadOnly: cfg.ReadOnly, BlockSize: int64(cfg.BlockSize),
-		CacheSize: int64(cfg.CacheSize), MetadataTTL: cfg.MetadataTTL, WriteBackDelay: cfg.WriteBackDelay,
+		CacheSize: int64(cfg.CacheSize), MetadataTTL: cfg.MetadataTTL.duration(), WriteBackDelay: cfg.WriteBackDelay,
 		SyncOnClose: cfg.SyncOnClose, PartSize: int64(cfg.PartSize), MaxUploads: cfg.MaxUploads,
 		SkipHeaders: cfg.SkipHeaders, Conflict: conflict, ConditionalWrites: conditional,
 		UID: cfg.UID, GID: cfg.GID, FileMode: uint32(cfg.FileMode), DirMode: uint32(cfg.DirMode),
@@ -374,7 +382,15 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	if err != nil {
 		return nil, withCode(exitCache, err)
 	}
-	m := &mount{cfg: cfg, log: log, cache: c, fsys: fsys}
+	m := &mount{cfg: cfg, log: log, cache: c, fsys: fsys, metrics: met}
+	met.watchCache(c, int64(cfg.CacheSize))
+	if cfg.MetricsAddr != "" {
+		h := &health{m: met, c: c, store: store, stuckAfter: 2*time.Minute + cfg.WriteBackDelay}
+		if m.metricsLn, err = serveMetrics(cfg.MetricsAddr, met, h, log); err != nil {
+			c.Close()
+			return nil, withCode(exitUsage, err)
+		}
+	}
 	m.control, err = startControl(m, cacheDir)
 	if err != nil {
 		c.Close()
@@ -564,6 +580,9 @@ func (m *mount) finish(sigs chan os.Signal, unmount bool) error {
 		}
 	}
 	m.control.close()
+	if m.metricsLn != nil {
+		m.metricsLn.Close()
+	}
 	if err := m.cache.Close(); err != nil {
 		m.log.Error("closing cache", "err", err)
 	}

@@ -148,7 +148,9 @@ func (m *Mount) start() {
 			m.t.Fatalf("harness: keelfs exited before mounting (%v):\n%s", m.exitErr, m.Log())
 		default:
 		}
-		if IsMounted(m.Dir) {
+		// A stale mount left by a crash is listed too: wait until the
+		// mount answers.
+		if _, err := os.Stat(m.Dir); err == nil && IsMounted(m.Dir) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
