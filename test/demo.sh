@@ -5,7 +5,10 @@
 set -euo pipefail
 : "${KEELFS:?} ${S3CLI:?} ${VERSITYGW:?}"
 work=$(mktemp -d /tmp/keelfs-demo.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A free loopback port, with nothing beyond bash (no python or curl on a
+# minimal Debian).
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port=$((20000 + RANDOM % 30000)); while port_in_use "$port"; do port=$((20000 + RANDOM % 30000)); done
 export AWS_ACCESS_KEY_ID=demo-access AWS_SECRET_ACCESS_KEY=demo-secret-key AWS_REGION=us-east-1
 export S3CLI_ENDPOINT=http://127.0.0.1:$port AWS_EC2_METADATA_DISABLED=true
 mkdir -p "$work/s3" "$work/mnt"
@@ -21,7 +24,7 @@ step "start versitygw on 127.0.0.1:$port"
 ROOT_ACCESS_KEY=$AWS_ACCESS_KEY_ID ROOT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
   "$VERSITYGW" --port "127.0.0.1:$port" --keep-alive --quiet posix "$work/s3" >"$work/gw.log" 2>&1 &
 gw=$!
-for _ in $(seq 100); do curl -s -o /dev/null "$S3CLI_ENDPOINT" && break; sleep 0.1; done
+for _ in $(seq 100); do port_in_use "$port" && break; sleep 0.1; done
 "$S3CLI" mb demo
 echo "hello from the bucket" | "$S3CLI" put demo app/greeting.txt -
 echo '$ s3cli ls demo'; "$S3CLI" ls demo
