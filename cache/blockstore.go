@@ -3,7 +3,10 @@ package cache
 import (
 	"container/list"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -62,7 +65,9 @@ func unmarshalBlockMeta(b []byte) (blockMeta, error) {
 }
 
 // diskSize is what a block of n bytes costs on disk, for the size budget.
-func diskSize(n uint32) int64 { return (int64(n) + 4095) &^ 4095 }
+func (bs *blockStore) diskSize(n uint32) int64 {
+	return (int64(n) + int64(bs.overhead) + 4095) &^ 4095
+}
 
 // blockStore holds block bytes in files under dir and accounts for them.
 //
@@ -71,6 +76,12 @@ type blockStore struct {
 	dir   string
 	limit int64
 	log   logger
+	// aead encrypts block files when the cache has an encryption key;
+	// nil otherwise. A file is then nonce | ciphertext | tag, and the
+	// block's id is the additional data, so a file moved to another
+	// block's name fails to open rather than serving the wrong bytes.
+	aead     cipher.AEAD
+	overhead int // bytes a block file holds beyond the data
 
 	syncer groupSync
 
@@ -88,7 +99,7 @@ type blockStore struct {
 	onPressure func()
 }
 
-func newBlockStore(dir string, db *badger.DB, limit int64, log logger) (*blockStore, error) {
+func newBlockStore(dir string, db *badger.DB, limit int64, key []byte, log logger) (*blockStore, error) {
 	for _, d := range []string{dir, filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -97,7 +108,29 @@ func newBlockStore(dir string, db *badger.DB, limit int64, log logger) (*blockSt
 	bs := &blockStore{dir: dir, db: db, limit: limit, log: log, lru: list.New(),
 		lruIndex: make(map[blockID]*list.Element), size: make(map[blockID]int64)}
 	bs.spaceFreed = sync.NewCond(&bs.mu)
+	if len(key) > 0 {
+		// A key of its own for the blocks, derived from the cache key, so
+		// the two stores never share a key.
+		k := sha256.Sum256(append([]byte("keelfs block files\x00"), key...))
+		block, err := aes.NewCipher(k[:])
+		if err != nil {
+			return nil, err
+		}
+		if bs.aead, err = cipher.NewGCM(block); err != nil {
+			return nil, err
+		}
+		bs.overhead = bs.aead.NonceSize() + bs.aead.Overhead()
+	}
 	return bs, nil
+}
+
+// additionalData binds an encrypted block file to its identity.
+func (id blockID) additionalData() []byte {
+	b := make([]byte, 24)
+	binary.BigEndian.PutUint64(b, id.ino)
+	binary.BigEndian.PutUint64(b[8:], id.gen)
+	binary.BigEndian.PutUint64(b[16:], uint64(id.idx))
+	return b
 }
 
 func (bs *blockStore) path(id blockID) string {
@@ -130,7 +163,13 @@ func (bs *blockStore) write(id blockID, data []byte) (blockMeta, error) {
 	if err != nil {
 		return blockMeta{}, fmt.Errorf("cache block: %w", err)
 	}
-	_, err = f.Write(data)
+	out := data
+	if bs.aead != nil {
+		nonce := make([]byte, bs.aead.NonceSize(), bs.overhead+len(data))
+		rand.Read(nonce)
+		out = bs.aead.Seal(nonce, nonce, data, id.additionalData())
+	}
+	_, err = f.Write(out)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -160,10 +199,19 @@ func (bs *blockStore) read(id blockID, meta blockMeta, buf []byte) error {
 		return fmt.Errorf("%w: block %v: %v", ErrCorrupt, id, err)
 	}
 	defer f.Close()
-	n, err := io.ReadFull(f, buf[:meta.Len])
-	if err != nil || uint32(n) != meta.Len {
+	if bs.aead != nil {
+		sealed := make([]byte, int(meta.Len)+bs.overhead)
+		if _, err := io.ReadFull(f, sealed); err != nil {
+			return fmt.Errorf("%w: block %v: short read: %v", ErrCorrupt, id, err)
+		}
+		ns := bs.aead.NonceSize()
+		if _, err := bs.aead.Open(buf[:0], sealed[:ns], sealed[ns:], id.additionalData()); err != nil {
+			return fmt.Errorf("%w: block %v: does not decrypt: %v", ErrCorrupt, id, err)
+		}
+	} else if n, err := io.ReadFull(f, buf[:meta.Len]); err != nil || uint32(n) != meta.Len {
 		return fmt.Errorf("%w: block %v: short read: %v", ErrCorrupt, id, err)
 	}
+	n := int(meta.Len)
 	if crc32.Checksum(buf[:n], crcTable) != meta.CRC {
 		return fmt.Errorf("%w: block %v: checksum mismatch", ErrCorrupt, id)
 	}
@@ -184,7 +232,7 @@ func (bs *blockStore) added(id blockID, n uint32, dirty bool) {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
 	bs.forgetLocked(id)
-	sz := diskSize(n)
+	sz := bs.diskSize(n)
 	bs.size[id] = sz
 	if dirty {
 		bs.dirtyBytes += sz
@@ -254,7 +302,7 @@ func (bs *blockStore) usage() (clean, dirty int64) {
 // with ErrNoSpace. dirty says whether the block to come is dirty: a clean
 // block that does not fit is simply not cached (ok false, no error).
 func (bs *blockStore) reserve(ctx context.Context, n uint32, dirty bool, wait time.Duration) (ok bool, err error) {
-	need := diskSize(n)
+	need := bs.diskSize(n)
 	deadline := time.Now().Add(wait)
 	for {
 		victims := bs.evictFor(need)

@@ -58,7 +58,7 @@ type Options struct {
 	FileMode, DirMode uint32 // permissions of objects without headers
 
 	Hostname      string // for conflict names; default os.Hostname
-	EncryptionKey []byte // badger encryption at rest; nil for none
+	EncryptionKey []byte // encryption at rest of metadata (badger's) and block files (AES-GCM); nil for none
 
 	Logger *slog.Logger
 	// Invalidate, if set, is called when the content of an inode changed
@@ -189,7 +189,7 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 	c.seq.Store(uint64(opt.Now().UnixNano()))
 	c.zeroBlock = make([]byte, opt.BlockSize)
 	c.bufMem = newBufferBudget(max(16<<20, 8*opt.BlockSize))
-	c.blocks, err = newBlockStore(filepath.Join(opt.Dir, "blocks"), db, opt.CacheSize, opt.Logger)
+	c.blocks, err = newBlockStore(filepath.Join(opt.Dir, "blocks"), db, opt.CacheSize, opt.EncryptionKey, opt.Logger)
 	if err != nil {
 		db.Close()
 		return nil, err

@@ -99,7 +99,7 @@ func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
 	fs.IntVar(&cfg.MaxUploads, "max-uploads", 4, "files uploaded at once")
 	fs.BoolVar(&cfg.SkipHeaders, "skip-headers", false, "never read x-amz-meta-* attributes (no HEAD per object); every object gets the defaults")
 	fs.StringVar(&cfg.Conflict, "conflict", "copy", "when another writer changed a file first: copy (keep both) or overwrite (last writer wins)")
-	fs.StringVar(&cfg.EncryptionKey, "cache-encryption-key-file", "", "encrypt the cache metadata at rest with the 16, 24 or 32 byte key in this file")
+	fs.StringVar(&cfg.EncryptionKey, "cache-encryption-key-file", "", "encrypt the cache at rest (metadata and data blocks) with the 16, 24 or 32 byte key in this file")
 
 	fs.Uint32Var(&cfg.UID, "uid", uint32(os.Getuid()), "owner of objects without attribute headers")
 	fs.Uint32Var(&cfg.GID, "gid", uint32(os.Getgid()), "group of objects without attribute headers")
