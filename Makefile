@@ -15,7 +15,7 @@ TEST_TIMEOUT ?= 18m
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all build test unit demo bench stress install tools fuse vet clean
+.PHONY: all build test unit demo bench bench-tools stress install tools fuse vet clean
 
 all: build
 
@@ -56,7 +56,16 @@ unit:
 demo: tools build
 	@KEELFS=$(BIN)/keelfs S3CLI=$(BIN)/s3cli VERSITYGW=$(VERSITYGW) ./test/demo.sh
 
-bench: tools build
+# The peers and fio come from Debian's packages.
+bench-tools:
+	@missing=; for p in s3fs rclone fio; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing with apt"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get install -y $$missing >/dev/null 2>&1 || { $$SUDO apt-get update -q && $$SUDO apt-get install -y $$missing; }; \
+	fi
+
+bench: tools bench-tools build
 	@KEELFS=$(BIN)/keelfs S3CLI=$(BIN)/s3cli VERSITYGW=$(VERSITYGW) \
 	  $(GO) run ./test/bench -out docs/benchmarks.md
 
