@@ -8,12 +8,15 @@ import (
 // MaxNameLen is the longest name a directory entry may have (NAME_MAX).
 const MaxNameLen = 255
 
-// checkName validates a name that an application asks to create.
+// checkName validates a name that an application asks to create. S3 keys
+// are UTF-8: a name that is not could not be stored under its own bytes
+// (servers reject it or mangle it, and nameFromListing leaves it out), so
+// it is refused here rather than lost after the upload.
 func checkName(name string) error {
 	if len(name) > MaxNameLen {
 		return ErrNameTooLong
 	}
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || !utf8.ValidString(name) {
 		return ErrInvalid
 	}
 	return nil

@@ -920,7 +920,10 @@ func (c *Cache) tombState(key string) (ts tombstone, found, busy bool, err error
 	return
 }
 
-// syncFile waits until the file's changes up to now are in S3.
+// syncFile waits until the file's changes up to now are in S3. An
+// unlinked file (also one unlinked while this waits) has nothing to wait
+// for: it will never be in S3, and the delete of its old object waits for
+// the last close, which may be the caller's own.
 func (c *Cache) syncFile(ctx context.Context, st *inodeState) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -935,7 +938,7 @@ func (c *Cache) syncFile(ctx context.Context, st *inodeState) error {
 	})
 	defer stop()
 	for {
-		if st.rec == nil || st.synced >= target || (!st.rec.needsWork() && !st.uploading) {
+		if st.rec == nil || st.rec.Unlinked || st.synced >= target || (!st.rec.needsWork() && !st.uploading) {
 			return nil
 		}
 		if st.attempts > attempts && st.lastErr != nil && !st.uploading {

@@ -78,6 +78,11 @@ func (f *FS) Mount(dir string) error {
 		AttrTimeout:     &ttl,
 		NegativeTimeout: &ttl,
 		RootStableAttr:  &gofs.StableAttr{Ino: cache.RootIno},
+		// Report permission bits as they are. Without it go-fuse shows
+		// mode 0000 as 0644 (0755 for a directory), and the kernel,
+		// which checks permissions against what we report, would let
+		// everyone read a file chmod'ed to 0.
+		NullPermissions: true,
 		MountOptions: fuse.MountOptions{
 			FsName:               f.opt.FsName,
 			Name:                 "keelfs",
