@@ -92,8 +92,13 @@ type blockStore struct {
 	size       map[blockID]int64 // disk size of every block, clean or dirty
 	cleanBytes int64
 	dirtyBytes int64
-	db         *badger.DB
-	evictions  int64
+	// verified holds blocks whose whole file passed its checksum since
+	// the cache opened, by the meta it matched. A small read of such a
+	// block reads just its range: a 4 KiB random read must not cost a
+	// 1 MiB read and checksum. Rewriting or dropping a block forgets it.
+	verified  map[blockID]blockMeta
+	db        *badger.DB
+	evictions int64
 	// onPressure is called (without locks) when writers wait for dirty
 	// data to be uploaded.
 	onPressure func()
@@ -106,7 +111,8 @@ func newBlockStore(dir string, db *badger.DB, limit int64, key []byte, log logge
 		}
 	}
 	bs := &blockStore{dir: dir, db: db, limit: limit, log: log, lru: list.New(),
-		lruIndex: make(map[blockID]*list.Element), size: make(map[blockID]int64)}
+		lruIndex: make(map[blockID]*list.Element), size: make(map[blockID]int64),
+		verified: make(map[blockID]blockMeta)}
 	bs.spaceFreed = sync.NewCond(&bs.mu)
 	if len(key) > 0 {
 		// A key of its own for the blocks, derived from the cache key, so
@@ -156,6 +162,45 @@ func parseBlockFile(name string) (blockID, bool) {
 // atomically. The caller records the returned meta in the index in the
 // same transaction as the record that refers to the block.
 func (bs *blockStore) write(id blockID, data []byte) (blockMeta, error) {
+	meta, err := bs.writeOnce(id, data)
+	for try := 0; errors.Is(err, ErrNoSpace) && try < 3; try++ {
+		// The disk is full before the cache reached its size: a disk
+		// smaller than --cache-size, or other files on it. The accounting
+		// would never evict for that, so the disk would stay full of clean
+		// blocks after every upload finished. Evict some now, whatever the
+		// accounting says, and try again.
+		victims := bs.evictBytes(max(8*bs.diskSize(uint32(len(data))), 8<<20))
+		if len(victims) == 0 {
+			break
+		}
+		bs.dropVictims(victims)
+		meta, err = bs.writeOnce(id, data)
+	}
+	return meta, err
+}
+
+// evictBytes picks least recently used clean blocks worth at least n
+// bytes (fewer if there are not that many), and takes them out of the
+// accounting.
+func (bs *blockStore) evictBytes(n int64) []blockID {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	var victims []blockID
+	for freed := int64(0); freed < n; {
+		e := bs.lru.Back()
+		if e == nil {
+			break
+		}
+		id := e.Value.(blockID)
+		freed += bs.size[id]
+		victims = append(victims, id)
+		bs.forgetLocked(id)
+		bs.evictions++
+	}
+	return victims
+}
+
+func (bs *blockStore) writeOnce(id blockID, data []byte) (blockMeta, error) {
 	var rnd [8]byte
 	rand.Read(rnd[:])
 	tmp := filepath.Join(bs.dir, "tmp", hex.EncodeToString(rnd[:]))
@@ -196,7 +241,7 @@ func (bs *blockStore) write(id blockID, data []byte) (blockMeta, error) {
 func (bs *blockStore) read(id blockID, meta blockMeta, buf []byte) error {
 	f, err := os.Open(bs.path(id))
 	if err != nil {
-		return fmt.Errorf("%w: block %v: %v", ErrCorrupt, id, err)
+		return fmt.Errorf("%w: block %v: %w", ErrCorrupt, id, err)
 	}
 	defer f.Close()
 	if bs.aead != nil {
@@ -216,7 +261,39 @@ func (bs *blockStore) read(id blockID, meta blockMeta, buf []byte) error {
 		return fmt.Errorf("%w: block %v: checksum mismatch", ErrCorrupt, id)
 	}
 	bs.touch(id)
+	if bs.aead == nil {
+		bs.mu.Lock()
+		if _, known := bs.size[id]; known && len(bs.verified) < maxVerified {
+			bs.verified[id] = meta
+		}
+		bs.mu.Unlock()
+	}
 	return nil
+}
+
+// maxVerified bounds the verified set (about 40 bytes an entry).
+const maxVerified = 1 << 18
+
+// readRange reads [off, off+len(dst)) of block id into dst when the block
+// was verified whole before and still has that meta. ok is false when
+// the caller must read (and verify) the whole block instead.
+func (bs *blockStore) readRange(id blockID, meta blockMeta, off int64, dst []byte) (ok bool) {
+	bs.mu.Lock()
+	v, seen := bs.verified[id]
+	bs.mu.Unlock()
+	if !seen || v != meta || off+int64(len(dst)) > int64(meta.Len) {
+		return false
+	}
+	f, err := os.Open(bs.path(id))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if n, err := f.ReadAt(dst, off); err != nil || n != len(dst) {
+		return false
+	}
+	bs.touch(id)
+	return true
 }
 
 // removeFile deletes a block's bytes; the caller deletes the index key.
@@ -273,6 +350,7 @@ func (bs *blockStore) forgetLocked(id blockID) {
 		return
 	}
 	delete(bs.size, id)
+	delete(bs.verified, id)
 	if e, clean := bs.lruIndex[id]; clean {
 		bs.lru.Remove(e)
 		delete(bs.lruIndex, id)

@@ -157,11 +157,18 @@ func (h *Handle) Read(ctx context.Context, dest []byte, off int64) (int, error) 
 	for pos := off; pos < end; {
 		idx := pos / bs
 		blockOff := pos - idx*bs
+		if want := min(end-pos, bs-blockOff); want < bs && c.readCachedRange(h, idx, blockOff, dest[n:n+int(want)]) {
+			n += int(want)
+			pos += want
+			continue
+		}
 		data, release, err := c.readBlock(ctx, h, idx)
 		if err != nil {
-			if n > 0 {
-				return n, nil
+			if errors.Is(err, ErrStale) {
+				c.recheckStale(ctx, h)
 			}
+			// Not a short read: the kernel takes one for the end of the
+			// file and would silently cut the file there.
 			return 0, err
 		}
 		want := min(end-pos, bs-blockOff)
@@ -175,6 +182,26 @@ func (h *Handle) Read(ctx context.Context, dest []byte, off int64) (int, error) 
 		pos += want
 	}
 	return n, nil
+}
+
+// recheckStale runs after a read found the object version it needed gone
+// from S3. If the file's record still names that version, another writer
+// replaced or deleted the object since this mount last looked (the TTL has
+// not run out yet): ask S3 now, so that the next open gets the new version
+// (or ENOENT) rather than this same error until the TTL ends.
+func (c *Cache) recheckStale(ctx context.Context, h *Handle) {
+	st := h.st
+	st.mu.Lock()
+	rec := st.rec
+	if rec == nil || rec.Kind != KindFile || rec.RemoteKey == "" || h.sourceLocked() != rec {
+		st.mu.Unlock()
+		return
+	}
+	n := rec.clone()
+	st.mu.Unlock()
+	if _, err := c.recheck(ctx, st.ino, n); err != nil && !errors.Is(err, ErrNotExist) {
+		c.log.Debug("cache: recheck after a stale read", "path", n.Path, "err", err)
+	}
 }
 
 // sourceLocked returns the record reads should follow: the live one, or
@@ -237,6 +264,35 @@ func (c *Cache) readBlock(ctx context.Context, h *Handle, idx int64) (data []byt
 		}
 		last = src
 	}
+}
+
+// readCachedRange serves part of block idx straight from a cached block
+// file already verified whole, when that is where the block lives. It
+// reports false when the block needs the full path (not cached, being
+// written, a hole, or the range runs past the block's data).
+func (c *Cache) readCachedRange(h *Handle, idx, off int64, dst []byte) bool {
+	st := h.st
+	st.mu.Lock()
+	if st.rec == nil {
+		st.mu.Unlock()
+		return false
+	}
+	rec := h.sourceLocked()
+	if rec == st.rec && st.buf != nil && st.buf.idx == idx {
+		st.mu.Unlock()
+		return false
+	}
+	src := c.sourceOf(rec, idx)
+	st.mu.Unlock()
+	if src.hole {
+		return false
+	}
+	meta, found, err := c.blockMeta(src.id)
+	if err != nil || !found || !c.blocks.readRange(src.id, meta, off, dst) {
+		return false
+	}
+	c.stats.CacheHits.Add(1)
+	return true
 }
 
 // loadBlock reads a block from the store, or from S3 for a clean block
@@ -643,7 +699,8 @@ func (h *Handle) Flush(ctx context.Context) error {
 	return nil
 }
 
-// Fsync returns once the file is in S3, or with ErrUploadFailed.
+// Fsync returns once the file is in S3, or with ErrUploadFailed (or with
+// the S3 error, when the credentials may not write).
 func (h *Handle) Fsync(ctx context.Context) error {
 	c, st := h.c, h.st
 	st.mu.Lock()

@@ -728,6 +728,12 @@ func (c *Cache) revalidate(ctx context.Context, ino uint64) (*Inode, error) {
 	if c.fresh(n) {
 		return n, nil
 	}
+	return c.recheck(ctx, ino, n)
+}
+
+// recheck asks S3 about a clean file now, whatever the TTL says: HEAD,
+// ETag compare. n is a snapshot of its record.
+func (c *Cache) recheck(ctx context.Context, ino uint64, n *Inode) (*Inode, error) {
 	start := c.nextSeq()
 	info, err := c.store.Head(ctx, n.RemoteKey)
 	if err != nil && !errors.Is(err, s3backend.ErrNotFound) {

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -14,11 +13,8 @@ import (
 // Node is one file, directory or symlink known to the kernel.
 type Node struct {
 	gofs.Inode
-	fsys *FS
-	// openedVer is the content version the kernel's page cache holds for
-	// this node (from the last open); KEEP_CACHE is only given while it is
-	// unchanged.
-	openedVer atomic.Uint64
+	fsys  *FS
+	pages pageCache
 }
 
 var _ = (gofs.InodeEmbedder)((*Node)(nil))

@@ -156,6 +156,8 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	a, err = n.fsys.c.Getattr(ctx, a.Ino)
 	if err != nil {
+		// The kernel never sees this handle, so it will not release it.
+		fh.(*fileHandle).Release(ctx)
 		return nil, nil, 0, toErrno("create", err)
 	}
 	fillAttr(a, &out.Attr)

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -16,9 +17,8 @@ func (n *Node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	return n.open(ctx, flags)
 }
 
-// open opens the node. The kernel keeps its page cache across opens only
-// while the content version is unchanged: a new version from another writer
-// is never served from stale pages.
+// open opens the node. Each handle reads one content version (see
+// pageCache for how the kernel's page cache is kept to it).
 func (n *Node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	trunc := flags&syscall.O_TRUNC != 0
@@ -26,16 +26,58 @@ func (n *Node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, toErrno("open", err)
 	}
-	var fuseFlags uint32
-	if n.openedVer.Swap(res.ContentVer) == res.ContentVer {
-		fuseFlags |= fuse.FOPEN_KEEP_CACHE
+	fuseFlags, cached := n.pages.acquire(res.ContentVer)
+	return &fileHandle{h: h, node: n, cached: cached}, fuseFlags, 0
+}
+
+// pageCache keeps the kernel's page cache of a node to one content
+// version. The kernel has one page cache per inode, shared by every open
+// file, while the cache layer lets a handle go on reading the version it
+// opened after another writer's version replaced it. A handle opened on
+// the new version while one of the old version still reads through the
+// page cache would see the old handle's pages, and the old handle the new
+// one's: a mix of versions. So such a handle bypasses the page cache
+// (FOPEN_DIRECT_IO) until the old handles are closed.
+type pageCache struct {
+	mu    sync.Mutex
+	known bool   // ver is set: the kernel may hold pages of it
+	ver   uint64 // the version the page cache holds
+	users int    // open handles that read through the page cache, all of ver
+}
+
+// acquire decides how a handle opened on version ver uses the page cache:
+// through it (cached), keeping what it holds when it is of ver, or not at
+// all.
+func (p *pageCache) acquire(ver uint64) (fuseFlags uint32, cached bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.users > 0 && p.ver != ver:
+		// Leave the pages to the handles of their version.
+		return fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE, false
+	case p.known && p.ver == ver:
+		p.users++
+		return fuse.FOPEN_KEEP_CACHE, true
+	default:
+		// Without KEEP_CACHE the kernel drops the pages it has.
+		p.known, p.ver = true, ver
+		p.users++
+		return 0, true
 	}
-	return &fileHandle{h: h}, fuseFlags, 0
+}
+
+// release is called when a handle that read through the page cache closes.
+func (p *pageCache) release() {
+	p.mu.Lock()
+	p.users--
+	p.mu.Unlock()
 }
 
 // fileHandle is an open file.
 type fileHandle struct {
-	h *cache.Handle
+	h      *cache.Handle
+	node   *Node
+	cached bool // reads through the kernel's page cache (see pageCache)
 }
 
 var _ = (gofs.FileReader)((*fileHandle)(nil))
@@ -76,6 +118,9 @@ func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 var _ = (gofs.FileReleaser)((*fileHandle)(nil))
 
 func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
+	if f.cached {
+		f.node.pages.release()
+	}
 	return toErrno("release", f.h.Release(ctx))
 }
 
