@@ -108,12 +108,13 @@ func (f *FS) Mount(dir string) error {
 	if f.opt.Debug {
 		opts.MountOptions.Logger = log.New(slogWriter{f.log}, "", 0)
 	}
-	// gofs.Mount, with the raw filesystem wrapped so that operations can
-	// be counted at the boundary.
-	var raw fuse.RawFileSystem = gofs.NewNodeFS(f.root, opts)
-	if f.opt.Ops != nil {
-		raw = &countingFS{RawFileSystem: raw, obs: f.opt.Ops}
+	// gofs.Mount, with the raw filesystem wrapped so that operations are
+	// counted, and interrupts dropped, at the boundary (countingFS).
+	obs := f.opt.Ops
+	if obs == nil {
+		obs = func(string, bool, time.Duration) {}
 	}
+	raw := &countingFS{RawFileSystem: gofs.NewNodeFS(f.root, opts), obs: obs}
 	server, err := fuse.NewServer(raw, dir, &opts.MountOptions)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", dir, err)

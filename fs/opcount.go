@@ -13,6 +13,14 @@ type OpObserver func(op string, ok bool, d time.Duration)
 // countingFS wraps the node filesystem at the FUSE boundary so every
 // operation is counted in one place, whichever node type serves it.
 // go-fuse's own latency hook (Server.RecordLatencies) is a no-op since v2.
+//
+// It also drops the kernel's INTERRUPT: every operation gets a nil cancel
+// channel. The kernel sends INTERRUPT for any signal, including the Go
+// runtime's preemption signal (SIGURG) in the calling app; honouring it
+// turned an open or rename into a spurious EINTR that the app never asked
+// for. A fatal signal still ends the caller's wait at once (the kernel
+// stops waiting for the reply), and every operation is bounded anyway by
+// the S3 retry limits.
 type countingFS struct {
 	fuse.RawFileSystem
 	obs OpObserver
@@ -24,7 +32,7 @@ func (c *countingFS) done(op string, st fuse.Status, start time.Time) {
 
 func (c *countingFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Lookup(cancel, h, name, out)
+	st := c.RawFileSystem.Lookup(nil, h, name, out)
 	// A negative lookup is an answer, not a failure.
 	c.obs("lookup", st == fuse.OK || st == fuse.ENOENT, time.Since(t))
 	return st
@@ -32,98 +40,98 @@ func (c *countingFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name strin
 
 func (c *countingFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.GetAttr(cancel, in, out)
+	st := c.RawFileSystem.GetAttr(nil, in, out)
 	c.done("getattr", st, t)
 	return st
 }
 
 func (c *countingFS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.SetAttr(cancel, in, out)
+	st := c.RawFileSystem.SetAttr(nil, in, out)
 	c.done("setattr", st, t)
 	return st
 }
 
 func (c *countingFS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Mkdir(cancel, in, name, out)
+	st := c.RawFileSystem.Mkdir(nil, in, name, out)
 	c.done("mkdir", st, t)
 	return st
 }
 
 func (c *countingFS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Mknod(cancel, in, name, out)
+	st := c.RawFileSystem.Mknod(nil, in, name, out)
 	c.done("mknod", st, t)
 	return st
 }
 
 func (c *countingFS) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Unlink(cancel, h, name)
+	st := c.RawFileSystem.Unlink(nil, h, name)
 	c.done("unlink", st, t)
 	return st
 }
 
 func (c *countingFS) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Rmdir(cancel, h, name)
+	st := c.RawFileSystem.Rmdir(nil, h, name)
 	c.done("rmdir", st, t)
 	return st
 }
 
 func (c *countingFS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Rename(cancel, in, oldName, newName)
+	st := c.RawFileSystem.Rename(nil, in, oldName, newName)
 	c.done("rename", st, t)
 	return st
 }
 
 func (c *countingFS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Link(cancel, in, name, out)
+	st := c.RawFileSystem.Link(nil, in, name, out)
 	c.done("link", st, t)
 	return st
 }
 
 func (c *countingFS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Symlink(cancel, h, target, name, out)
+	st := c.RawFileSystem.Symlink(nil, h, target, name, out)
 	c.done("symlink", st, t)
 	return st
 }
 
 func (c *countingFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
 	t := time.Now()
-	b, st := c.RawFileSystem.Readlink(cancel, h)
+	b, st := c.RawFileSystem.Readlink(nil, h)
 	c.done("readlink", st, t)
 	return b, st
 }
 
 func (c *countingFS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Create(cancel, in, name, out)
+	st := c.RawFileSystem.Create(nil, in, name, out)
 	c.done("create", st, t)
 	return st
 }
 
 func (c *countingFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Open(cancel, in, out)
+	st := c.RawFileSystem.Open(nil, in, out)
 	c.done("open", st, t)
 	return st
 }
 
 func (c *countingFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	t := time.Now()
-	r, st := c.RawFileSystem.Read(cancel, in, buf)
+	r, st := c.RawFileSystem.Read(nil, in, buf)
 	c.done("read", st, t)
 	return r, st
 }
 
 func (c *countingFS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
 	t := time.Now()
-	n, st := c.RawFileSystem.Write(cancel, in, data)
+	n, st := c.RawFileSystem.Write(nil, in, data)
 	c.done("write", st, t)
 	return n, st
 }
@@ -132,7 +140,7 @@ func (c *countingFS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte
 // back to Write, which counts then.
 func (c *countingFS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
 	t := time.Now()
-	n, st := c.RawFileSystem.Writev(cancel, in, data)
+	n, st := c.RawFileSystem.Writev(nil, in, data)
 	if st != fuse.ENOSYS {
 		c.done("write", st, t)
 	}
@@ -141,62 +149,62 @@ func (c *countingFS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]b
 
 func (c *countingFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Flush(cancel, in)
+	st := c.RawFileSystem.Flush(nil, in)
 	c.done("flush", st, t)
 	return st
 }
 
 func (c *countingFS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Fsync(cancel, in)
+	st := c.RawFileSystem.Fsync(nil, in)
 	c.done("fsync", st, t)
 	return st
 }
 
 func (c *countingFS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Fallocate(cancel, in)
+	st := c.RawFileSystem.Fallocate(nil, in)
 	c.done("fallocate", st, t)
 	return st
 }
 
 func (c *countingFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	t := time.Now()
-	c.RawFileSystem.Release(cancel, in)
+	c.RawFileSystem.Release(nil, in)
 	c.done("release", fuse.OK, t)
 }
 
 func (c *countingFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.OpenDir(cancel, in, out)
+	st := c.RawFileSystem.OpenDir(nil, in, out)
 	c.done("opendir", st, t)
 	return st
 }
 
 func (c *countingFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.ReadDir(cancel, in, out)
+	st := c.RawFileSystem.ReadDir(nil, in, out)
 	c.done("readdir", st, t)
 	return st
 }
 
 func (c *countingFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.ReadDirPlus(cancel, in, out)
+	st := c.RawFileSystem.ReadDirPlus(nil, in, out)
 	c.done("readdirplus", st, t)
 	return st
 }
 
 func (c *countingFS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.StatFs(cancel, h, out)
+	st := c.RawFileSystem.StatFs(nil, h, out)
 	c.done("statfs", st, t)
 	return st
 }
 
 func (c *countingFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
 	t := time.Now()
-	n, st := c.RawFileSystem.GetXAttr(cancel, h, attr, dest)
+	n, st := c.RawFileSystem.GetXAttr(nil, h, attr, dest)
 	// ENODATA and ERANGE are ordinary answers to getxattr.
 	c.obs("getxattr", st == fuse.OK || st == fuse.ENODATA || st == fuse.ERANGE, time.Since(t))
 	return n, st
@@ -204,7 +212,7 @@ func (c *countingFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr str
 
 func (c *countingFS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string, data []byte) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.SetXAttr(cancel, in, attr, data)
+	st := c.RawFileSystem.SetXAttr(nil, in, attr, data)
 	c.done("setxattr", st, t)
 	return st
 }
