@@ -96,7 +96,11 @@ type blockStore struct {
 	// the cache opened, by the meta it matched. A small read of such a
 	// block reads just its range: a 4 KiB random read must not cost a
 	// 1 MiB read and checksum. Rewriting or dropping a block forgets it.
-	verified  map[blockID]blockMeta
+	verified map[blockID]blockMeta
+	// unsynced holds dirty blocks written since the last sync: sync
+	// fsyncs just those files and their directories. (syncfs flushed the
+	// whole filesystem, with every other program's writes on it.)
+	unsynced  map[blockID]struct{}
 	db        *badger.DB
 	evictions int64
 	// onPressure is called (without locks) when writers wait for dirty
@@ -112,7 +116,7 @@ func newBlockStore(dir string, db *badger.DB, limit int64, key []byte, log logge
 	}
 	bs := &blockStore{dir: dir, db: db, limit: limit, log: log, lru: list.New(),
 		lruIndex: make(map[blockID]*list.Element), size: make(map[blockID]int64),
-		verified: make(map[blockID]blockMeta)}
+		verified: make(map[blockID]blockMeta), unsynced: make(map[blockID]struct{})}
 	bs.spaceFreed = sync.NewCond(&bs.mu)
 	if len(key) > 0 {
 		// A key of its own for the blocks, derived from the cache key, so
@@ -312,6 +316,7 @@ func (bs *blockStore) added(id blockID, n uint32, dirty bool) {
 	sz := bs.diskSize(n)
 	bs.size[id] = sz
 	if dirty {
+		bs.unsynced[id] = struct{}{}
 		bs.dirtyBytes += sz
 	} else {
 		bs.cleanBytes += sz
@@ -476,19 +481,52 @@ func (bs *blockStore) dropVictims(victims []blockID) {
 // Concurrent callers share one sync.
 func (bs *blockStore) sync() error {
 	return bs.syncer.do(func() error {
+		bs.mu.Lock()
+		ids := bs.unsynced
+		bs.unsynced = make(map[blockID]struct{})
+		bs.mu.Unlock()
+		dirs := map[string]bool{bs.dir: true}
+		for id := range ids {
+			p := bs.path(id)
+			if err := fsyncPath(p); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue // dropped since: nothing to make durable
+				}
+				bs.requeue(ids)
+				return fmt.Errorf("cache sync: %w", err)
+			}
+			dirs[filepath.Dir(p)] = true
+		}
+		for d := range dirs {
+			if err := fsyncPath(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				bs.requeue(ids)
+				return fmt.Errorf("cache sync: %w", err)
+			}
+		}
 		if err := bs.db.Sync(); err != nil {
-			return fmt.Errorf("cache sync: %w", err)
-		}
-		fd, err := unix.Open(bs.dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		if err != nil {
-			return fmt.Errorf("cache sync: %w", err)
-		}
-		defer unix.Close(fd)
-		if err := unix.Syncfs(fd); err != nil {
 			return fmt.Errorf("cache sync: %w", err)
 		}
 		return nil
 	})
+}
+
+// requeue puts back blocks whose sync failed, so the next sync retries them.
+func (bs *blockStore) requeue(ids map[blockID]struct{}) {
+	bs.mu.Lock()
+	for id := range ids {
+		bs.unsynced[id] = struct{}{}
+	}
+	bs.mu.Unlock()
+}
+
+// fsyncPath makes a file's content, or a directory's entries, durable.
+func fsyncPath(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // groupSync lets concurrent callers share one expensive sync: each caller
