@@ -113,15 +113,21 @@ func parseUnixTime(v string) (int64, bool) {
 	return t, true
 }
 
+// formatUnixTime writes Unix nanoseconds the way parseUnixTime reads
+// them: "sec" or "sec.fraction", with the sign in front of the whole
+// number, so "-0.5" is half a second before 1970. (It used to write the
+// floor of the seconds and a positive fraction, "-1.500000000", which
+// reads back a second off.)
 func formatUnixTime(ns int64) string {
-	sec, frac := ns/1e9, ns%1e9
-	if frac < 0 {
-		sec, frac = sec-1, frac+1e9
+	sign, mag := "", uint64(ns)
+	if ns < 0 {
+		sign, mag = "-", uint64(-ns) // two's complement: right for MinInt64 too
 	}
+	sec, frac := mag/1e9, mag%1e9
 	if frac == 0 {
-		return strconv.FormatInt(sec, 10)
+		return sign + strconv.FormatUint(sec, 10)
 	}
-	return strconv.FormatInt(sec, 10) + "." + leftPad9(strconv.FormatInt(frac, 10))
+	return sign + strconv.FormatUint(sec, 10) + "." + leftPad9(strconv.FormatUint(frac, 10))
 }
 
 func leftPad9(s string) string {

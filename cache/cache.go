@@ -341,6 +341,12 @@ func (c *Cache) acquire(ino uint64) (*inodeState, error) {
 	c.statesMu.Unlock()
 	rec, err := c.loadInode(ino)
 	st.rec = rec
+	if rec != nil && rec.needsWork() {
+		// Work left by handles closed before this state was loaded (or by
+		// the previous mount) counts as one change not yet synced, so that
+		// fsync on a new handle waits for it instead of returning at once.
+		st.changes = 1
+	}
 	st.mu.Unlock()
 	if err != nil {
 		c.release(st)

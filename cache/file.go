@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"sync"
 	"syscall"
 	"time"
@@ -316,6 +317,13 @@ func (c *Cache) loadBlock(ctx context.Context, src blockSource) ([]byte, func(),
 			release()
 			c.log.Error("cache: block of data not yet uploaded is unreadable", "err", err)
 			return nil, nil, err
+		} else if errors.Is(err, fs.ErrNotExist) {
+			// The file of a clean block went away between the index lookup
+			// and the read: evicted or dropped by another goroutine, which
+			// may also have raced a fetch that stored the same block
+			// again. Not corruption: forget what is left and fetch it.
+			c.log.Debug("cache: cached block vanished; fetching it again", "block", fmt.Sprint(src.id))
+			c.deleteBlocks([]blockID{src.id})
 		} else {
 			c.log.Warn("cache: dropping unreadable cached block", "err", err)
 			c.deleteBlocks([]blockID{src.id})

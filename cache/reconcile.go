@@ -11,6 +11,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -251,8 +252,10 @@ func (c *Cache) push(ctx context.Context, st *inodeState, p *uploadPlan) (string
 		ct = s3backend.FileContentType
 	}
 	if snap.Size <= c.opt.PartSize {
-		return c.store.Put(ctx, s3backend.PutInput{Key: p.target, Body: c.newSnapReader(ctx, snap, 0, snap.Size),
+		body := c.newSnapReader(ctx, snap, 0, snap.Size)
+		etag, err := c.store.Put(ctx, s3backend.PutInput{Key: p.target, Body: body,
 			Size: snap.Size, Metadata: meta, ContentType: ct, Cond: p.cond})
+		return etag, body.baseErr(err)
 	}
 	return c.uploadMultipart(ctx, st, p, meta, ct)
 }
@@ -353,8 +356,10 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 				etag, err = c.store.UploadPartCopy(pctx, s3backend.UploadPartCopyInput{Key: p.target, UploadID: id,
 					Part: int32(i + 1), Src: snap.RemoteKey, SrcETag: snap.ETag, Off: off, Length: l})
 			} else {
+				body := c.newSnapReader(pctx, snap, off, l)
 				etag, err = c.store.UploadPart(pctx, s3backend.UploadPartInput{Key: p.target, UploadID: id,
-					Part: int32(i + 1), Body: c.newSnapReader(pctx, snap, off, l), Size: l})
+					Part: int32(i + 1), Body: body, Size: l})
+				err = body.baseErr(err)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -427,7 +432,31 @@ type snapReader struct {
 	cur        []byte
 	curIdx     int64
 	release    func()
+	// stale is set once an unchanged block could not be fetched because
+	// the object it comes from changed in S3. The SDK may read the body on
+	// its own goroutine, hence atomic.
+	stale atomic.Bool
 }
+
+// baseErr turns the failure of a request whose body was r into a
+// *baseChanged when the body broke off because the object the unchanged
+// blocks come from changed in S3.
+func (r *snapReader) baseErr(err error) error {
+	if err != nil && r.stale.Load() {
+		return &baseChanged{err: err}
+	}
+	return err
+}
+
+// baseChanged: an upload could not be sent because unchanged blocks of
+// the file had to be fetched from the object version the edit started
+// from, and that version is gone from S3 (412 or 404).
+type baseChanged struct{ err error }
+
+func (e *baseChanged) Error() string {
+	return "object changed in s3 while its content was sent: " + e.err.Error()
+}
+func (e *baseChanged) Unwrap() error { return e.err }
 
 func (c *Cache) newSnapReader(ctx context.Context, snap *Inode, off, length int64) *snapReader {
 	if length > 0 {
@@ -451,6 +480,9 @@ func (r *snapReader) Read(p []byte) (int, error) {
 		r.drop()
 		data, release, err := r.c.loadBlock(r.ctx, r.c.sourceOf(r.snap, idx))
 		if err != nil {
+			if errors.Is(err, ErrStale) {
+				r.stale.Store(true)
+			}
 			return 0, err
 		}
 		r.cur, r.curIdx, r.release = data, idx, release
@@ -498,6 +530,12 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 	}
 	if err != nil && errors.Is(err, s3backend.ErrPrecondition) {
 		return c.precondition(ctx, st, p)
+	}
+	var based *baseChanged
+	if errors.As(err, &based) {
+		if out, ok := c.adoptOwnBase(ctx, st, p); ok {
+			return out
+		}
 	}
 	c.nsMu.Lock()
 	t := c.beginNS()
@@ -548,6 +586,40 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 	c.up.released(p.target)
 	go c.dropUnusedBlocks(st.ino)
 	return outcome{}
+}
+
+// adoptOwnBase handles an upload that could not be sent because the
+// object version its unchanged blocks come from is gone. If what replaced
+// it is an earlier upload of ours whose answer was lost, that object holds
+// the same bytes in every block that is still clean: take its ETag as the
+// base and go again at once. ok is false when the object is another
+// writer's (or cannot be checked); the attempt then failed like any other.
+func (c *Cache) adoptOwnBase(ctx context.Context, st *inodeState, p *uploadPlan) (out outcome, ok bool) {
+	if p.snap.RemoteKey == "" {
+		return outcome{}, false
+	}
+	info, err := c.store.Head(ctx, p.snap.RemoteKey)
+	if err != nil || info.Metadata[metaUpload] == "" || !hasToken(p.snap.UploadTokens, info.Metadata[metaUpload]) {
+		return outcome{}, false
+	}
+	c.nsMu.Lock()
+	defer c.nsMu.Unlock()
+	t := c.beginNS()
+	rec, err := t.get(st.ino)
+	if err != nil {
+		t.abort()
+		return outcome{}, false
+	}
+	st.uploading = false
+	st.attempts++
+	rec.UploadID = ""
+	if rec.RemoteKey == p.snap.RemoteKey && rec.ETag == p.snap.ETag {
+		rec.ETag, rec.RemoteSize = info.ETag, info.Size
+	}
+	if err := t.commit(); err != nil {
+		return outcome{failed: true}, true
+	}
+	return outcome{retryAfter: time.Millisecond}, true
 }
 
 // applySuccess updates the record after an upload landed (nsMu held, st
@@ -920,6 +992,17 @@ func (c *Cache) tombState(key string) (ts tombstone, found, busy bool, err error
 	return
 }
 
+// uploadFailed is what fsync reports for a failed upload: ErrUploadFailed
+// (EIO), except when S3 refused the credentials or a policy forbids the
+// write. Then the S3 error itself (EACCES) says what is wrong: retrying
+// will not help until someone changes the credentials or the policy.
+func uploadFailed(err error) error {
+	if errors.Is(err, s3backend.ErrAccessDenied) || errors.Is(err, s3backend.ErrInvalidCredentials) {
+		return fmt.Errorf("upload to s3 refused: %w", err)
+	}
+	return fmt.Errorf("%w: %v", ErrUploadFailed, err)
+}
+
 // syncFile waits until the file's changes up to now are in S3. An
 // unlinked file (also one unlinked while this waits) has nothing to wait
 // for: it will never be in S3, and the delete of its old object waits for
@@ -942,7 +1025,7 @@ func (c *Cache) syncFile(ctx context.Context, st *inodeState) error {
 			return nil
 		}
 		if st.attempts > attempts && st.lastErr != nil && !st.uploading {
-			return fmt.Errorf("%w: %v", ErrUploadFailed, st.lastErr)
+			return uploadFailed(st.lastErr)
 		}
 		if err := ctx.Err(); err != nil {
 			return err

@@ -49,6 +49,7 @@ type Server struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	logf string
+	args []string // extra versitygw options, before the backend (see StartServerIAM)
 }
 
 // RepoRoot is the top of the keelfs checkout, found from this source file.
@@ -127,7 +128,8 @@ func (s *Server) start(bin string, port int) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, "--port", addr, "--keep-alive", "--quiet", "posix", s.Dir)
+	args := append([]string{"--port", addr, "--keep-alive", "--quiet"}, s.args...)
+	cmd := exec.Command(bin, append(args, "posix", s.Dir)...)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
