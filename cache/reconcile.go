@@ -210,7 +210,7 @@ func newToken() string {
 func addToken(list, tok string) string {
 	toks := []string{tok}
 	for _, t := range strings.Split(list, ",") {
-		if t != "" && len(toks) < 8 {
+		if t != "" && len(toks) < 64 {
 			toks = append(toks, t)
 		}
 	}
@@ -1020,20 +1020,32 @@ func (c *Cache) syncFile(ctx context.Context, st *inodeState) error {
 		st.mu.Unlock()
 	})
 	defer stop()
+	// over reports (st.mu held) whether the wait has ended, and how.
+	over := func() (bool, error) {
+		switch {
+		case st.rec == nil || st.rec.Unlinked || st.synced >= target || (!st.rec.needsWork() && !st.uploading):
+			return true, nil
+		case st.attempts > attempts && st.lastErr != nil && !st.uploading:
+			return true, uploadFailed(st.lastErr)
+		case ctx.Err() != nil:
+			return true, ctx.Err()
+		}
+		return false, nil
+	}
 	for {
-		if st.rec == nil || st.rec.Unlinked || st.synced >= target || (!st.rec.needsWork() && !st.uploading) {
-			return nil
-		}
-		if st.attempts > attempts && st.lastErr != nil && !st.uploading {
-			return uploadFailed(st.lastErr)
-		}
-		if err := ctx.Err(); err != nil {
+		if done, err := over(); done {
 			return err
 		}
 		ino := st.ino
 		st.mu.Unlock()
 		c.up.now(ino)
 		st.mu.Lock()
+		// The upload may have run to its end while st.mu was free, its
+		// Broadcast gone unheard: look again before waiting, or fsync
+		// waits forever.
+		if done, err := over(); done {
+			return err
+		}
 		st.cond.Wait()
 	}
 }
