@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/keelfs/keelfs/test/harness"
 )
 
 // daemon is one FUSE daemon (keelfs, s3fs or rclone) running in the
@@ -113,7 +115,7 @@ func (d *daemon) stop() {
 			}
 			if !d.wait(60 * time.Second) {
 				logf("%s: daemon did not stop within 60s; killing it", d.dir)
-				abortFUSE(d.dir)
+				harness.AbortFUSE(d.dir)
 				d.cmd.Process.Kill()
 				d.wait(10 * time.Second)
 			}
@@ -125,7 +127,7 @@ func (d *daemon) stop() {
 // kill ends a daemon that is stuck: the mount is aborted first, so that
 // whatever waits on it gets ENOTCONN.
 func (d *daemon) kill() {
-	abortFUSE(d.dir)
+	harness.AbortFUSE(d.dir)
 	d.cmd.Process.Kill()
 	d.wait(10 * time.Second)
 	detach(d.dir)
@@ -180,34 +182,9 @@ func mountsUnder(root string) []string {
 func detach(dir string) {
 	for i := 0; i < 5 && isMounted(dir); i++ {
 		if err := exec.Command("fusermount3", "-u", "-z", dir).Run(); err != nil {
-			abortFUSE(dir)
+			harness.AbortFUSE(dir)
 			syscall.Unmount(dir, syscall.MNT_DETACH)
 		}
-	}
-}
-
-// abortFUSE aborts the FUSE connection of the mount at dir through
-// fusectl, so that nothing waits forever on a daemon that is stuck.
-func abortFUSE(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || unescapeMount(f[4]) != dir || !strings.Contains(line, " - fuse") {
-			continue
-		}
-		_, minor, ok := strings.Cut(f[2], ":")
-		if !ok {
-			return
-		}
-		const ctl = "/sys/fs/fuse/connections"
-		if _, err := os.Stat(filepath.Join(ctl, minor)); err != nil {
-			syscall.Mount("fusectl", ctl, "fusectl", 0, "")
-		}
-		os.WriteFile(filepath.Join(ctl, minor, "abort"), []byte("1"), 0o200)
-		return
 	}
 }
 

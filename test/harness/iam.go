@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -22,25 +21,7 @@ func StartServerIAM(t testing.TB) *Server {
 	if os.Getenv("KEELFS_TEST_ENDPOINT") != "" {
 		t.Fatalf("harness: this test creates users in a private versitygw; it cannot run against KEELFS_TEST_ENDPOINT")
 	}
-	bin, err := VersitygwPath()
-	if err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	s := &Server{AccessKey: AccessKey, SecretKey: SecretKey, Region: Region, Dir: t.TempDir(),
-		args: []string{"--iam-dir", t.TempDir()}}
-	s.logf = filepath.Join(t.TempDir(), "versitygw.log")
-	if err := s.start(bin, 0); err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			if b, err := os.ReadFile(s.logf); err == nil && len(b) > 0 {
-				t.Logf("versitygw log:\n%s", tail(b, 4000))
-			}
-		}
-	})
-	return s
+	return startPrivate(t, "--iam-dir", t.TempDir())
 }
 
 // CreateUser adds a user with the given keys and role ("user", "userplus"

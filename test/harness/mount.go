@@ -258,7 +258,7 @@ func (m *Mount) signalAndWait(sig syscall.Signal, timeout time.Duration) int {
 			select {
 			case <-done:
 			case <-time.After(10 * time.Second):
-				abortFUSE(m.Dir)
+				AbortFUSE(m.Dir)
 				cmd.Process.Kill()
 				<-done
 			}
@@ -338,24 +338,24 @@ func (m *Mount) checkLog() {
 }
 
 func detach(dir string) {
-	abortFUSE(dir)
+	AbortFUSE(dir)
 	if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
 		exec.Command("fusermount3", "-u", "-z", dir).Run()
 	}
 }
 
-// abortFUSE aborts the FUSE connection of the mount at dir (through the
+// AbortFUSE aborts the FUSE connection of the mount at dir (through the
 // fusectl filesystem), so that nothing waits forever on a dead daemon: a
 // process blocked on the mount gets ENOTCONN instead. It does nothing if
 // dir is not a FUSE mount.
-func abortFUSE(dir string) {
+func AbortFUSE(dir string) {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 5 || f[4] != dir || !strings.Contains(line, " - fuse") {
+		if len(f) < 5 || unescapeMountinfo(f[4]) != dir || !strings.Contains(line, " - fuse") {
 			continue
 		}
 		_, minor, ok := strings.Cut(f[2], ":")
@@ -390,4 +390,9 @@ func Run(t testing.TB, dir, script string) string {
 		t.Fatalf("%s: %v\n%s", script, err, out.String())
 	}
 	return out.String()
+}
+
+// unescapeMountinfo undoes the octal escapes of /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
 }

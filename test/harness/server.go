@@ -94,11 +94,18 @@ func StartServer(t testing.TB) *Server {
 		}
 		return s
 	}
+	return startPrivate(t)
+}
+
+// startPrivate starts versitygw with extra options on a free loopback
+// port, and stops it at cleanup, showing its log if the test failed.
+func startPrivate(t testing.TB, args ...string) *Server {
+	t.Helper()
 	bin, err := VersitygwPath()
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
-	s := &Server{AccessKey: AccessKey, SecretKey: SecretKey, Region: Region, Dir: t.TempDir()}
+	s := &Server{AccessKey: AccessKey, SecretKey: SecretKey, Region: Region, Dir: t.TempDir(), args: args}
 	s.logf = filepath.Join(t.TempDir(), "versitygw.log")
 	if err := s.start(bin, 0); err != nil {
 		t.Fatalf("harness: %v", err)
