@@ -54,6 +54,9 @@ func faultWindow() time.Duration {
 	return 5 * time.Second
 }
 
+// readWindowCap bounds how long a phase waits for its first whole read.
+const readWindowCap = 90 * time.Second
+
 // faultEnv is a versitygw behind a proxy, a bucket, and a writer mount
 // through the proxy.
 type faultEnv struct {
@@ -314,10 +317,15 @@ func (e *faultEnv) phase(pre, written map[string][]byte) *readStats {
 	}
 	sort.Strings(names)
 	rewrites := 0
-	for time.Since(start) < faultWindow() {
+	// The window stays open, up to readWindowCap, until one read has come
+	// back whole under the faults: on a slow or loaded machine the first
+	// reads may take longer than the window, and a phase that read nothing
+	// whole would prove nothing about reads.
+	for time.Since(start) < faultWindow() ||
+		(len(pre) > 0 && st.ok.Load() == 0 && time.Since(start) < readWindowCap) {
 		if len(names) == 0 {
-			time.Sleep(faultWindow() - time.Since(start))
-			break
+			time.Sleep(200 * time.Millisecond)
+			continue
 		}
 		name := names[rand.IntN(len(names))]
 		data := randBytes([]int{0, 7, 200 << 10, 1<<20 + 1, 5<<20 + 9}[rand.IntN(5)])
