@@ -61,11 +61,14 @@ func (c *Cache) fetchBlock(ctx context.Context, src blockSource) ([]byte, func()
 	return out[:n], func() { c.putBlockBuf(out) }, nil
 }
 
+// prefetchChunk is the most blocks one read-ahead GET asks for.
+const prefetchChunk = 8
+
 // prefetch starts fetching the clean, uncached blocks of [start, end) of
 // rec in the background, one GET per contiguous range of at most
 // maxChunk blocks.
 func (c *Cache) prefetch(rec *Inode, start, end int64) {
-	const maxChunk = 8
+	const maxChunk = prefetchChunk
 	f := c.fetchState()
 	var (
 		runStart int64 = -1
@@ -123,12 +126,15 @@ func (c *Cache) prefetch(rec *Inode, start, end int64) {
 func (c *Cache) runFetch(ctx context.Context, src blockSource, start, end int64, calls []*fetchCall) {
 	bs := c.opt.BlockSize
 	f := c.fetchState()
-	finish := func(i int, data []byte, err error) {
-		call := calls[i]
-		call.data, call.err = data, err
+	forget := func(i int) {
 		f.mu.Lock()
 		delete(f.inflight, blockID{src.id.ino, src.id.gen, start + int64(i)})
 		f.mu.Unlock()
+	}
+	finish := func(i int, data []byte, err error) {
+		call := calls[i]
+		call.data, call.err = data, err
+		forget(i)
 		close(call.done)
 	}
 	next := 0 // index into calls of the first block not finished
@@ -157,8 +163,14 @@ func (c *Cache) runFetch(ctx context.Context, src blockSource, start, end int64,
 			if _, err = io.ReadFull(body, buf); err != nil {
 				break
 			}
+			// The waiting readers get the block first; it is stored
+			// after, while the call stays in flight, so that a reader
+			// arriving in between joins it rather than asking S3 again.
+			call := calls[next]
+			call.data = buf
+			close(call.done)
 			c.storeClean(blockID{src.id.ino, src.id.gen, idx}, buf)
-			finish(next, buf, nil)
+			forget(next)
 			next++
 		}
 		body.Close()
@@ -198,6 +210,7 @@ func (c *Cache) storeClean(id blockID, data []byte) {
 		return
 	}
 	c.blocks.added(id, meta.Len, false)
+	c.blocks.trust(id, meta)
 }
 
 // readAhead follows one file's access pattern: a window that doubles while
@@ -229,7 +242,12 @@ func (c *Cache) readAheadFor(st *inodeState, rec *Inode, off, end int64) {
 	cur := (end - 1) / bs
 	from := max(ra.issued, cur+1)
 	to := min(cur+1+ra.window, nblocks)
-	if ra.window == 0 || from >= to {
+	// Issue whole GETs: wait until a full chunk (or half a small window)
+	// is due, unless the window reaches the end of the file. Topping the
+	// window up by the one block each read moved on would cost one small
+	// GET per block, and S3 (and the CPU) pay per request.
+	due := min(prefetchChunk, max(1, ra.window/2))
+	if ra.window == 0 || from >= to || (to-from < due && to < nblocks) {
 		ra.mu.Unlock()
 		return
 	}
