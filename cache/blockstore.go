@@ -100,7 +100,12 @@ type blockStore struct {
 	// unsynced holds dirty blocks written since the last sync: sync
 	// fsyncs just those files and their directories. (syncfs flushed the
 	// whole filesystem, with every other program's writes on it.)
-	unsynced  map[blockID]struct{}
+	unsynced map[blockID]struct{}
+	// files keeps descriptors of verified block files that small reads
+	// used lately (fileLRU, front = newest), so that a 4 KiB read costs a
+	// pread, not an open, a pread and a close.
+	files     map[blockID]*openBlock
+	fileLRU   *list.List
 	db        *badger.DB
 	evictions int64
 	// onPressure is called (without locks) when writers wait for dirty
@@ -116,7 +121,8 @@ func newBlockStore(dir string, db *badger.DB, limit int64, key []byte, log logge
 	}
 	bs := &blockStore{dir: dir, db: db, limit: limit, log: log, lru: list.New(),
 		lruIndex: make(map[blockID]*list.Element), size: make(map[blockID]int64),
-		verified: make(map[blockID]blockMeta), unsynced: make(map[blockID]struct{})}
+		verified: make(map[blockID]blockMeta), unsynced: make(map[blockID]struct{}),
+		files: make(map[blockID]*openBlock), fileLRU: list.New()}
 	bs.spaceFreed = sync.NewCond(&bs.mu)
 	if len(key) > 0 {
 		// A key of its own for the blocks, derived from the cache key, so
@@ -278,26 +284,105 @@ func (bs *blockStore) read(id blockID, meta blockMeta, buf []byte) error {
 // maxVerified bounds the verified set (about 40 bytes an entry).
 const maxVerified = 1 << 18
 
+// maxOpenBlocks bounds the descriptors files keeps.
+const maxOpenBlocks = 128
+
+// openBlock is a cached read-only descriptor of a block file. It is closed
+// once it is dropped (dead) and no read uses it (refs).
+type openBlock struct {
+	fd   int
+	refs int
+	dead bool
+	elem *list.Element
+}
+
 // readRange reads [off, off+len(dst)) of block id into dst when the block
 // was verified whole before and still has that meta. ok is false when
 // the caller must read (and verify) the whole block instead.
 func (bs *blockStore) readRange(id blockID, meta blockMeta, off int64, dst []byte) (ok bool) {
+	if off < 0 || off+int64(len(dst)) > int64(meta.Len) {
+		return false
+	}
+	ob := bs.openVerified(id, meta)
+	if ob == nil {
+		return false
+	}
+	n, err := unix.Pread(ob.fd, dst, off)
 	bs.mu.Lock()
-	v, seen := bs.verified[id]
+	ob.refs--
+	if ob.dead && ob.refs == 0 {
+		unix.Close(ob.fd)
+	}
+	if e, ok := bs.lruIndex[id]; ok {
+		bs.lru.MoveToFront(e)
+	}
 	bs.mu.Unlock()
-	if !seen || v != meta || off+int64(len(dst)) > int64(meta.Len) {
-		return false
+	return err == nil && n == len(dst)
+}
+
+// openVerified returns a descriptor of block id's file, with a reference
+// the caller drops, if the block is verified with meta; else nil.
+func (bs *blockStore) openVerified(id blockID, meta blockMeta) *openBlock {
+	bs.mu.Lock()
+	if v, seen := bs.verified[id]; !seen || v != meta {
+		bs.mu.Unlock()
+		return nil
 	}
-	f, err := os.Open(bs.path(id))
+	if ob := bs.files[id]; ob != nil {
+		ob.refs++
+		bs.fileLRU.MoveToFront(ob.elem)
+		bs.mu.Unlock()
+		return ob
+	}
+	bs.mu.Unlock()
+	fd, err := unix.Open(bs.path(id), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return false
+		return nil
 	}
-	defer f.Close()
-	if n, err := f.ReadAt(dst, off); err != nil || n != len(dst) {
-		return false
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	// The block may have been rewritten or dropped while it was opened:
+	// the file opened is the verified one only if it is still verified.
+	if v, seen := bs.verified[id]; !seen || v != meta {
+		unix.Close(fd)
+		return nil
 	}
-	bs.touch(id)
-	return true
+	if ob := bs.files[id]; ob != nil { // another reader opened it first
+		unix.Close(fd)
+		ob.refs++
+		return ob
+	}
+	ob := &openBlock{fd: fd, refs: 1}
+	ob.elem = bs.fileLRU.PushFront(id)
+	bs.files[id] = ob
+	for bs.fileLRU.Len() > maxOpenBlocks {
+		bs.dropFileLocked(bs.fileLRU.Back().Value.(blockID))
+	}
+	return ob
+}
+
+// dropFileLocked forgets block id's cached descriptor, closing it unless
+// a read still uses it.
+func (bs *blockStore) dropFileLocked(id blockID) {
+	ob := bs.files[id]
+	if ob == nil {
+		return
+	}
+	delete(bs.files, id)
+	bs.fileLRU.Remove(ob.elem)
+	ob.dead = true
+	if ob.refs == 0 {
+		unix.Close(ob.fd)
+	}
+}
+
+// closeFiles closes the cached descriptors, when the cache closes.
+func (bs *blockStore) closeFiles() {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	for id := range bs.files {
+		bs.dropFileLocked(id)
+	}
 }
 
 // removeFile deletes a block's bytes; the caller deletes the index key.
@@ -322,6 +407,21 @@ func (bs *blockStore) added(id blockID, n uint32, dirty bool) {
 		bs.cleanBytes += sz
 		bs.lruIndex[id] = bs.lru.PushFront(id)
 	}
+}
+
+// trust records that block id's file holds exactly what meta describes,
+// because this process just wrote it from memory: reads may take ranges of
+// it without reading and checksumming the whole file first. (Blocks found
+// on disk at start-up are checked whole once, by read.)
+func (bs *blockStore) trust(id blockID, meta blockMeta) {
+	if bs.aead != nil {
+		return // ranges of a sealed block cannot be read on their own
+	}
+	bs.mu.Lock()
+	if _, known := bs.size[id]; known && len(bs.verified) < maxVerified {
+		bs.verified[id] = meta
+	}
+	bs.mu.Unlock()
 }
 
 // markClean moves a block from the dirty to the clean (evictable) set.
@@ -356,6 +456,7 @@ func (bs *blockStore) forgetLocked(id blockID) {
 	}
 	delete(bs.size, id)
 	delete(bs.verified, id)
+	bs.dropFileLocked(id)
 	if e, clean := bs.lruIndex[id]; clean {
 		bs.lru.Remove(e)
 		delete(bs.lruIndex, id)

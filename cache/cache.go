@@ -221,6 +221,7 @@ func (c *Cache) Close() error {
 		close(c.closed)
 		c.up.stop()
 		c.flushAllBuffers()
+		c.blocks.closeFiles()
 		if serr := c.blocks.sync(); serr != nil {
 			err = serr
 		}

@@ -158,7 +158,7 @@ func (h *Handle) Read(ctx context.Context, dest []byte, off int64) (int, error) 
 	for pos := off; pos < end; {
 		idx := pos / bs
 		blockOff := pos - idx*bs
-		if want := min(end-pos, bs-blockOff); want < bs && c.readCachedRange(h, idx, blockOff, dest[n:n+int(want)]) {
+		if want := min(end-pos, bs-blockOff); c.readCachedRange(h, idx, blockOff, dest[n:n+int(want)]) {
 			n += int(want)
 			pos += want
 			continue
@@ -566,6 +566,7 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 		return fmt.Errorf("cache commit: %w", err)
 	}
 	c.blocks.added(id, meta.Len, true)
+	c.blocks.trust(id, meta)
 	c.bufMem.release(b)
 	st.buf = nil
 	return nil
