@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,12 +17,15 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	kfs "github.com/keelfs/keelfs/fs"
 )
 
 // The daemon answers `keelfs status/flush/unmount` on a unix socket whose
-// path the mount's root shows as the xattr user.keelfs.control.
+// path an ioctl on the mount's root returns (kfs.ControlIoctl).
 
 type controlServer struct {
 	path string
@@ -139,21 +143,39 @@ func (s *controlServer) close() {
 
 // controlClient returns an HTTP client bound to the daemon serving mnt.
 func controlClient(mnt string) (*http.Client, error) {
-	buf := make([]byte, 4096)
-	n, err := unix.Getxattr(mnt, "user.keelfs.control", buf)
+	path, err := controlPath(mnt)
 	if err != nil {
-		if errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) {
-			return nil, withCode(exitMountPoint, fmt.Errorf("%s is not a keelfs mount", mnt))
-		}
-		return nil, withCode(exitMountPoint, fmt.Errorf("%s: %v", mnt, err))
+		return nil, err
 	}
-	path := string(buf[:n])
 	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
 	}}, nil
+}
+
+// controlPath asks the mount at mnt for its control socket.
+func controlPath(mnt string) (string, error) {
+	fd, err := unix.Open(mnt, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", withCode(exitMountPoint, fmt.Errorf("%s: %v", mnt, err))
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 4096)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(kfs.ControlIoctl), uintptr(unsafe.Pointer(&buf[0])))
+	switch errno {
+	case 0:
+	case unix.ENOTTY, unix.ENOTSUP, unix.EINVAL, unix.ENOSYS:
+		return "", withCode(exitMountPoint, fmt.Errorf("%s is not a keelfs mount", mnt))
+	default:
+		return "", withCode(exitMountPoint, fmt.Errorf("%s: %v", mnt, errno))
+	}
+	n := bytes.IndexByte(buf, 0)
+	if n <= 0 {
+		return "", withCode(exitMountPoint, fmt.Errorf("%s is not a keelfs mount (no control socket)", mnt))
+	}
+	return string(buf[:n]), nil
 }
 
 // commandHelp is the --help text of the commands that take a mount point.
