@@ -1,0 +1,65 @@
+package cache
+
+import (
+	"bytes"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestReadRangeCachedDescriptor: a ranged read keeps the block file open;
+// rewriting or dropping the block must close that descriptor, so that a
+// later read sees the new bytes or falls back, never the old file.
+func TestReadRangeCachedDescriptor(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	db, err := openDB(filepath.Join(dir, "db"), nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	bs, err := newBlockStore(filepath.Join(dir, "blocks"), db, 64<<20, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bs.closeFiles()
+	id := blockID{ino: 7, gen: 1, idx: 0}
+	put := func(data []byte) blockMeta {
+		meta, err := bs.write(id, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bs.added(id, meta.Len, false)
+		bs.trust(id, meta)
+		return meta
+	}
+	read := func(meta blockMeta) ([]byte, bool) {
+		dst := make([]byte, 4)
+		ok := bs.readRange(id, meta, 2, dst)
+		return dst, ok
+	}
+
+	m1 := put([]byte("aaaaaaaa"))
+	if got, ok := read(m1); !ok || !bytes.Equal(got, []byte("aaaa")) {
+		t.Fatalf("first read: %q %v", got, ok)
+	}
+	if len(bs.files) != 1 {
+		t.Fatalf("%d descriptors kept after a ranged read, want 1", len(bs.files))
+	}
+	m2 := put([]byte("bbbbbbbb"))
+	if _, ok := read(m1); ok {
+		t.Fatal("a read with the old meta succeeded after the block was rewritten")
+	}
+	if got, ok := read(m2); !ok || !bytes.Equal(got, []byte("bbbb")) {
+		t.Fatalf("read after the rewrite: %q %v, want the new bytes", got, ok)
+	}
+	bs.removed(id)
+	bs.removeFile(id)
+	if _, ok := read(m2); ok {
+		t.Fatal("a read succeeded after the block was dropped")
+	}
+	if len(bs.files) != 0 {
+		t.Fatalf("%d descriptors kept after the block was dropped, want 0", len(bs.files))
+	}
+}
