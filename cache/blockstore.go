@@ -310,13 +310,9 @@ func (bs *blockStore) readRange(id blockID, meta blockMeta, off int64, dst []byt
 	n, err := unix.Pread(ob.fd, dst, off)
 	bs.mu.Lock()
 	ob.refs--
-	if ob.dead && ob.refs == 0 {
-		unix.Close(ob.fd)
-	}
-	if e, ok := bs.lruIndex[id]; ok {
-		bs.lru.MoveToFront(e)
-	}
+	ob.closeIfUnused()
 	bs.mu.Unlock()
+	bs.touch(id)
 	return err == nil && n == len(dst)
 }
 
@@ -371,7 +367,13 @@ func (bs *blockStore) dropFileLocked(id blockID) {
 	delete(bs.files, id)
 	bs.fileLRU.Remove(ob.elem)
 	ob.dead = true
-	if ob.refs == 0 {
+	ob.closeIfUnused()
+}
+
+// closeIfUnused closes a dropped descriptor once no read uses it (bs.mu
+// held).
+func (ob *openBlock) closeIfUnused() {
+	if ob.dead && ob.refs == 0 {
 		unix.Close(ob.fd)
 	}
 }
