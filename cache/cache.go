@@ -148,7 +148,12 @@ type Cache struct {
 
 	seq atomic.Uint64 // change sequence, see nextSeq
 
-	fills  flight // one directory listing at a time per directory
+	fills flight // one directory listing at a time per directory
+
+	namesMu  sync.Mutex
+	namesSeq uint64            // guarded by namesMu
+	namesVer map[uint64]uint64 // directory ino -> namesSeq of its last change; guarded by namesMu
+
 	up     *uploader
 	bufMem *bufferBudget
 
@@ -179,12 +184,13 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		return nil, err
 	}
 	c := &Cache{
-		opt:    opt,
-		store:  opt.Store,
-		db:     db,
-		log:    opt.Logger,
-		states: make(map[uint64]*inodeState),
-		closed: make(chan struct{}),
+		opt:      opt,
+		store:    opt.Store,
+		db:       db,
+		log:      opt.Logger,
+		states:   make(map[uint64]*inodeState),
+		namesVer: make(map[uint64]uint64),
+		closed:   make(chan struct{}),
 	}
 	c.seq.Store(uint64(opt.Now().UnixNano()))
 	c.zeroBlock = make([]byte, opt.BlockSize)

@@ -214,7 +214,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 		seen := func() {
 			if epoch != 0 {
 				d.Epoch = epoch
-				t.setDentry(dir.Ino, name, d)
+				t.seenDentry(dir.Ino, name, d)
 			}
 			if info != nil {
 				child.ValidUntil = c.now() + int64(c.opt.MetadataTTL)

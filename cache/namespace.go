@@ -23,14 +23,15 @@ type nsTx struct {
 	after   []func()
 	notify  map[uint64]bool
 	tombs   []string
-	blockGC []*Inode  // inodes whose blocks go once committed
-	heads   []headJob // HEADs to run once committed (without nsMu)
+	blockGC []*Inode        // inodes whose blocks go once committed
+	heads   []headJob       // HEADs to run once committed (without nsMu)
+	names   map[uint64]bool // directories whose names change, see DirVersion
 }
 
 func (c *Cache) beginNS() *nsTx {
 	return &nsTx{c: c, held: make(map[uint64]*inodeState), olds: make(map[uint64]*Inode),
 		gone: make(map[uint64]bool), sets: make(map[string][]byte), dels: make(map[string]bool),
-		notify: make(map[uint64]bool)}
+		notify: make(map[uint64]bool), names: make(map[uint64]bool)}
 }
 
 // get returns the live record of ino for modification.
@@ -84,11 +85,22 @@ func (t *nsTx) del(k []byte) {
 	t.dels[string(k)] = true
 }
 
+// setDentry adds or replaces an entry: the directory's names change.
 func (t *nsTx) setDentry(parent uint64, name string, d dentry) {
+	t.set(dentryKey(parent, name), d.marshal())
+	t.names[parent] = true
+}
+
+// seenDentry rewrites an entry that a listing confirmed, the same name
+// for the same inode: only its epoch moves.
+func (t *nsTx) seenDentry(parent uint64, name string, d dentry) {
 	t.set(dentryKey(parent, name), d.marshal())
 }
 
-func (t *nsTx) delDentry(parent uint64, name string) { t.del(dentryKey(parent, name)) }
+func (t *nsTx) delDentry(parent uint64, name string) {
+	t.del(dentryKey(parent, name))
+	t.names[parent] = true
+}
 
 // dentry reads an entry, seeing this transaction's own changes.
 func (t *nsTx) dentry(parent uint64, name string) (dentry, bool, error) {
@@ -159,6 +171,7 @@ func (t *nsTx) commit() error {
 		t.abort()
 		return fmt.Errorf("cache commit: %w", err)
 	}
+	t.c.namesChanged(t.names, t.gone)
 	now := time.Now()
 	for ino, st := range t.held {
 		if t.gone[ino] {
@@ -981,4 +994,32 @@ func (c *Cache) Statfs() Statfs {
 	const total = 1 << 50 / 4096 // 1 PiB in 4 KiB blocks
 	return Statfs{Blocks: total, Bfree: total, Bavail: total, Files: 1 << 40, Ffree: 1 << 40,
 		Bsize: 4096, NameLen: MaxNameLen}
+}
+
+// namesChanged records that the names in dirs changed, and forgets the
+// inodes that are gone.
+func (c *Cache) namesChanged(dirs, gone map[uint64]bool) {
+	if len(dirs) == 0 && len(gone) == 0 {
+		return
+	}
+	c.namesMu.Lock()
+	for ino := range dirs {
+		c.namesSeq++
+		c.namesVer[ino] = c.namesSeq
+	}
+	for ino := range gone {
+		delete(c.namesVer, ino)
+	}
+	c.namesMu.Unlock()
+}
+
+// DirVersion identifies the names a directory holds in this process: it
+// changes whenever an entry is added, removed or replaced, whether by this
+// mount or by a listing that found a change in S3. A listing that only
+// confirms the names leaves it alone, so that a caller that saw the same
+// version may keep what it learned from reading the directory.
+func (c *Cache) DirVersion(ino uint64) uint64 {
+	c.namesMu.Lock()
+	defer c.namesMu.Unlock()
+	return c.namesVer[ino]
 }

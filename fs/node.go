@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -15,6 +16,12 @@ type Node struct {
 	gofs.Inode
 	fsys  *FS
 	pages pageCache
+
+	// The names the kernel may hold for this directory (FOPEN_CACHE_DIR)
+	// are of cache.DirVersion dirVer; see OpendirHandle.
+	dirMu    sync.Mutex
+	dirKnown bool
+	dirVer   uint64
 }
 
 var _ = (gofs.InodeEmbedder)((*Node)(nil))

@@ -22,15 +22,27 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	return n.newChild(ctx, a), 0
 }
 
-var _ = (gofs.NodeReaddirer)((*Node)(nil))
+var _ = (gofs.NodeOpendirHandler)((*Node)(nil))
 
-// Readdir streams the directory from the cache, listing it in S3 first when
-// the cached listing is older than the TTL.
-func (n *Node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+// OpendirHandle lists the directory in S3 when the cached listing is older
+// than the TTL, and lets the kernel keep the names it read from this
+// directory before (FOPEN_CACHE_DIR) as long as they are still the names
+// the cache holds: a warm ls then costs one OPENDIR. When they changed,
+// whether through this mount or in S3, the kernel's copy is dropped first.
+func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	r, err := n.fsys.c.OpenDir(ctx, n.ino())
 	if err != nil {
-		return nil, toErrno("readdir", err)
+		return nil, 0, toErrno("opendir", err)
 	}
+	n.dirMu.Lock()
+	if v := n.fsys.c.DirVersion(n.ino()); !n.dirKnown || v != n.dirVer {
+		// Not from inside a request on this inode in general (see
+		// Invalidate), but OPENDIR holds no lock on the directory, and
+		// the kernel must drop its copy before this open reads it.
+		n.NotifyContent(0, 0)
+		n.dirKnown, n.dirVer = true, v
+	}
+	n.dirMu.Unlock()
 	parentIno := n.ino()
 	if _, p := n.Parent(); p != nil {
 		parentIno = p.StableAttr().Ino
@@ -39,7 +51,7 @@ func (n *Node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		{Name: ".", Ino: n.ino(), Mode: syscall.S_IFDIR},
 		{Name: "..", Ino: parentIno, Mode: syscall.S_IFDIR},
 	}
-	return &dirStream{r: r, dots: dot, initDots: dot}, 0
+	return &dirStream{r: r, dots: dot, initDots: dot}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // dirStream yields "." and "..", then the cache's entries. Offsets are
@@ -106,7 +118,19 @@ func (d *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
 	return fuse.DirEntry{Name: d.next.Name, Ino: d.next.Ino, Mode: d.next.Mode, Off: d.pos}, 0
 }
 
-func (d *dirStream) Close() {}
+var _ = (gofs.FileReaddirenter)((*dirStream)(nil))
+
+func (d *dirStream) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if !d.HasNext() {
+		return nil, 0
+	}
+	e, errno := d.Next()
+	return &e, errno
+}
+
+var _ = (gofs.FileReleasedirer)((*dirStream)(nil))
+
+func (d *dirStream) Releasedir(ctx context.Context, flags uint32) {}
 
 var _ = (gofs.NodeMkdirer)((*Node)(nil))
 

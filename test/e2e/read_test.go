@@ -221,17 +221,26 @@ func TestTTLSeenByUser(t *testing.T) {
 }
 
 // TestListingCost: a cold ls -l of 2 000 objects costs one paginated LIST
-// plus at most one HEAD per object; a second within the TTL costs nothing;
-// one after a remount costs the LIST alone.
+// plus at most one HEAD per object; a second within the TTL costs nothing,
+// in S3 or in the daemon, whose listing the kernel keeps; a change to the
+// directory makes the kernel read it again; one after a remount costs the
+// LIST alone.
 func TestListingCost(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
 	srv.S3CLI(t, "fill", b, "dir", "2000", "100")
 	px := srv.StartProxy(t)
 	cache := t.TempDir()
-	m := srv.Mount(t, b, harness.MountOptions{Endpoint: px.Endpoint, CacheDir: cache, Args: []string{"--metadata-ttl", "10s"}})
+	addr := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	m := srv.Mount(t, b, harness.MountOptions{Endpoint: px.Endpoint, CacheDir: cache,
+		Args: []string{"--metadata-ttl", "10s", "--metrics-addr", addr}})
+	listOps := func() float64 {
+		s := scrape(t, "http://"+addr+"/metrics")
+		return metricSum(s, "keelfs_fuse_ops_total", `op="readdir"`) + metricSum(s, "keelfs_fuse_ops_total", `op="readdirplus"`)
+	}
 	harness.Run(t, m.Dir, "stat dir >/dev/null") // the lookup of "dir" itself
 	px.Reset()
+	ops0 := listOps()
 	out := harness.Run(t, m.Dir, "ls -l dir | wc -l")
 	if strings.TrimSpace(out) != "2001" {
 		t.Fatalf("ls -l printed %s lines", out)
@@ -241,11 +250,31 @@ func TestListingCost(t *testing.T) {
 		t.Fatalf("cold ls -l cost %v, want 2 LIST pages and at most 2000 HEADs", c)
 	}
 	t.Logf("cold ls -l of 2000: %v", c)
+	ops1 := listOps()
+	if ops1 == ops0 {
+		t.Fatal("a cold ls -l read no directory through the daemon")
+	}
 	px.Reset()
 	harness.Run(t, m.Dir, "ls -l dir >/dev/null")
 	if c := px.Counts(); len(c) != 0 {
 		t.Fatalf("warm ls -l within the TTL cost %v, want nothing", c)
 	}
+	if ops := listOps(); ops != ops1 {
+		t.Fatalf("warm ls -l within the TTL cost %v directory reads in the daemon, want the kernel's copy", ops-ops1)
+	}
+	if err := os.WriteFile(m.Path("dir/new"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := harness.Run(t, m.Dir, "ls dir | wc -l"); strings.TrimSpace(out) != "2001" {
+		t.Fatalf("ls after a create printed %s names, want 2001", out)
+	}
+	if err := os.Remove(m.Path("dir/new")); err != nil {
+		t.Fatal(err)
+	}
+	if out := harness.Run(t, m.Dir, "ls dir | wc -l"); strings.TrimSpace(out) != "2000" {
+		t.Fatalf("ls after the remove printed %s names, want 2000", out)
+	}
+	m.Flush()
 	if code := m.Stop(); code != 0 {
 		t.Fatalf("stop: exit %d", code)
 	}
