@@ -106,6 +106,7 @@ type blockStore struct {
 	// pread, not an open, a pread and a close.
 	files     map[blockID]*openBlock
 	fileLRU   *list.List
+	maxFiles  int // bound on len(files), see openBlocksFor
 	db        *badger.DB
 	evictions int64
 	// onPressure is called (without locks) when writers wait for dirty
@@ -122,7 +123,11 @@ func newBlockStore(dir string, db *badger.DB, limit int64, key []byte, log logge
 	bs := &blockStore{dir: dir, db: db, limit: limit, log: log, lru: list.New(),
 		lruIndex: make(map[blockID]*list.Element), size: make(map[blockID]int64),
 		verified: make(map[blockID]blockMeta), unsynced: make(map[blockID]struct{}),
-		files: make(map[blockID]*openBlock), fileLRU: list.New()}
+		files: make(map[blockID]*openBlock), fileLRU: list.New(), maxFiles: 128}
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
+		bs.maxFiles = openBlocksFor(rl.Cur)
+	}
 	bs.spaceFreed = sync.NewCond(&bs.mu)
 	if len(key) > 0 {
 		// A key of its own for the blocks, derived from the cache key, so
@@ -284,8 +289,13 @@ func (bs *blockStore) read(id blockID, meta blockMeta, buf []byte) error {
 // maxVerified bounds the verified set (about 40 bytes an entry).
 const maxVerified = 1 << 18
 
-// maxOpenBlocks bounds the descriptors files keeps.
-const maxOpenBlocks = 128
+// openBlocksFor is how many block descriptors files keeps: enough to
+// cover a few GiB of blocks, so that random reads across a big file pay a
+// pread each rather than an open and a close, and at most an eighth of
+// the descriptors the process may open.
+func openBlocksFor(limit uint64) int {
+	return int(max(64, min(4096, limit/8)))
+}
 
 // openBlock is a cached read-only descriptor of a block file. It is closed
 // once it is dropped (dead) and no read uses it (refs).
@@ -297,13 +307,12 @@ type openBlock struct {
 }
 
 // readRange reads [off, off+len(dst)) of block id into dst when the block
-// was verified whole before and still has that meta. ok is false when
-// the caller must read (and verify) the whole block instead.
-func (bs *blockStore) readRange(id blockID, meta blockMeta, off int64, dst []byte) (ok bool) {
-	if off < 0 || off+int64(len(dst)) > int64(meta.Len) {
-		return false
-	}
-	ob := bs.openVerified(id, meta)
+// was verified whole (or written by this process) and has not been
+// rewritten or dropped since: the verified set is the authority, and the
+// index is not asked, which a 4 KiB read cannot afford. ok is false when
+// the caller must take the full path: look the block up and read it whole.
+func (bs *blockStore) readRange(id blockID, off int64, dst []byte) (ok bool) {
+	ob := bs.openVerified(id, off+int64(len(dst)))
 	if ob == nil {
 		return false
 	}
@@ -317,10 +326,12 @@ func (bs *blockStore) readRange(id blockID, meta blockMeta, off int64, dst []byt
 }
 
 // openVerified returns a descriptor of block id's file, with a reference
-// the caller drops, if the block is verified with meta; else nil.
-func (bs *blockStore) openVerified(id blockID, meta blockMeta) *openBlock {
+// the caller drops, if the block is verified and holds at least end
+// bytes; else nil.
+func (bs *blockStore) openVerified(id blockID, end int64) *openBlock {
 	bs.mu.Lock()
-	if v, seen := bs.verified[id]; !seen || v != meta {
+	meta, seen := bs.verified[id]
+	if !seen || end < 0 || end > int64(meta.Len) {
 		bs.mu.Unlock()
 		return nil
 	}
@@ -351,7 +362,7 @@ func (bs *blockStore) openVerified(id blockID, meta blockMeta) *openBlock {
 	ob := &openBlock{fd: fd, refs: 1}
 	ob.elem = bs.fileLRU.PushFront(id)
 	bs.files[id] = ob
-	for bs.fileLRU.Len() > maxOpenBlocks {
+	for bs.fileLRU.Len() > bs.maxFiles {
 		bs.dropFileLocked(bs.fileLRU.Back().Value.(blockID))
 	}
 	return ob

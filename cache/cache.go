@@ -159,6 +159,14 @@ type Cache struct {
 
 	fetchOnce sync.Once
 	fetch     *fetcher
+
+	// Background fetches (read-ahead, fills) run under bgCtx and are
+	// waited for at Close; see goBackground.
+	bgCtx     context.Context
+	bgStop    context.CancelFunc
+	bgMu      sync.Mutex
+	bgClosed  bool // guarded by bgMu
+	bg        sync.WaitGroup
 	zeroBlock []byte // a block of zeros, shared read-only
 
 	badKeys   sync.Map // keys already logged as unusable
@@ -192,6 +200,7 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		namesVer: make(map[uint64]uint64),
 		closed:   make(chan struct{}),
 	}
+	c.bgCtx, c.bgStop = context.WithCancel(context.Background())
 	c.seq.Store(uint64(opt.Now().UnixNano()))
 	c.zeroBlock = make([]byte, opt.BlockSize)
 	c.bufMem = newBufferBudget(max(16<<20, 8*opt.BlockSize))
@@ -225,6 +234,11 @@ func (c *Cache) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		close(c.closed)
+		c.bgMu.Lock()
+		c.bgClosed = true
+		c.bgMu.Unlock()
+		c.bgStop()
+		c.bg.Wait()
 		c.up.stop()
 		c.flushAllBuffers()
 		c.blocks.closeFiles()

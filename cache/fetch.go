@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	badger "github.com/dgraph-io/badger/v4"
 
@@ -18,6 +19,24 @@ type fetchCall struct {
 	done chan struct{}
 	data []byte
 	err  error
+	// refs counts the holders of data: the fetch until it stored the
+	// block, and each reader that joined until it released it. The last
+	// one returns data to the pool (see releaseCall).
+	refs atomic.Int32
+}
+
+// newFetchCall returns a call held by its fetch and by readers more.
+func newFetchCall(readers int32) *fetchCall {
+	call := &fetchCall{done: make(chan struct{})}
+	call.refs.Store(1 + readers)
+	return call
+}
+
+// releaseCall drops one hold on the call's data.
+func (c *Cache) releaseCall(call *fetchCall) {
+	if call.refs.Add(-1) == 0 && call.data != nil {
+		c.putBlockBuf(call.data)
+	}
 }
 
 // fetcher tracks blocks in flight and bounds the GETs running at once.
@@ -40,8 +59,10 @@ func (c *Cache) fetchBlock(ctx context.Context, src blockSource) ([]byte, func()
 	f := c.fetchState()
 	f.mu.Lock()
 	call, ok := f.inflight[src.id]
-	if !ok {
-		call = &fetchCall{done: make(chan struct{})}
+	if ok {
+		call.refs.Add(1) // the fetch drops its hold only once it is out of inflight
+	} else {
+		call = newFetchCall(1)
 		f.inflight[src.id] = call
 	}
 	f.mu.Unlock()
@@ -56,9 +77,8 @@ func (c *Cache) fetchBlock(ctx context.Context, src blockSource) ([]byte, func()
 	if call.err != nil {
 		return nil, nil, call.err
 	}
-	out := c.getBlockBuf()
-	n := copy(out, call.data)
-	return out[:n], func() { c.putBlockBuf(out) }, nil
+	// Shared, read-only: every reader of a block only copies from it.
+	return call.data, func() { c.releaseCall(call) }, nil
 }
 
 // prefetchChunk is the most blocks one read-ahead GET asks for.
@@ -66,27 +86,64 @@ const prefetchChunk = 8
 
 // prefetch starts fetching the clean, uncached blocks of [start, end) of
 // rec in the background, one GET per contiguous range of at most
-// maxChunk blocks.
+// prefetchChunk blocks.
 func (c *Cache) prefetch(rec *Inode, start, end int64) {
-	const maxChunk = prefetchChunk
+	for _, r := range c.claim(rec, start, end) {
+		c.goBackground(func() { c.runBackground(r) })
+	}
+}
+
+// runBackground runs a claimed fetch in its turn among the background
+// fetches.
+func (c *Cache) runBackground(r fetchRun) {
 	f := c.fetchState()
-	var (
-		runStart int64 = -1
-		src      blockSource
-		calls    []*fetchCall
-	)
+	select {
+	case f.sem <- struct{}{}:
+		defer func() { <-f.sem }()
+	case <-c.bgCtx.Done():
+	}
+	c.runFetch(c.bgCtx, r.src, r.from, r.to, r.calls)
+}
+
+// goBackground runs fn in a goroutine that Close waits for. Once the cache
+// is closing, it runs fn at once instead, under the cancelled bgCtx, so
+// that fetches already claimed fail rather than leave readers waiting.
+func (c *Cache) goBackground(fn func()) {
+	c.bgMu.Lock()
+	if c.bgClosed {
+		c.bgMu.Unlock()
+		fn()
+		return
+	}
+	c.bg.Add(1)
+	c.bgMu.Unlock()
+	go func() {
+		defer c.bg.Done()
+		fn()
+	}()
+}
+
+// fetchRun is a contiguous range of blocks of one object version, claimed
+// for fetching: readers that want one of them wait for its call.
+type fetchRun struct {
+	src      blockSource
+	from, to int64
+	calls    []*fetchCall
+}
+
+// claim registers fetches for the clean blocks of [start, end) of rec that
+// are neither cached nor in flight, in runs of at most prefetchChunk
+// blocks. The caller must run every run it gets.
+func (c *Cache) claim(rec *Inode, start, end int64) []fetchRun {
+	f := c.fetchState()
+	var runs []fetchRun
+	cur := fetchRun{from: -1}
 	launch := func(upto int64) {
-		if runStart < 0 {
-			return
+		if cur.from >= 0 {
+			cur.to = upto
+			runs = append(runs, cur)
 		}
-		s, cs := src, calls
-		from := runStart
-		go func() {
-			f.sem <- struct{}{}
-			defer func() { <-f.sem }()
-			c.runFetch(context.Background(), s, from, upto, cs)
-		}()
-		runStart, calls = -1, nil
+		cur = fetchRun{from: -1}
 	}
 	for idx := start; idx < end; idx++ {
 		s := c.sourceOf(rec, idx)
@@ -102,22 +159,72 @@ func (c *Cache) prefetch(rec *Inode, start, end int64) {
 			if _, busy := f.inflight[s.id]; busy {
 				wanted = false
 			} else {
-				call = &fetchCall{done: make(chan struct{})}
+				call = newFetchCall(0)
 				f.inflight[s.id] = call
 			}
 			f.mu.Unlock()
 		}
-		if !wanted || (runStart >= 0 && (s.id.gen != src.id.gen || idx-runStart >= maxChunk)) {
+		if !wanted || (cur.from >= 0 && (s.id.gen != cur.src.id.gen || idx-cur.from >= prefetchChunk)) {
 			launch(idx)
 		}
 		if wanted {
-			if runStart < 0 {
-				runStart, src = idx, s
+			if cur.from < 0 {
+				cur.from, cur.src = idx, s
 			}
-			calls = append(calls, call)
+			cur.calls = append(cur.calls, call)
 		}
 	}
 	launch(end)
+	return runs
+}
+
+// randomFillMax is the largest file that random reads fetch whole in the
+// background (and at most a quarter of the cache).
+const randomFillMax = 2 << 30
+
+// randomFillAfter is how many random reads of a file start that fetch: a
+// seek or two (a zip's directory, a video's index) does not.
+const randomFillAfter = 4
+
+// fillForRandom fetches the whole of rec into the cache in the background,
+// a few chunks at a time, because a file read at random places is likely
+// to be read everywhere: one large GET per chunk costs far less than one
+// GET per block a reader happens to miss. It stops when the cache closes
+// or a chunk fails (a new version, S3 gone).
+func (c *Cache) fillForRandom(st *inodeState, rec *Inode) {
+	defer func() {
+		st.readAhead.mu.Lock()
+		st.readAhead.filling = false
+		st.readAhead.mu.Unlock()
+	}()
+	const parallel = 4
+	bs := c.opt.BlockSize
+	nblocks := (rec.Size + bs - 1) / bs
+	for from := int64(0); from < nblocks; from += parallel * prefetchChunk {
+		if c.bgCtx.Err() != nil {
+			return
+		}
+		runs := c.claim(rec, from, min(from+parallel*prefetchChunk, nblocks))
+		var wg sync.WaitGroup
+		failed := false
+		var mu sync.Mutex
+		for _, r := range runs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.runBackground(r)
+				if r.calls[len(r.calls)-1].err != nil {
+					mu.Lock()
+					failed = true
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if failed {
+			return
+		}
+	}
 }
 
 // runFetch GETs blocks [start, end) of src's object in one ranged request
@@ -159,8 +266,9 @@ func (c *Cache) runFetch(ctx context.Context, src blockSource, start, end int64,
 		for next < len(calls) {
 			idx := start + int64(next)
 			n := min(bs, src.rsize-idx*bs)
-			buf := make([]byte, n)
+			buf := c.getBlockBuf()[:n] // pooled: a GiB read is a GiB of garbage otherwise
 			if _, err = io.ReadFull(body, buf); err != nil {
+				c.putBlockBuf(buf)
 				break
 			}
 			// The waiting readers get the block first; it is stored
@@ -171,6 +279,7 @@ func (c *Cache) runFetch(ctx context.Context, src blockSource, start, end int64,
 			close(call.done)
 			c.storeClean(blockID{src.id.ino, src.id.gen, idx}, buf)
 			forget(next)
+			c.releaseCall(call)
 			next++
 		}
 		body.Close()
@@ -217,10 +326,13 @@ func (c *Cache) storeClean(id blockID, data []byte) {
 // reads are sequential, up to MaxReadAhead, and drops to nothing at the
 // first random access.
 type readAhead struct {
-	mu     sync.Mutex
-	next   int64 // where a sequential reader reads next
-	window int64 // blocks
-	issued int64 // blocks before this were prefetched
+	mu      sync.Mutex
+	next    int64  // where a sequential reader reads next
+	window  int64  // blocks
+	issued  int64  // blocks before this were prefetched
+	random  int    // random reads seen, see randomFillAfter
+	filling bool   // fillForRandom runs
+	filled  uint64 // the ContentVer fillForRandom last ran for, plus one
 }
 
 func (c *Cache) readAheadFor(st *inodeState, rec *Inode, off, end int64) {
@@ -233,6 +345,12 @@ func (c *Cache) readAheadFor(st *inodeState, rec *Inode, off, end int64) {
 		ra.window = min(max(ra.window*2, 2), max(1, c.opt.MaxReadAhead/bs))
 	} else {
 		ra.window, ra.issued = 0, 0
+		ra.random++
+		if ra.random >= randomFillAfter && !ra.filling && ra.filled != rec.ContentVer+1 &&
+			rec.Size <= min(randomFillMax, c.opt.CacheSize/4) {
+			ra.filling, ra.filled = true, rec.ContentVer+1
+			defer c.goBackground(func() { c.fillForRandom(st, rec) }) // after ra.mu is released
+		}
 	}
 	ra.next = max(end, off)
 	if !sequential {

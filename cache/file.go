@@ -288,8 +288,7 @@ func (c *Cache) readCachedRange(h *Handle, idx, off int64, dst []byte) bool {
 	if src.hole {
 		return false
 	}
-	meta, found, err := c.blockMeta(src.id)
-	if err != nil || !found || !c.blocks.readRange(src.id, meta, off, dst) {
+	if !c.blocks.readRange(src.id, off, dst) {
 		return false
 	}
 	c.stats.CacheHits.Add(1)
