@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"crypto/aes"
@@ -101,6 +102,9 @@ type blockStore struct {
 	// fsyncs just those files and their directories. (syncfs flushed the
 	// whole filesystem, with every other program's writes on it.)
 	unsynced map[blockID]struct{}
+	// newSubdir is set when a subdirectory of dir was created since the
+	// last sync, which must then fsync dir as well.
+	newSubdir bool
 	// files keeps descriptors of verified block files that small reads
 	// used lately (fileLRU, front = newest), so that a 4 KiB read costs a
 	// pread, not an open, a pread and a close.
@@ -237,6 +241,9 @@ func (bs *blockStore) writeOnce(id blockID, data []byte) (blockMeta, error) {
 		dst := bs.path(id)
 		if err = os.Rename(tmp, dst); errors.Is(err, fs.ErrNotExist) {
 			if err = os.MkdirAll(filepath.Dir(dst), 0o700); err == nil {
+				bs.mu.Lock()
+				bs.newSubdir = true // its entry in dir must be made durable too
+				bs.mu.Unlock()
 				err = os.Rename(tmp, dst)
 			}
 		}
@@ -596,41 +603,63 @@ func (bs *blockStore) dropVictims(victims []blockID) {
 func (bs *blockStore) sync() error {
 	return bs.syncer.do(func() error {
 		bs.mu.Lock()
-		ids := bs.unsynced
-		bs.unsynced = make(map[blockID]struct{})
+		ids, newSubdir := bs.unsynced, bs.newSubdir
+		bs.unsynced, bs.newSubdir = make(map[blockID]struct{}), false
 		bs.mu.Unlock()
-		dirs := map[string]bool{bs.dir: true}
+		fail := func(err error) error {
+			bs.mu.Lock()
+			for id := range ids {
+				bs.unsynced[id] = struct{}{}
+			}
+			bs.newSubdir = bs.newSubdir || newSubdir
+			bs.mu.Unlock()
+			return fmt.Errorf("cache sync: %w", err)
+		}
+		// The files and the directories holding them, all at once: the
+		// filesystem commits concurrent fsyncs together, and a close
+		// waits for one commit rather than one per path.
+		paths := map[string]bool{}
+		if newSubdir {
+			paths[bs.dir] = true
+		}
 		for id := range ids {
 			p := bs.path(id)
-			if err := fsyncPath(p); err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					continue // dropped since: nothing to make durable
-				}
-				bs.requeue(ids)
-				return fmt.Errorf("cache sync: %w", err)
-			}
-			dirs[filepath.Dir(p)] = true
+			paths[p] = true
+			paths[filepath.Dir(p)] = true
 		}
-		for d := range dirs {
-			if err := fsyncPath(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				bs.requeue(ids)
-				return fmt.Errorf("cache sync: %w", err)
-			}
+		todo := make(chan string, len(paths))
+		for p := range paths {
+			todo <- p
+		}
+		close(todo)
+		var (
+			wg    sync.WaitGroup
+			errMu sync.Mutex
+			first error
+		)
+		for range min(len(paths), 16) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for p := range todo {
+					// A block dropped since has nothing to make durable.
+					if err := fsyncPath(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						errMu.Lock()
+						first = cmp.Or(first, err)
+						errMu.Unlock()
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if first != nil {
+			return fail(first)
 		}
 		if err := bs.db.Sync(); err != nil {
 			return fmt.Errorf("cache sync: %w", err)
 		}
 		return nil
 	})
-}
-
-// requeue puts back blocks whose sync failed, so the next sync retries them.
-func (bs *blockStore) requeue(ids map[blockID]struct{}) {
-	bs.mu.Lock()
-	for id := range ids {
-		bs.unsynced[id] = struct{}{}
-	}
-	bs.mu.Unlock()
 }
 
 // fsyncPath makes a file's content, or a directory's entries, durable.
