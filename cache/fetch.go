@@ -25,7 +25,7 @@ type fetchCall struct {
 	refs atomic.Int32
 }
 
-// newFetchCall returns a call held by its fetch and by readers more.
+// newFetchCall returns a call held by its fetch and by that many readers.
 func newFetchCall(readers int32) *fetchCall {
 	call := &fetchCall{done: make(chan struct{})}
 	call.refs.Store(1 + readers)
