@@ -102,6 +102,14 @@ type blockStore struct {
 	// fsyncs just those files and their directories. (syncfs flushed the
 	// whole filesystem, with every other program's writes on it.)
 	unsynced map[blockID]struct{}
+	// unsyncedBytes counts what unsynced holds. Past syncAhead, a sync
+	// starts in the background (aheadRunning), so that the disk writes a
+	// big file back while it is written and its close waits for the tail
+	// only, not for a whole gigabyte at once.
+	unsyncedBytes int64
+	aheadRunning  bool
+	ahead         sync.WaitGroup
+	closing       bool
 	// newSubdir is set when a subdirectory of dir was created since the
 	// last sync, which must then fsync dir as well.
 	newSubdir bool
@@ -396,8 +404,27 @@ func (ob *openBlock) closeIfUnused() {
 	}
 }
 
-// closeFiles closes the cached descriptors, when the cache closes.
+// syncAhead is how many bytes of dirty blocks may wait for a sync before
+// one starts in the background.
+const syncAhead = 64 << 20
+
+// syncInBackground runs one sync ahead of the next close or fsync. A
+// failure puts the blocks back for that foreground sync, which reports it.
+func (bs *blockStore) syncInBackground() {
+	defer bs.ahead.Done()
+	_ = bs.sync()
+	bs.mu.Lock()
+	bs.aheadRunning = false
+	bs.mu.Unlock()
+}
+
+// closeFiles closes the cached descriptors, when the cache closes, once
+// a background sync has finished.
 func (bs *blockStore) closeFiles() {
+	bs.mu.Lock()
+	bs.closing = true
+	bs.mu.Unlock()
+	bs.ahead.Wait()
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
 	for id := range bs.files {
@@ -423,6 +450,12 @@ func (bs *blockStore) added(id blockID, n uint32, dirty bool) {
 	if dirty {
 		bs.unsynced[id] = struct{}{}
 		bs.dirtyBytes += sz
+		bs.unsyncedBytes += sz
+		if bs.unsyncedBytes >= syncAhead && !bs.aheadRunning && !bs.closing {
+			bs.aheadRunning = true
+			bs.ahead.Add(1)
+			go bs.syncInBackground()
+		}
 	} else {
 		bs.cleanBytes += sz
 		bs.lruIndex[id] = bs.lru.PushFront(id)
@@ -604,7 +637,7 @@ func (bs *blockStore) sync() error {
 	return bs.syncer.do(func() error {
 		bs.mu.Lock()
 		ids, newSubdir := bs.unsynced, bs.newSubdir
-		bs.unsynced, bs.newSubdir = make(map[blockID]struct{}), false
+		bs.unsynced, bs.newSubdir, bs.unsyncedBytes = make(map[blockID]struct{}), false, 0
 		bs.mu.Unlock()
 		fail := func(err error) error {
 			bs.mu.Lock()
