@@ -169,6 +169,10 @@ type Cache struct {
 	bg        sync.WaitGroup
 	zeroBlock []byte // a block of zeros, shared read-only
 
+	// Parts sent while files are written (see stream) share these slots.
+	streamOnce sync.Once
+	streamSem  chan struct{}
+
 	badKeys   sync.Map // keys already logged as unusable
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -222,6 +226,10 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 	if err := c.recover(ctx); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if err := c.abortOrphanStreams(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("cache recovery: %w", err)
 	}
 	c.up.start()
 	go c.maintain()
@@ -335,7 +343,7 @@ type inodeState struct {
 	cacheVer   uint64
 	openedVer  uint64
 	readAhead  readAhead
-	wantUpload bool // schedule as soon as the last writer closes
+	stream     *stream // parts sent while the file is written; nil if none
 }
 
 // acquire returns the state of ino, loading the record if needed. Every
@@ -597,6 +605,8 @@ type Stats struct {
 	UploadErrors  atomic.Int64
 	DeletesDone   atomic.Int64
 	BytesUploaded atomic.Int64
+	PartsStreamed atomic.Int64 // parts sent while their file was being written
+	PartsReused   atomic.Int64 // of which an upload of the sealed file used
 }
 
 // Stats returns the cache's counters.

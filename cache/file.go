@@ -418,6 +418,7 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 	if first {
 		c.up.notify(st.ino) // so an open file idle for WriteBackDelay is uploaded
 	}
+	c.streamAfterWrite(st, off, int64(n))
 	return n, nil
 }
 
@@ -436,6 +437,9 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 			return ErrStale
 		}
 		if b := st.buf; b != nil && b.idx == idx && b.gen == rec.OpenGen && rec.OpenGen != 0 {
+			if st.stream != nil {
+				st.stream.touch(idx)
+			}
 			patch(b.data)
 			rec.Size = max(rec.Size, growTo)
 			st.mu.Unlock()
@@ -510,6 +514,9 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 			if buf == nil {
 				buf = make([]byte, c.opt.BlockSize)
 			}
+		}
+		if st.stream != nil {
+			st.stream.touch(idx)
 		}
 		patch(buf)
 		rec.Size = max(rec.Size, growTo)
@@ -628,6 +635,9 @@ func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
 	if st.buf != nil && st.buf.idx*bs >= size {
 		c.bufMem.release(st.buf)
 		st.buf = nil
+	}
+	if st.stream != nil {
+		st.stream.touchFrom(size)
 	}
 	if size < rec.Size {
 		rec.Runs = truncateRuns(rec.Runs, (size+bs-1)/bs)
@@ -749,13 +759,21 @@ func (h *Handle) Release(ctx context.Context) error {
 	last := st.handles == 0
 	unlinked := st.rec != nil && st.rec.Unlinked
 	needs := st.rec != nil && st.rec.needsWork()
+	// A file big enough to have parts sent while it was written is past
+	// what the write-back delay is for (gathering small rewrites): finish
+	// its upload now.
+	streamed := false
 	if h.write && st.writers == 0 {
 		st.lastChange = time.Now()
+		streamed = st.stream != nil && len(st.stream.sent) > 0
 	}
 	st.mu.Unlock()
-	if last && unlinked {
+	switch {
+	case last && unlinked:
 		c.finalizeIfIdle(st.ino)
-	} else if needs {
+	case needs && streamed:
+		c.up.now(st.ino)
+	case needs:
 		c.up.notify(st.ino)
 	}
 	if last {

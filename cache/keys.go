@@ -16,6 +16,8 @@ import "encoding/binary"
 //	r <ino>                  a directory rename whose subtree paths are
 //	                         being rewritten (redone after a crash)
 //	s                        superblock (format and settings)
+//	u <ino> <upload id>      a multipart upload of a file still being
+//	                         written -> object key (aborted after a crash)
 const (
 	pInode   = 'i'
 	pDentry  = 'd'
@@ -25,6 +27,7 @@ const (
 	pBlock   = 'b'
 	pSuper   = 's'
 	pRename  = 'r'
+	pStream  = 'u'
 )
 
 func inoKey(p byte, ino uint64) []byte {

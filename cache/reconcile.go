@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"path"
 	"strings"
@@ -35,6 +36,12 @@ type uploadPlan struct {
 	metaVer     uint32
 	copyOnly    bool // content unchanged: server-side copy (rename, attributes)
 	conflict    bool // saving the local version under ConflictKey
+	// stream holds parts sent while the file was written, and streamVers
+	// their versions at seal (see stream). usedStream: the upload
+	// completes the stream's multipart upload.
+	stream     *stream
+	streamVers map[int64]uint64
+	usedStream bool
 }
 
 // reconcile runs one write-back step for an inode: upload its content,
@@ -57,8 +64,19 @@ func (c *Cache) reconcile(ctx context.Context, ino uint64, urgent bool) outcome 
 	if !ok {
 		return out
 	}
+	if plan.stream != nil {
+		defer c.endStream(plan.stream)
+	}
 	etag, err := c.push(ctx, st, plan)
 	return c.commit(ctx, st, plan, etag, err)
+}
+
+// detachStream drops st's stream, if any (st.mu held).
+func (c *Cache) detachStream(st *inodeState) {
+	if s := st.stream; s != nil {
+		st.stream = nil
+		c.dropStream(s)
+	}
 }
 
 // seal decides what to do and freezes the content to upload: the write
@@ -74,9 +92,11 @@ func (c *Cache) seal(st *inodeState, urgent bool) (plan *uploadPlan, out outcome
 		return nil, outcome{}, false, false
 	}
 	if rec.Unlinked {
+		c.detachStream(st)
 		return nil, outcome{}, st.handles == 0 && !st.uploading, false
 	}
 	if !rec.needsWork() || rec.Ino == RootIno {
+		c.detachStream(st)
 		if rec.Ino == RootIno && rec.Pending != 0 {
 			old := rec.clone()
 			rec.Pending = 0
@@ -108,7 +128,16 @@ func (c *Cache) seal(st *inodeState, urgent bool) (plan *uploadPlan, out outcome
 	}
 	old := rec.clone()
 	plan.cond = cond
+	plan.copyOnly = rec.Kind == KindFile && rec.Pending&pendData == 0 && rec.RemoteKey != "" && !plan.conflict
 	plan.token = newToken()
+	if s := st.stream; s != nil {
+		st.stream = nil
+		if s.usable(rec, plan) {
+			plan.stream, plan.streamVers, plan.token = s, maps.Clone(s.vers), s.token
+		} else {
+			c.dropStream(s)
+		}
+	}
 	plan.sealGen = c.newGen()
 	plan.changes, plan.dataChanges, plan.metaVer = st.changes, st.dataChanges, rec.MetaVer
 	rec.OpenGen = 0
@@ -119,7 +148,6 @@ func (c *Cache) seal(st *inodeState, urgent bool) (plan *uploadPlan, out outcome
 	rec.UploadIfMatch = cond.IfMatch
 	rec.UploadTokens = addToken(rec.UploadTokens, plan.token)
 	plan.snap = rec.clone()
-	plan.copyOnly = rec.Kind == KindFile && rec.Pending&pendData == 0 && rec.RemoteKey != "" && !plan.conflict
 	err = update(c.db, func(txn *badger.Txn) error {
 		if absorbed {
 			if err := txn.Delete(tombKey(plan.target)); err != nil {
@@ -130,6 +158,9 @@ func (c *Cache) seal(st *inodeState, urgent bool) (plan *uploadPlan, out outcome
 	})
 	if err != nil {
 		*rec = *old
+		if plan.stream != nil {
+			c.dropStream(plan.stream)
+		}
 		c.log.Error("cache: journal", "err", err)
 		return nil, outcome{failed: true}, false, false
 	}
@@ -324,13 +355,24 @@ func (c *Cache) partSizeFor(size int64) int64 {
 func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPlan, meta s3backend.Metadata, ct string) (string, error) {
 	snap := p.snap
 	ps := c.partSizeFor(snap.Size)
-	id, err := c.store.CreateMultipart(ctx, p.target, meta, ct)
-	if err != nil {
-		return "", err
+	var id string
+	var early map[int64]string
+	if p.stream != nil {
+		id, early = c.finishStream(st, p)
+		p.usedStream = id != ""
 	}
-	c.setUploadID(st, id)
+	if id == "" {
+		var err error
+		if id, err = c.store.CreateMultipart(ctx, p.target, meta, ct); err != nil {
+			return "", err
+		}
+		c.setUploadID(st, id)
+	}
 	nparts := int((snap.Size + ps - 1) / ps)
 	parts := make([]s3backend.CompletedPart, nparts)
+	for i, etag := range early {
+		parts[i] = s3backend.CompletedPart{Part: int32(i + 1), ETag: etag}
+	}
 	var (
 		mu       sync.Mutex
 		firstErr error
@@ -340,6 +382,9 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for i := 0; i < nparts; i++ {
+		if parts[i].ETag != "" {
+			continue // sent while the file was written
+		}
 		sem <- struct{}{}
 		if pctx.Err() != nil {
 			<-sem
@@ -584,6 +629,9 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 		c.stats.BytesUploaded.Add(p.snap.Size)
 	}
 	c.up.released(p.target)
+	if p.usedStream && p.headersStale() {
+		c.up.now(st.ino)
+	}
 	go c.dropUnusedBlocks(st.ino)
 	return outcome{}
 }
@@ -657,6 +705,9 @@ func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan,
 	}
 	if rec.MetaVer == p.metaVer {
 		rec.Pending &^= pendMeta | pendMarker
+	}
+	if p.usedStream && p.headersStale() {
+		rec.Pending |= pendMeta // the headers were set before the writer finished
 	}
 	if oldKey != "" && oldKey != p.target {
 		t.tomb(oldKey, oldETag, rec.Kind == KindDir)

@@ -132,6 +132,8 @@ func (m *metrics) watchCache(c *cache.Cache, cacheSize int64) {
 	counter("keelfs_uploads_total", "Files uploaded to S3.", func() float64 { return float64(st.UploadsDone.Load()) })
 	counter("keelfs_upload_errors_total", "Upload attempts that failed and will be retried.", func() float64 { return float64(st.UploadErrors.Load()) })
 	counter("keelfs_uploaded_bytes_total", "Bytes of files uploaded.", func() float64 { return float64(st.BytesUploaded.Load()) })
+	counter("keelfs_streamed_parts_total", "Multipart parts sent while their file was still being written.", func() float64 { return float64(st.PartsStreamed.Load()) })
+	counter("keelfs_streamed_parts_used_total", "Streamed parts that the upload of the closed file used.", func() float64 { return float64(st.PartsReused.Load()) })
 	counter("keelfs_deletes_total", "Objects deleted in S3.", func() float64 { return float64(st.DeletesDone.Load()) })
 	gauge("keelfs_dirty_bytes", "Bytes written locally and not yet in S3.", func() float64 {
 		_, dirty := c.Usage()

@@ -1,0 +1,370 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"maps"
+	"mime"
+	"path"
+	"sync"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/keelfs/keelfs/s3backend"
+)
+
+// A stream uploads the parts of a file while it is still being written, so
+// that when the writer closes only the tail is left to send.
+//
+// A part is sent once a writer has moved past its end and every block in
+// it is new data (nothing to copy server-side). The parts go into a
+// multipart upload at the file's key, created with the headers of that
+// moment. Every change to a part's bytes (a write, a truncate) bumps the
+// part's version, and a sent part counts only if its version when the
+// file is sealed is the one it was read at. The sealed upload then sends
+// only the parts still missing and completes the multipart upload. When
+// the stream cannot be used (renamed, shrunk, the part size had to grow, a
+// conflict), it is aborted and the file is uploaded as usual: a stream only
+// saves work, it never decides what lands in S3.
+//
+// S3 fixes an object's headers when the multipart upload is created, before
+// the final mtime is known. When the sealed headers differ, the upload is
+// followed by a server-side copy that rewrites them (pendMeta).
+//
+// The upload ID is recorded under u<ino><id> before the first part is
+// sent, so a crash leaves nothing behind: the next Open aborts it.
+type stream struct {
+	c      *Cache
+	st     *inodeState // the stream holds a reference to it
+	key    string
+	token  string
+	ps     int64
+	meta   s3backend.Metadata
+	ct     string
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// sealed is closed when an upload takes the stream over: parts still
+	// waiting for a slot are left to it, which sends them at full speed.
+	sealed    chan struct{}
+	once      sync.Once // creates the multipart upload
+	id        string
+	createErr error
+	wg        sync.WaitGroup // parts in flight
+
+	// Guarded by st.mu while the stream is attached to st.
+	vers map[int64]uint64 // bumped whenever part p's bytes change
+	sent map[int64]bool   // parts started
+
+	mu   sync.Mutex
+	done map[int64]streamPart
+}
+
+type streamPart struct {
+	etag string
+	ver  uint64 // the part's version when it was read
+}
+
+func streamKey(ino uint64, id string) []byte {
+	return append(inoKey(pStream, ino), id...)
+}
+
+// touch notes that the bytes of block idx change (st.mu held).
+func (s *stream) touch(idx int64) {
+	s.vers[idx*s.c.opt.BlockSize/s.ps]++
+}
+
+// touchFrom notes that every part from the one holding byte off on
+// changes, as a truncate to off does (st.mu held).
+func (s *stream) touchFrom(off int64) {
+	first := off / s.ps
+	for p := range s.sent {
+		if p >= first {
+			s.vers[p]++
+		}
+	}
+}
+
+// streamAfterWrite starts sending the parts a write of [off, off+n) moved
+// past: those whose end is a boundary the write covers. A sequential
+// writer so starts each part exactly once, as it begins the next one.
+func (c *Cache) streamAfterWrite(st *inodeState, off, n int64) {
+	if n <= 0 {
+		return
+	}
+	ps := c.opt.PartSize
+	b := max(ps, (off+ps-1)/ps*ps)
+	for ; b < off+n; b += ps {
+		c.startStreamPart(st, b/ps-1)
+	}
+}
+
+// startStreamPart sends part p of st's file in the background if it can
+// be streamed.
+func (c *Cache) startStreamPart(st *inodeState, p int64) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	rec := st.rec
+	ps := c.opt.PartSize
+	if rec == nil || rec.Kind != KindFile || rec.Unlinked || rec.ConflictKey != "" || rec.Path == "" ||
+		st.uploading || st.writers == 0 || rec.Size <= (p+1)*ps {
+		return
+	}
+	if s := st.stream; s != nil && (s.sent[p] || s.key != rec.expectedKey()) {
+		return
+	}
+	bs := c.opt.BlockSize
+	for idx := p * ps / bs; idx < (p+1)*ps/bs; idx++ {
+		r, ok := runAt(rec.Runs, idx)
+		if !ok || !r.Dirty || r.Gen == 0 {
+			return // not all new data: the sealed upload copies or fills it
+		}
+	}
+	if b := st.buf; b != nil && b.idx*bs < (p+1)*ps && (b.idx+1)*bs > p*ps {
+		if err := c.flushBufLocked(st); err != nil {
+			return // the writer sees this error itself
+		}
+	}
+	c.bgMu.Lock()
+	if c.bgClosed {
+		c.bgMu.Unlock()
+		return
+	}
+	c.bg.Add(1)
+	c.bgMu.Unlock()
+	s := st.stream
+	if s == nil {
+		s = c.newStream(st, rec)
+		st.stream = s
+	}
+	s.sent[p] = true
+	ver := s.vers[p]
+	snap := rec.clone()
+	s.wg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		c.sendStreamPart(s, p, ver, snap)
+	}()
+}
+
+// newStream starts a stream for st's file (st.mu held). It takes a
+// reference to st, so that the state (and the stream in it) lives until
+// the stream is used or dropped.
+func (c *Cache) newStream(st *inodeState, rec *Inode) *stream {
+	c.statesMu.Lock()
+	st.refs++
+	c.statesMu.Unlock()
+	key := rec.expectedKey()
+	ct := mime.TypeByExtension(path.Ext(key))
+	if ct == "" {
+		ct = s3backend.FileContentType
+	}
+	token := newToken()
+	s := &stream{c: c, st: st, key: key, token: token, ps: c.opt.PartSize, meta: headersOf(rec, token), ct: ct,
+		sealed: make(chan struct{}), vers: make(map[int64]uint64), sent: make(map[int64]bool), done: make(map[int64]streamPart)}
+	s.ctx, s.cancel = context.WithCancel(c.bgCtx)
+	return s
+}
+
+// streamSlots bounds the parts sent while files are written. It is half
+// of what an upload gets: the writer comes first, and the stream should
+// take the CPU and bandwidth the writer leaves idle rather than slow it.
+func (c *Cache) streamSlots() chan struct{} {
+	c.streamOnce.Do(func() { c.streamSem = make(chan struct{}, max(1, c.opt.MaxParts/2)) })
+	return c.streamSem
+}
+
+// sendStreamPart uploads part p as read now; ver is its version when it
+// was started.
+func (c *Cache) sendStreamPart(s *stream, p int64, ver uint64, snap *Inode) {
+	defer s.wg.Done()
+	sem := c.streamSlots()
+	select {
+	case sem <- struct{}{}:
+		defer func() { <-sem }()
+	case <-s.ctx.Done():
+		return
+	case <-s.sealed:
+		return
+	}
+	s.once.Do(s.create)
+	if s.id == "" || s.ctx.Err() != nil {
+		return
+	}
+	body := c.newSnapReader(s.ctx, snap, p*s.ps, s.ps)
+	etag, err := c.store.UploadPart(s.ctx, s3backend.UploadPartInput{Key: s.key, UploadID: s.id,
+		Part: int32(p + 1), Body: body, Size: s.ps})
+	body.drop()
+	if err != nil {
+		if s.ctx.Err() == nil {
+			c.log.Debug("cache: early part not sent; the upload will send it", "key", s.key, "part", p+1, "err", err)
+		}
+		return
+	}
+	c.stats.PartsStreamed.Add(1)
+	s.mu.Lock()
+	s.done[p] = streamPart{etag: etag, ver: ver}
+	s.mu.Unlock()
+}
+
+// create starts the multipart upload and records it for crash recovery.
+func (s *stream) create() {
+	c := s.c
+	id, err := c.store.CreateMultipart(s.ctx, s.key, s.meta, s.ct)
+	if err != nil {
+		s.createErr = err
+		return
+	}
+	err = update(c.db, func(txn *badger.Txn) error { return txn.Set(streamKey(s.st.ino, id), []byte(s.key)) })
+	if err != nil {
+		// Unrecorded, a crash would leave it behind: do without.
+		s.createErr = err
+		s.abortUpload(id)
+		return
+	}
+	s.id = id
+}
+
+// abortUpload aborts the multipart upload id and forgets its record.
+func (s *stream) abortUpload(id string) {
+	c := s.c
+	ctx, cancel := context.WithTimeout(c.bgCtx, 30*time.Second)
+	defer cancel()
+	if err := c.store.AbortMultipart(ctx, s.key, id); err != nil {
+		if c.bgCtx.Err() == nil {
+			c.log.Warn("cache: abort early upload; the next mount retries", "key", s.key, "err", err)
+		}
+		return
+	}
+	if err := update(c.db, func(txn *badger.Txn) error { return txn.Delete(streamKey(s.st.ino, id)) }); err != nil {
+		c.log.Warn("cache: forget early upload", "err", err)
+	}
+}
+
+// dropStream gives up on a detached stream: parts in flight stop, the
+// multipart upload is aborted and the state reference is returned. It
+// does not block, so it may be called with locks held.
+func (c *Cache) dropStream(s *stream) {
+	s.cancel()
+	c.bgMu.Lock()
+	if c.bgClosed {
+		// The record stays; the next Open aborts the upload.
+		c.bgMu.Unlock()
+		c.release(s.st)
+		return
+	}
+	c.bg.Add(1)
+	c.bgMu.Unlock()
+	go func() {
+		defer c.bg.Done()
+		defer c.release(s.st)
+		s.wg.Wait()
+		if s.id != "" {
+			s.abortUpload(s.id)
+		}
+	}()
+}
+
+// usable reports whether the sealed plan can complete the stream's
+// multipart upload (nsMu and st.mu held).
+func (s *stream) usable(rec *Inode, p *uploadPlan) bool {
+	c := s.c
+	return rec.Kind == KindFile && !p.conflict && !p.copyOnly && p.target == s.key &&
+		rec.Size > c.opt.PartSize && c.partSizeFor(rec.Size) == s.ps
+}
+
+// finish waits for the parts in flight and hands over the stream's
+// multipart upload: its ID (recorded in the inode instead of the stream
+// record) and the parts that still hold the sealed content. id is "" when
+// the stream never got an upload.
+func (c *Cache) finishStream(st *inodeState, p *uploadPlan) (id string, parts map[int64]string) {
+	s := p.stream
+	close(s.sealed)
+	s.wg.Wait()
+	if s.id == "" {
+		return "", nil
+	}
+	parts = make(map[int64]string)
+	s.mu.Lock()
+	for i, sp := range s.done {
+		if v := p.streamVers[i]; v == sp.ver && (i+1)*s.ps <= p.snap.Size {
+			parts[i] = sp.etag
+		}
+	}
+	s.mu.Unlock()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	err := update(c.db, func(txn *badger.Txn) error {
+		if err := txn.Delete(streamKey(st.ino, s.id)); err != nil {
+			return err
+		}
+		if st.rec == nil {
+			return nil
+		}
+		old := st.rec.clone()
+		st.rec.UploadID = s.id
+		return putInode(txn, old, st.rec)
+	})
+	if err != nil {
+		c.log.Warn("cache: record multipart upload", "err", err)
+	}
+	c.stats.PartsReused.Add(int64(len(parts)))
+	return s.id, parts
+}
+
+// endStream returns the reference a used stream held.
+func (c *Cache) endStream(s *stream) {
+	s.cancel()
+	c.release(s.st)
+}
+
+// headersStale reports whether the stream's upload was created with other
+// headers than the sealed file has.
+func (p *uploadPlan) headersStale() bool {
+	return p.stream != nil && !maps.Equal(p.stream.meta, headersOf(p.snap, p.token))
+}
+
+// abortOrphanStreams aborts the early uploads a previous run left behind
+// (it stopped while files were being written).
+func (c *Cache) abortOrphanStreams() error {
+	type orphan struct {
+		ino     uint64
+		key, id string
+	}
+	var list []orphan
+	err := c.db.View(func(txn *badger.Txn) error {
+		pre := []byte{pStream}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: pre, PrefetchValues: true})
+		defer it.Close()
+		for it.Seek(pre); it.ValidForPrefix(pre); it.Next() {
+			k := it.Item().Key()
+			if len(k) <= 9 {
+				continue
+			}
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			list = append(list, orphan{ino: binary.BigEndian.Uint64(k[1:9]), key: string(v), id: string(bytes.Clone(k[9:]))})
+		}
+		return nil
+	})
+	if err != nil || len(list) == 0 {
+		return err
+	}
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		for _, o := range list {
+			s := &stream{c: c, st: &inodeState{ino: o.ino}, key: o.key}
+			s.abortUpload(o.id)
+			if errors.Is(c.bgCtx.Err(), context.Canceled) {
+				return
+			}
+		}
+	}()
+	return nil
+}
