@@ -759,21 +759,13 @@ func (h *Handle) Release(ctx context.Context) error {
 	last := st.handles == 0
 	unlinked := st.rec != nil && st.rec.Unlinked
 	needs := st.rec != nil && st.rec.needsWork()
-	// A file big enough to have parts sent while it was written is past
-	// what the write-back delay is for (gathering small rewrites): finish
-	// its upload now.
-	streamed := false
 	if h.write && st.writers == 0 {
 		st.lastChange = time.Now()
-		streamed = st.stream != nil && len(st.stream.sent) > 0
 	}
 	st.mu.Unlock()
-	switch {
-	case last && unlinked:
+	if last && unlinked {
 		c.finalizeIfIdle(st.ino)
-	case needs && streamed:
-		c.up.now(st.ino)
-	case needs:
+	} else if needs {
 		c.up.notify(st.ino)
 	}
 	if last {

@@ -525,13 +525,10 @@ func TestFaultRestartMidMultipart(t *testing.T) {
 	}
 	for round := 0; round < rounds; round++ {
 		name := fmt.Sprintf("big%d", round)
-		data := randBytes(40 << 20)
-		if err := os.WriteFile(m.Path(name), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
 		// Hold the third part at the proxy until S3 has gone down and come
 		// back: by then other parts have been sent, and some hit the
-		// outage.
+		// outage. Parts go up while the file is written (streamed), so
+		// the third may be held before the write returns.
 		held := make(chan struct{})
 		release := make(chan struct{})
 		var parts atomic.Int32
@@ -542,6 +539,10 @@ func TestFaultRestartMidMultipart(t *testing.T) {
 			}
 			return harness.Fault{}
 		})
+		data := randBytes(40 << 20)
+		if err := os.WriteFile(m.Path(name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		synced := make(chan error, 1)
 		go func() {
 			f, err := os.OpenFile(m.Path(name), os.O_RDWR, 0)
