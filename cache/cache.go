@@ -340,10 +340,10 @@ type inodeState struct {
 	uploading   bool
 	// cacheVer identifies the content the kernel may have cached; it
 	// changes when another writer's version replaces ours.
-	cacheVer   uint64
-	openedVer  uint64
-	readAhead  readAhead
-	stream     *stream // parts sent while the file is written; nil if none
+	cacheVer  uint64
+	openedVer uint64
+	readAhead readAhead
+	stream    *stream // parts sent while the file is written; nil if none
 }
 
 // acquire returns the state of ino, loading the record if needed. Every
