@@ -8,6 +8,7 @@ import (
 	"maps"
 	"mime"
 	"path"
+	"runtime"
 	"sync"
 	"time"
 
@@ -53,11 +54,13 @@ type stream struct {
 	once      sync.Once // creates the multipart upload
 	id        string
 	createErr error
-	wg        sync.WaitGroup // parts in flight
+	wg        sync.WaitGroup // workers
 
-	// Guarded by st.mu while the stream is attached to st.
-	vers map[int64]uint64 // bumped whenever part p's bytes change
-	sent map[int64]bool   // parts started
+	// Guarded by st.mu.
+	vers    map[int64]uint64 // bumped whenever part p's bytes change
+	sent    map[int64]bool   // parts queued
+	queue   []int64          // parts waiting for a worker
+	workers int              // goroutines sending s's parts
 
 	mu   sync.Mutex
 	done map[int64]streamPart
@@ -102,8 +105,8 @@ func (c *Cache) streamAfterWrite(st *inodeState, off, n int64) {
 	}
 }
 
-// startStreamPart sends part p of st's file in the background if it can
-// be streamed.
+// startStreamPart queues part p of st's file to be sent in the background
+// if it can be streamed.
 func (c *Cache) startStreamPart(st *inodeState, p int64) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -116,17 +119,18 @@ func (c *Cache) startStreamPart(st *inodeState, p int64) {
 	if s := st.stream; s != nil && (s.sent[p] || s.key != rec.expectedKey()) {
 		return
 	}
-	bs := c.opt.BlockSize
-	for idx := p * ps / bs; idx < (p+1)*ps/bs; idx++ {
-		r, ok := runAt(rec.Runs, idx)
-		if !ok || !r.Dirty || r.Gen == 0 {
-			return // not all new data: the sealed upload copies or fills it
-		}
+	if !c.allNew(rec, p) {
+		return // the sealed upload copies or fills it
 	}
-	if b := st.buf; b != nil && b.idx*bs < (p+1)*ps && (b.idx+1)*bs > p*ps {
-		if err := c.flushBufLocked(st); err != nil {
-			return // the writer sees this error itself
-		}
+	s := st.stream
+	if s == nil {
+		s = c.newStream(st, rec)
+		st.stream = s
+	}
+	s.sent[p] = true
+	s.queue = append(s.queue, p)
+	if s.workers >= streamWorkers(c) {
+		return
 	}
 	c.bgMu.Lock()
 	if c.bgClosed {
@@ -135,19 +139,26 @@ func (c *Cache) startStreamPart(st *inodeState, p int64) {
 	}
 	c.bg.Add(1)
 	c.bgMu.Unlock()
-	s := st.stream
-	if s == nil {
-		s = c.newStream(st, rec)
-		st.stream = s
-	}
-	s.sent[p] = true
-	ver := s.vers[p]
-	snap := rec.clone()
+	s.workers++
 	s.wg.Add(1)
 	go func() {
 		defer c.bg.Done()
-		c.sendStreamPart(s, p, ver, snap)
+		defer s.wg.Done()
+		c.streamWorker(s)
 	}()
+}
+
+// allNew reports whether every block of part p is written data, none a
+// hole or unchanged from the object.
+func (c *Cache) allNew(rec *Inode, p int64) bool {
+	ps, bs := c.opt.PartSize, c.opt.BlockSize
+	for idx := p * ps / bs; idx < (p+1)*ps/bs; idx++ {
+		r, ok := runAt(rec.Runs, idx)
+		if !ok || !r.Dirty || r.Gen == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // newStream starts a stream for st's file (st.mu held). It takes a
@@ -169,30 +180,72 @@ func (c *Cache) newStream(st *inodeState, rec *Inode) *stream {
 	return s
 }
 
-// streamSlots bounds the parts sent while files are written. It is half
-// of what an upload gets: the writer comes first, and the stream should
-// take the CPU and bandwidth the writer leaves idle rather than slow it.
+// streamSlots bounds the parts sent while files are written.
 func (c *Cache) streamSlots() chan struct{} {
-	c.streamOnce.Do(func() { c.streamSem = make(chan struct{}, max(1, c.opt.MaxParts/2)) })
+	c.streamOnce.Do(func() { c.streamSem = make(chan struct{}, streamWorkers(c)) })
 	return c.streamSem
 }
 
-// sendStreamPart uploads part p as read now; ver is its version when it
-// was started.
-func (c *Cache) sendStreamPart(s *stream, p int64, ver uint64, snap *Inode) {
-	defer s.wg.Done()
+// streamWorkers is how many parts go up at once while files are written:
+// half of what an upload gets, and one per two CPUs. The writer comes
+// first; the stream should take the CPU the writer leaves idle, not slow
+// it. (2 CPUs, 1 GiB written against a local server: with 2 parts at once
+// the write took 2.9-3.1 s and reached S3 after 4.2-4.5 s; with 1, 2.0 s
+// and 3.8 s.)
+func streamWorkers(c *Cache) int { return max(1, min(c.opt.MaxParts/2, runtime.NumCPU()/2)) }
+
+// streamWorker sends queued parts of s until the queue is empty or the
+// stream ends. Each part is read as it is when its turn comes; its
+// version is taken at that moment, under the same lock as the content.
+func (c *Cache) streamWorker(s *stream) {
+	st := s.st
 	sem := c.streamSlots()
-	select {
-	case sem <- struct{}{}:
-		defer func() { <-sem }()
-	case <-s.ctx.Done():
-		return
-	case <-s.sealed:
-		return
+	for {
+		st.mu.Lock()
+		if len(s.queue) == 0 || st.stream != s || st.rec == nil {
+			s.workers--
+			st.mu.Unlock()
+			return
+		}
+		p := s.queue[0]
+		s.queue = s.queue[1:]
+		st.mu.Unlock()
+		select {
+		case sem <- struct{}{}:
+		case <-s.ctx.Done():
+			return
+		case <-s.sealed:
+			return // what is left goes with the upload, at full speed
+		}
+		ok := c.sendStreamPart(s, p)
+		<-sem
+		if !ok {
+			return
+		}
 	}
+}
+
+// sendStreamPart uploads part p as it is now. It returns false when the
+// stream is over (detached, or its multipart upload could not be made).
+func (c *Cache) sendStreamPart(s *stream, p int64) bool {
+	st := s.st
+	st.mu.Lock()
+	if st.stream != s || st.rec == nil {
+		st.mu.Unlock()
+		return false
+	}
+	bs := c.opt.BlockSize
+	if b := st.buf; b != nil && b.idx*bs < (p+1)*s.ps && (b.idx+1)*bs > p*s.ps {
+		if err := c.flushBufLocked(st); err != nil {
+			st.mu.Unlock()
+			return true // the writer sees this error itself; try the next part
+		}
+	}
+	ver, snap := s.vers[p], st.rec.clone()
+	st.mu.Unlock()
 	s.once.Do(s.create)
 	if s.id == "" || s.ctx.Err() != nil {
-		return
+		return false
 	}
 	body := c.newSnapReader(s.ctx, snap, p*s.ps, s.ps)
 	etag, err := c.store.UploadPart(s.ctx, s3backend.UploadPartInput{Key: s.key, UploadID: s.id,
@@ -202,12 +255,13 @@ func (c *Cache) sendStreamPart(s *stream, p int64, ver uint64, snap *Inode) {
 		if s.ctx.Err() == nil {
 			c.log.Debug("cache: early part not sent; the upload will send it", "key", s.key, "part", p+1, "err", err)
 		}
-		return
+		return true
 	}
 	c.stats.PartsStreamed.Add(1)
 	s.mu.Lock()
 	s.done[p] = streamPart{etag: etag, ver: ver}
 	s.mu.Unlock()
+	return true
 }
 
 // create starts the multipart upload and records it for crash recovery.
