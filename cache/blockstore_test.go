@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // TestReadRangeCachedDescriptor: a ranged read keeps the block file open;
@@ -61,5 +62,58 @@ func TestReadRangeCachedDescriptor(t *testing.T) {
 	}
 	if len(bs.files) != 0 {
 		t.Fatalf("%d descriptors kept after the block was dropped, want 0", len(bs.files))
+	}
+}
+
+// TestSyncAhead: once syncAhead bytes of dirty blocks wait, a sync starts
+// without anyone asking, so a later close has little left to fsync.
+func TestSyncAhead(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	db, err := openDB(filepath.Join(dir, "db"), nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	bs, err := newBlockStore(filepath.Join(dir, "blocks"), db, 1<<30, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bs.closeFiles()
+	unsynced := func() (n int, bytes int64) {
+		bs.mu.Lock()
+		defer bs.mu.Unlock()
+		return len(bs.unsynced), bs.unsyncedBytes
+	}
+	block := make([]byte, 1<<20)
+	write := func(idx int64) {
+		id := blockID{ino: 9, gen: 1, idx: idx}
+		meta, err := bs.write(id, block)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bs.added(id, meta.Len, true)
+	}
+	below := syncAhead/int64(len(block)) - 2
+	for i := int64(0); i < below; i++ {
+		write(i)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n, _ := unsynced(); n != int(below) {
+		t.Fatalf("%d blocks waiting below the threshold, want %d: nothing should have synced", n, below)
+	}
+	for i := below; i < below+4; i++ {
+		write(i)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, b := unsynced()
+		if n < int(below) && b < syncAhead {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d blocks (%d bytes) still waiting 10 s after passing %d bytes", n, b, syncAhead)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -50,11 +49,10 @@ type stream struct {
 
 	// sealed is closed when an upload takes the stream over: parts still
 	// waiting for a slot are left to it, which sends them at full speed.
-	sealed    chan struct{}
-	once      sync.Once // creates the multipart upload
-	id        string
-	createErr error
-	wg        sync.WaitGroup // workers
+	sealed chan struct{}
+	once   sync.Once      // creates the multipart upload
+	id     string         // "" until created, or if that failed
+	wg     sync.WaitGroup // workers
 
 	// Guarded by st.mu.
 	vers    map[int64]uint64 // bumped whenever part p's bytes change
@@ -265,35 +263,36 @@ func (c *Cache) sendStreamPart(s *stream, p int64) bool {
 }
 
 // create starts the multipart upload and records it for crash recovery.
+// On failure s.id stays "": the upload after close then sends every part.
 func (s *stream) create() {
 	c := s.c
 	id, err := c.store.CreateMultipart(s.ctx, s.key, s.meta, s.ct)
-	if err != nil {
-		s.createErr = err
-		return
-	}
-	err = update(c.db, func(txn *badger.Txn) error { return txn.Set(streamKey(s.st.ino, id), []byte(s.key)) })
-	if err != nil {
+	if err == nil {
+		err = update(c.db, func(txn *badger.Txn) error { return txn.Set(streamKey(s.st.ino, id), []byte(s.key)) })
+		if err == nil {
+			s.id = id
+			return
+		}
 		// Unrecorded, a crash would leave it behind: do without.
-		s.createErr = err
-		s.abortUpload(id)
-		return
+		c.abortStreamUpload(s.st.ino, s.key, id)
 	}
-	s.id = id
+	if s.ctx.Err() == nil {
+		c.log.Debug("cache: no early upload; the upload after close sends every part", "key", s.key, "err", err)
+	}
 }
 
-// abortUpload aborts the multipart upload id and forgets its record.
-func (s *stream) abortUpload(id string) {
-	c := s.c
+// abortStreamUpload aborts a stream's multipart upload and forgets its
+// record.
+func (c *Cache) abortStreamUpload(ino uint64, key, id string) {
 	ctx, cancel := context.WithTimeout(c.bgCtx, 30*time.Second)
 	defer cancel()
-	if err := c.store.AbortMultipart(ctx, s.key, id); err != nil {
+	if err := c.store.AbortMultipart(ctx, key, id); err != nil {
 		if c.bgCtx.Err() == nil {
-			c.log.Warn("cache: abort early upload; the next mount retries", "key", s.key, "err", err)
+			c.log.Warn("cache: abort early upload; the next mount retries", "key", key, "err", err)
 		}
 		return
 	}
-	if err := update(c.db, func(txn *badger.Txn) error { return txn.Delete(streamKey(s.st.ino, id)) }); err != nil {
+	if err := update(c.db, func(txn *badger.Txn) error { return txn.Delete(streamKey(ino, id)) }); err != nil {
 		c.log.Warn("cache: forget early upload", "err", err)
 	}
 }
@@ -317,7 +316,7 @@ func (c *Cache) dropStream(s *stream) {
 		defer c.release(s.st)
 		s.wg.Wait()
 		if s.id != "" {
-			s.abortUpload(s.id)
+			c.abortStreamUpload(s.st.ino, s.key, s.id)
 		}
 	}()
 }
@@ -402,7 +401,7 @@ func (c *Cache) abortOrphanStreams() error {
 			if err != nil {
 				return err
 			}
-			list = append(list, orphan{ino: binary.BigEndian.Uint64(k[1:9]), key: string(v), id: string(bytes.Clone(k[9:]))})
+			list = append(list, orphan{ino: binary.BigEndian.Uint64(k[1:9]), key: string(v), id: string(k[9:])})
 		}
 		return nil
 	})
@@ -413,8 +412,7 @@ func (c *Cache) abortOrphanStreams() error {
 	go func() {
 		defer c.bg.Done()
 		for _, o := range list {
-			s := &stream{c: c, st: &inodeState{ino: o.ino}, key: o.key}
-			s.abortUpload(o.id)
+			c.abortStreamUpload(o.ino, o.key, o.id)
 			if errors.Is(c.bgCtx.Err(), context.Canceled) {
 				return
 			}
