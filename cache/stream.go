@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"maps"
 	"mime"
 	"path"
@@ -329,7 +328,7 @@ func (s *stream) usable(rec *Inode, p *uploadPlan) bool {
 		rec.Size > c.opt.PartSize && c.partSizeFor(rec.Size) == s.ps
 }
 
-// finish waits for the parts in flight and hands over the stream's
+// finishStream waits for the parts in flight and hands over the stream's
 // multipart upload: its ID (recorded in the inode instead of the stream
 // record) and the parts that still hold the sealed content. id is "" when
 // the stream never got an upload.
@@ -413,7 +412,7 @@ func (c *Cache) abortOrphanStreams() error {
 		defer c.bg.Done()
 		for _, o := range list {
 			c.abortStreamUpload(o.ino, o.key, o.id)
-			if errors.Is(c.bgCtx.Err(), context.Canceled) {
+			if c.bgCtx.Err() != nil {
 				return
 			}
 		}
