@@ -9,22 +9,30 @@ import (
 	"time"
 )
 
-// TestReadRangeCachedDescriptor: a ranged read keeps the block file open;
-// rewriting or dropping the block must close that descriptor, so that a
-// later read sees the new bytes or falls back, never the old file.
-func TestReadRangeCachedDescriptor(t *testing.T) {
+// newTestBlockStore opens a block store of limit bytes on a fresh badger
+// in a temporary directory; both close when the test ends.
+func newTestBlockStore(t *testing.T, limit int64) *blockStore {
+	t.Helper()
 	dir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	db, err := openDB(filepath.Join(dir, "db"), nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	bs, err := newBlockStore(filepath.Join(dir, "blocks"), db, 64<<20, nil, log)
+	t.Cleanup(func() { db.Close() })
+	bs, err := newBlockStore(filepath.Join(dir, "blocks"), db, limit, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bs.closeFiles()
+	t.Cleanup(bs.closeFiles)
+	return bs
+}
+
+// TestReadRangeCachedDescriptor: a ranged read keeps the block file open;
+// rewriting or dropping the block must close that descriptor, so that a
+// later read sees the new bytes or falls back, never the old file.
+func TestReadRangeCachedDescriptor(t *testing.T) {
+	bs := newTestBlockStore(t, 64<<20)
 	id := blockID{ino: 7, gen: 1, idx: 0}
 	put := func(data []byte) blockMeta {
 		meta, err := bs.write(id, data)
@@ -68,18 +76,7 @@ func TestReadRangeCachedDescriptor(t *testing.T) {
 // TestSyncAhead: once syncAhead bytes of dirty blocks wait, a sync starts
 // without anyone asking, so a later close has little left to fsync.
 func TestSyncAhead(t *testing.T) {
-	dir := t.TempDir()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	db, err := openDB(filepath.Join(dir, "db"), nil, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	bs, err := newBlockStore(filepath.Join(dir, "blocks"), db, 1<<30, nil, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bs.closeFiles()
+	bs := newTestBlockStore(t, 1<<30)
 	unsynced := func() (n int, bytes int64) {
 		bs.mu.Lock()
 		defer bs.mu.Unlock()
