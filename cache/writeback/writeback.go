@@ -413,9 +413,10 @@ func (e *FailedError) Unwrap() error { return e.Err }
 
 // Sync waits until every change of id made before the call is covered by
 // a successful attempt, or id has no job (nothing to do, or it went). It
-// urges the job. It fails with the job's error once the job has failed
-// for good (a *FailedError), or when an attempt that began after the call
-// fails, or when ctx ends.
+// urges the job; a job that failed for good gets one more attempt, since
+// whatever failed may have been mended (credentials, a bucket policy). It
+// fails with the error of an attempt that began after the call (a
+// *FailedError when the job failed for good), or when ctx ends.
 func (s *Scheduler) Sync(ctx context.Context, id ID) error {
 	stop := context.AfterFunc(ctx, func() {
 		s.mu.Lock()
@@ -430,13 +431,16 @@ func (s *Scheduler) Sync(ctx context.Context, id ID) error {
 		return nil
 	}
 	target, begun := j.changes, j.begun
+	if j.state == Failed {
+		j.state = Pending
+	}
 	for {
 		switch {
 		case s.jobs[id] != j || j.removed:
 			return nil
 		case j.synced >= target:
 			return nil
-		case j.state == Failed:
+		case j.failedAt > begun && j.state == Failed:
 			return &FailedError{ID: id, Err: j.err}
 		case j.failedAt > begun && j.state != Uploading:
 			return j.err

@@ -215,25 +215,30 @@ func TestPermanentFailureStops(t *testing.T) {
 	if st := e.state(ino1); st != Failed {
 		t.Fatalf("state %v, want failed", st)
 	}
-	// Not retried however long it waits, nor when urged (fsync).
+	// Not retried however long it waits, nor when urged.
 	e.s.Urge(ino1)
 	e.clock.Advance(24 * time.Hour)
 	e.none()
-	// Sync answers at once, with the reason.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err := e.s.Sync(ctx, ino1)
-	var fe *FailedError
-	if !errors.As(err, &fe) || !errors.Is(err, denied) {
-		t.Fatalf("Sync = %v, want the failure", err)
+	// Sync (fsync) gives it one attempt and answers with its failure.
+	res := make(chan error, 1)
+	go func() { res <- e.s.Sync(context.Background(), ino1) }()
+	e.finish(e.next(), Result{Outcome: Permanent, Err: denied})
+	select {
+	case err := <-res:
+		var fe *FailedError
+		if !errors.As(err, &fe) || !errors.Is(err, denied) {
+			t.Fatalf("Sync = %v, want the failure", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Sync did not return")
 	}
-	// Retry gives it one attempt.
+	// Retry gives it one attempt too.
 	e.s.Retry(ino1)
 	e.finish(e.next(), Result{Outcome: Permanent, Err: denied})
 	e.clock.Advance(time.Hour)
 	e.none()
-	if n := e.run.attempts(ino1); n != 2 {
-		t.Fatalf("%d attempts, want 2", n)
+	if n := e.run.attempts(ino1); n != 3 {
+		t.Fatalf("%d attempts, want 3", n)
 	}
 }
 
