@@ -109,7 +109,11 @@ type blockStore struct {
 	unsyncedBytes int64
 	aheadRunning  bool
 	ahead         sync.WaitGroup
-	closing       bool
+	// aheadErr is a background sync's failure. Linux reports a write-back
+	// error to one fsync only, so the next sync would succeed although
+	// written data never reached the disk: it reports this instead.
+	aheadErr error
+	closing  bool
 	// newSubdir is set when a subdirectory of dir was created since the
 	// last sync, which must then fsync dir as well.
 	newSubdir bool
@@ -124,6 +128,23 @@ type blockStore struct {
 	// onPressure is called (without locks) when writers wait for dirty
 	// data to be uploaded.
 	onPressure func()
+	// goBackground starts a tracked goroutine (Cache.tasks); nil starts a
+	// plain one (tests of the block store alone).
+	goBackground func(func()) bool
+
+	// pins are clean blocks kept out of eviction, present or still to be
+	// fetched: the unchanged blocks of partly edited files (see
+	// Cache.fetchAhead). pinnedIn holds the present ones, which are not in
+	// the LRU and count in pinnedBytes (and in cleanBytes).
+	pins        map[blockID]bool
+	pinsByIno   map[uint64][]blockID
+	pinnedIn    map[blockID]struct{}
+	pinnedBytes int64
+
+	// minFree is the free space kept on the cache's filesystem for the
+	// metadata store (Options.MinFreeDisk); statfs reports the free space.
+	minFree int64
+	statfs  func() (free int64, err error)
 }
 
 func newBlockStore(dir string, db *badger.DB, limit int64, key []byte, log logger) (*blockStore, error) {
@@ -135,7 +156,15 @@ func newBlockStore(dir string, db *badger.DB, limit int64, key []byte, log logge
 	bs := &blockStore{dir: dir, db: db, limit: limit, log: log, lru: list.New(),
 		lruIndex: make(map[blockID]*list.Element), size: make(map[blockID]int64),
 		verified: make(map[blockID]blockMeta), unsynced: make(map[blockID]struct{}),
-		files: make(map[blockID]*openBlock), fileLRU: list.New(), maxFiles: 128}
+		files: make(map[blockID]*openBlock), fileLRU: list.New(), maxFiles: 128,
+		pins: make(map[blockID]bool), pinsByIno: make(map[uint64][]blockID), pinnedIn: make(map[blockID]struct{})}
+	bs.statfs = func() (int64, error) {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			return 0, err
+		}
+		return int64(st.Bavail) * st.Bsize, nil
+	}
 	var rl unix.Rlimit
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
 		bs.maxFiles = openBlocksFor(rl.Cur)
@@ -409,13 +438,19 @@ func (ob *openBlock) closeIfUnused() {
 const syncAhead = 64 << 20
 
 // syncInBackground runs one sync ahead of the next close or fsync. A
-// failure puts the blocks back for that foreground sync, which reports it.
+// failure puts the blocks back, and the next sync reports it (aheadErr).
 func (bs *blockStore) syncInBackground() {
 	defer bs.ahead.Done()
-	_ = bs.sync()
+	err := bs.syncer.do(bs.syncAll)
 	bs.mu.Lock()
 	bs.aheadRunning = false
+	if err != nil && bs.aheadErr == nil {
+		bs.aheadErr = err
+	}
 	bs.mu.Unlock()
+	if err != nil {
+		bs.log.Error("cache: background sync of written blocks failed; the next close or fsync reports it", "err", err)
+	}
 }
 
 // closeFiles closes the cached descriptors, when the cache closes, once
@@ -454,12 +489,75 @@ func (bs *blockStore) added(id blockID, n uint32, dirty bool) {
 		if bs.unsyncedBytes >= syncAhead && !bs.aheadRunning && !bs.closing {
 			bs.aheadRunning = true
 			bs.ahead.Add(1)
-			go bs.syncInBackground()
+			if bs.goBackground == nil {
+				go bs.syncInBackground()
+			} else if !bs.goBackground(bs.syncInBackground) {
+				bs.aheadRunning = false
+				bs.ahead.Done()
+			}
 		}
 	} else {
-		bs.cleanBytes += sz
-		bs.lruIndex[id] = bs.lru.PushFront(id)
+		bs.addCleanLocked(id, sz)
 	}
+}
+
+// addCleanLocked accounts for a present clean block: evictable, or pinned.
+func (bs *blockStore) addCleanLocked(id blockID, sz int64) {
+	bs.cleanBytes += sz
+	if bs.pins[id] {
+		bs.pinnedIn[id] = struct{}{}
+		bs.pinnedBytes += sz
+		return
+	}
+	bs.lruIndex[id] = bs.lru.PushFront(id)
+}
+
+// pin keeps the clean blocks ids of ino out of eviction, those present
+// and those fetched later (missing bytes of them), until unpin. It
+// refuses (false) when pinned blocks would take more than a quarter of
+// the cache, which must stay usable for everything else.
+func (bs *blockStore) pin(ino uint64, ids []blockID, missing int64) bool {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if _, ok := bs.pinsByIno[ino]; ok {
+		return true
+	}
+	var present int64
+	for _, id := range ids {
+		if _, ok := bs.lruIndex[id]; ok {
+			present += bs.size[id]
+		}
+	}
+	if bs.pinnedBytes+present+missing > bs.limit/4 {
+		return false
+	}
+	for _, id := range ids {
+		bs.pins[id] = true
+		if e, ok := bs.lruIndex[id]; ok {
+			bs.lru.Remove(e)
+			delete(bs.lruIndex, id)
+			bs.pinnedIn[id] = struct{}{}
+			bs.pinnedBytes += bs.size[id]
+		}
+	}
+	bs.pinsByIno[ino] = ids
+	return true
+}
+
+// unpin makes ino's pinned blocks evictable again.
+func (bs *blockStore) unpin(ino uint64) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	for _, id := range bs.pinsByIno[ino] {
+		delete(bs.pins, id)
+		if _, ok := bs.pinnedIn[id]; ok {
+			delete(bs.pinnedIn, id)
+			bs.pinnedBytes -= bs.size[id]
+			bs.lruIndex[id] = bs.lru.PushFront(id)
+		}
+	}
+	delete(bs.pinsByIno, ino)
+	bs.spaceFreed.Broadcast()
 }
 
 // trust records that block id's file holds exactly what meta describes,
@@ -488,9 +586,11 @@ func (bs *blockStore) markClean(id blockID) {
 	if _, clean := bs.lruIndex[id]; clean {
 		return
 	}
+	if _, pinned := bs.pinnedIn[id]; pinned {
+		return
+	}
 	bs.dirtyBytes -= sz
-	bs.cleanBytes += sz
-	bs.lruIndex[id] = bs.lru.PushFront(id)
+	bs.addCleanLocked(id, sz)
 	bs.spaceFreed.Broadcast()
 }
 
@@ -513,6 +613,10 @@ func (bs *blockStore) forgetLocked(id blockID) {
 	if e, clean := bs.lruIndex[id]; clean {
 		bs.lru.Remove(e)
 		delete(bs.lruIndex, id)
+		bs.cleanBytes -= sz
+	} else if _, pinned := bs.pinnedIn[id]; pinned {
+		delete(bs.pinnedIn, id)
+		bs.pinnedBytes -= sz
 		bs.cleanBytes -= sz
 	} else {
 		bs.dirtyBytes -= sz
@@ -538,15 +642,30 @@ func (bs *blockStore) usage() (clean, dirty int64) {
 // onPressure so they start now) until ctx ends or wait passes, then fails
 // with ErrNoSpace. dirty says whether the block to come is dirty: a clean
 // block that does not fit is simply not cached (ok false, no error).
+// Room means room in the accounting (the cache size) and on the disk:
+// the filesystem keeps minFree bytes free for the metadata store, whose
+// memory-mapped files would fault (SIGBUS) if the disk filled under them.
 func (bs *blockStore) reserve(ctx context.Context, n uint32, dirty bool, wait time.Duration) (ok bool, err error) {
 	need := bs.diskSize(n)
 	deadline := time.Now().Add(wait)
 	for {
 		victims := bs.evictFor(need)
 		bs.dropVictims(victims)
+		short, err := bs.diskShort(need)
+		if err != nil {
+			return false, err
+		}
+		if short > 0 {
+			// The disk is fuller than the accounting knows (a disk smaller
+			// than --cache-size, or other files on it): evict for it.
+			if victims := bs.evictBytes(short); len(victims) > 0 {
+				bs.dropVictims(victims)
+				continue
+			}
+		}
 		bs.mu.Lock()
-		fits := bs.cleanBytes+bs.dirtyBytes+need <= bs.limit
-		dirtyFits := bs.dirtyBytes+need <= bs.limit
+		fits := bs.cleanBytes+bs.dirtyBytes+need <= bs.limit && short <= 0
+		dirtyFits := bs.dirtyBytes+bs.pinnedBytes+need <= bs.limit && short <= 0
 		bs.mu.Unlock()
 		if fits {
 			return true, nil
@@ -567,6 +686,19 @@ func (bs *blockStore) reserve(ctx context.Context, n uint32, dirty bool, wait ti
 			return false, err
 		}
 	}
+}
+
+// diskShort returns how many bytes must be freed on the cache's filesystem
+// before need more can be written and minFree stay free (0 or less: none).
+func (bs *blockStore) diskShort(need int64) (int64, error) {
+	if bs.minFree <= 0 || bs.statfs == nil {
+		return 0, nil
+	}
+	free, err := bs.statfs()
+	if err != nil {
+		return 0, fmt.Errorf("cache disk: %w", err)
+	}
+	return need + bs.minFree - free, nil
 }
 
 func (bs *blockStore) waitFreed(ctx context.Context, d time.Duration) error {
@@ -632,71 +764,87 @@ func (bs *blockStore) dropVictims(victims []blockID) {
 }
 
 // sync makes every block written so far and the badger log durable.
-// Concurrent callers share one sync.
+// Concurrent callers share one sync. It also reports, once, the failure
+// of a background sync since the last one.
 func (bs *blockStore) sync() error {
-	return bs.syncer.do(func() error {
+	err := bs.syncer.do(bs.syncAll)
+	bs.mu.Lock()
+	ahead := bs.aheadErr
+	bs.aheadErr = nil
+	bs.mu.Unlock()
+	if err == nil && ahead != nil {
+		err = fmt.Errorf("an earlier sync of written blocks failed, so data written since may be lost: %w", ahead)
+	}
+	return err
+}
+
+// syncAll fsyncs the blocks written since the last sync, their
+// directories, and the badger log.
+func (bs *blockStore) syncAll() error {
+	bs.mu.Lock()
+	ids, newSubdir := bs.unsynced, bs.newSubdir
+	bs.unsynced, bs.newSubdir, bs.unsyncedBytes = make(map[blockID]struct{}), false, 0
+	bs.mu.Unlock()
+	fail := func(err error) error {
 		bs.mu.Lock()
-		ids, newSubdir := bs.unsynced, bs.newSubdir
-		bs.unsynced, bs.newSubdir, bs.unsyncedBytes = make(map[blockID]struct{}), false, 0
-		bs.mu.Unlock()
-		fail := func(err error) error {
-			bs.mu.Lock()
-			for id := range ids {
-				bs.unsynced[id] = struct{}{}
-			}
-			bs.newSubdir = bs.newSubdir || newSubdir
-			bs.mu.Unlock()
-			return fmt.Errorf("cache sync: %w", err)
-		}
-		// The files and the directories holding them, all at once: the
-		// filesystem commits concurrent fsyncs together, and a close
-		// waits for one commit rather than one per path.
-		paths := map[string]bool{}
-		if newSubdir {
-			paths[bs.dir] = true
-		}
 		for id := range ids {
-			p := bs.path(id)
-			paths[p] = true
-			paths[filepath.Dir(p)] = true
+			bs.unsynced[id] = struct{}{}
 		}
-		todo := make(chan string, len(paths))
-		for p := range paths {
-			todo <- p
-		}
-		close(todo)
-		var (
-			wg    sync.WaitGroup
-			errMu sync.Mutex
-			first error
-		)
-		for range min(len(paths), 16) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for p := range todo {
-					// A block dropped since has nothing to make durable.
-					if err := fsyncPath(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-						errMu.Lock()
-						first = cmp.Or(first, err)
-						errMu.Unlock()
-					}
+		bs.newSubdir = bs.newSubdir || newSubdir
+		bs.mu.Unlock()
+		return fmt.Errorf("cache sync: %w", err)
+	}
+	// The files and the directories holding them, all at once: the
+	// filesystem commits concurrent fsyncs together, and a close
+	// waits for one commit rather than one per path.
+	paths := map[string]bool{}
+	if newSubdir {
+		paths[bs.dir] = true
+	}
+	for id := range ids {
+		p := bs.path(id)
+		paths[p] = true
+		paths[filepath.Dir(p)] = true
+	}
+	todo := make(chan string, len(paths))
+	for p := range paths {
+		todo <- p
+	}
+	close(todo)
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		first error
+	)
+	for range min(len(paths), 16) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range todo {
+				// A block dropped since has nothing to make durable.
+				if err := fsyncPath(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					errMu.Lock()
+					first = cmp.Or(first, err)
+					errMu.Unlock()
 				}
-			}()
-		}
-		wg.Wait()
-		if first != nil {
-			return fail(first)
-		}
-		if err := bs.db.Sync(); err != nil {
-			return fmt.Errorf("cache sync: %w", err)
-		}
-		return nil
-	})
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return fail(first)
+	}
+	if err := bs.db.Sync(); err != nil {
+		return fmt.Errorf("cache sync: %w", err)
+	}
+	return nil
 }
 
 // fsyncPath makes a file's content, or a directory's entries, durable.
-func fsyncPath(p string) error {
+// Tests replace it to inject failures.
+var fsyncPath = fsyncFile
+
+func fsyncFile(p string) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return err

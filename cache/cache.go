@@ -13,7 +13,10 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/jonboulle/clockwork"
+	"golang.org/x/sys/unix"
 
+	"github.com/keelfs/keelfs/cache/writeback"
 	"github.com/keelfs/keelfs/s3backend"
 )
 
@@ -66,8 +69,33 @@ type Options struct {
 	// its page cache. InvalidateEntry likewise for a name that vanished.
 	Invalidate      func(ino uint64)
 	InvalidateEntry func(parent uint64, name string)
-	// Now replaces time.Now in tests.
-	Now func() time.Time
+	// Now stamps records (mtime, ctime) and measures the metadata TTL;
+	// default time.Now. Clock drives the write-back schedule (delays,
+	// backoff); default the real clock. Tests replace either.
+	Now   func() time.Time
+	Clock clockwork.Clock
+	// MinBackoff and MaxBackoff bound the wait before an upload that
+	// failed with a retryable error is tried again (doubling from the
+	// first to the second, with jitter); defaults 1s and 1m.
+	MinBackoff, MaxBackoff time.Duration
+	// CompleteMax is the most bytes of a partly edited file's unchanged
+	// content that are fetched into the cache (and kept there) while the
+	// edit is local, so that the local version can still be saved if
+	// another writer replaces the object first. Default the smaller of
+	// CacheSize/8 and 128 MiB; negative disables it.
+	CompleteMax int64
+	// MaxKeyLen is the longest object key, relative to the store's prefix,
+	// that a name may need (S3: 1024 bytes less the prefix); default 1024.
+	MaxKeyLen int
+	// SpaceWait is how long a writer waits for uploads to make room in a
+	// full cache before it gets ErrNoSpace; default 60s.
+	SpaceWait time.Duration
+	// MinFreeDisk is the free space kept on the cache's filesystem for
+	// the metadata store: blocks are not written into it (writers wait,
+	// then get ErrNoSpace), since badger's memory-mapped files fault
+	// (SIGBUS) when the disk fills under them. Default the smaller of
+	// 64 MiB and a tenth of the filesystem; negative disables it.
+	MinFreeDisk int64
 }
 
 func (o *Options) setDefaults() {
@@ -114,6 +142,24 @@ func (o *Options) setDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Clock == nil {
+		o.Clock = clockwork.NewRealClock()
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = time.Second
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(time.Minute, o.MinBackoff)
+	}
+	if o.CompleteMax == 0 {
+		o.CompleteMax = min(o.CacheSize/8, 128<<20)
+	}
+	if o.MaxKeyLen <= 0 {
+		o.MaxKeyLen = 1024
+	}
+	if o.SpaceWait <= 0 {
+		o.SpaceWait = 60 * time.Second
+	}
 	if o.FileMode == 0 {
 		o.FileMode = 0o644
 	}
@@ -123,25 +169,54 @@ func (o *Options) setDefaults() {
 }
 
 // Cache is the local state of one mount: metadata and blocks in the cache
-// directory, and the write-back machinery that brings S3 up to date.
+// directory, and the write-back that brings S3 up to date. It assembles
+// parts that each own their state and lock:
+//
+//   - ns (namespace.go): directory entries, inode records, claims and
+//     tombstones, and the in-memory state of active inodes.
+//   - blocks (blockstore.go): block files, their index, accounting and
+//     eviction.
+//   - wb (package writeback): when each upload or delete runs, in an
+//     explicit state per job.
+//   - rc (reconcile.go): what one attempt does (seal, send, apply the
+//     answer, the conflict path), run by wb.
+//   - fetch (fetch.go): blocks in flight from S3, read-ahead.
+//   - tasks (tasks.go): every background goroutine, waited for at Close.
 //
 // # Locking
 //
-// Lock order: Cache.nsMu before inodeState.mu before Cache.statesMu;
-// blockStore.mu and uploader.mu are leaves. Only holders of nsMu lock more
-// than one inodeState. No lock is held across an S3 request or while
-// waiting for cache space.
+// Lock order: namespace.mu before inodeState.mu before namespace.statesMu;
+// blockStore.mu, the scheduler's, fetcher.mu and tasks.mu are leaves. Only
+// holders of namespace.mu lock more than one inodeState. No lock is held
+// across an S3 request or while waiting for cache space.
 type Cache struct {
-	opt    Options
-	store  s3backend.ObjectStore
-	db     *badger.DB
-	blocks *blockStore
-	log    *slog.Logger
-	stats  Stats
+	opt   Options
+	store s3backend.ObjectStore
+	db    *badger.DB
+	log   *slog.Logger
+	stats Stats
 
-	// nsMu serialises every change to the namespace: directory entries,
+	ns     namespace
+	blocks *blockStore
+	wb     *writeback.Scheduler
+	rc     reconciler
+	fetch  fetcher
+	tasks  *tasks
+
+	bufMem    *bufferBudget
+	zeroBlock []byte   // a block of zeros, shared read-only
+	badKeys   sync.Map // keys already logged as unusable
+	closeOnce sync.Once
+}
+
+// namespace is the part of the cache that owns names and records.
+//
+// Lock order: mu before inodeState.mu before statesMu before namesMu.
+type namespace struct {
+	// mu serialises every change to the namespace: directory entries,
 	// claims, tombstones and inode allocation, and the merge of listings.
-	nsMu sync.Mutex
+	// See Cache.update.
+	mu sync.Mutex
 
 	statesMu sync.Mutex
 	states   map[uint64]*inodeState // guarded by statesMu
@@ -153,29 +228,6 @@ type Cache struct {
 	namesMu  sync.Mutex
 	namesSeq uint64            // guarded by namesMu
 	namesVer map[uint64]uint64 // directory ino -> namesSeq of its last change; guarded by namesMu
-
-	up     *uploader
-	bufMem *bufferBudget
-
-	fetchOnce sync.Once
-	fetch     *fetcher
-
-	// Background fetches (read-ahead, fills) run under bgCtx and are
-	// waited for at Close; see goBackground.
-	bgCtx     context.Context
-	bgStop    context.CancelFunc
-	bgMu      sync.Mutex
-	bgClosed  bool // guarded by bgMu
-	bg        sync.WaitGroup
-	zeroBlock []byte // a block of zeros, shared read-only
-
-	// Parts sent while files are written (see stream) share these slots.
-	streamOnce sync.Once
-	streamSem  chan struct{}
-
-	badKeys   sync.Map // keys already logged as unusable
-	closeOnce sync.Once
-	closed    chan struct{}
 }
 
 // Open opens (creating if needed) the cache in opt.Dir and resumes the
@@ -196,20 +248,28 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		return nil, err
 	}
 	c := &Cache{
-		opt:      opt,
-		store:    opt.Store,
-		db:       db,
-		log:      opt.Logger,
-		states:   make(map[uint64]*inodeState),
-		namesVer: make(map[uint64]uint64),
-		closed:   make(chan struct{}),
+		opt:   opt,
+		store: opt.Store,
+		db:    db,
+		log:   opt.Logger,
+		ns: namespace{
+			states:   make(map[uint64]*inodeState),
+			namesVer: make(map[uint64]uint64),
+		},
+		fetch: fetcher{inflight: make(map[blockID]*fetchCall), sem: make(chan struct{}, 16)},
+		rc:    reconciler{deleting: make(map[string]bool)},
+		tasks: newTasks(),
 	}
-	c.bgCtx, c.bgStop = context.WithCancel(context.Background())
-	c.seq.Store(uint64(opt.Now().UnixNano()))
+	c.ns.seq.Store(uint64(opt.Now().UnixNano()))
 	c.zeroBlock = make([]byte, opt.BlockSize)
 	c.bufMem = newBufferBudget(max(16<<20, 8*opt.BlockSize))
 	c.blocks, err = newBlockStore(filepath.Join(opt.Dir, "blocks"), db, opt.CacheSize, opt.EncryptionKey, opt.Logger)
 	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	c.blocks.goBackground = c.tasks.Go
+	if c.blocks.minFree, err = minFreeFor(opt.MinFreeDisk, opt.Dir); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -221,18 +281,29 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		db.Close()
 		return nil, err
 	}
-	c.up = newUploader(c)
-	c.blocks.onPressure = c.up.pressure
+	c.wb = writeback.New(writeback.Options{
+		Run: c.runJob, Workers: opt.MaxUploads, Delay: opt.WriteBackDelay, MaxDirtyAge: maxDirtyAge,
+		MinBackoff: opt.MinBackoff, MaxBackoff: opt.MaxBackoff, Clock: opt.Clock,
+		Go: func(f func()) {
+			if !c.tasks.Go(f) {
+				f() // closing: the attempt sees its cancelled context at once
+			}
+		},
+	})
+	c.blocks.onPressure = c.wb.Pressure
 	if err := c.recover(ctx); err != nil {
+		c.wb.Stop()
+		c.tasks.close()
 		db.Close()
 		return nil, err
 	}
 	if err := c.abortOrphanStreams(); err != nil {
+		c.wb.Stop()
+		c.tasks.close()
 		db.Close()
 		return nil, fmt.Errorf("cache recovery: %w", err)
 	}
-	c.up.start()
-	go c.maintain()
+	c.tasks.Go(c.maintain)
 	return c, nil
 }
 
@@ -241,13 +312,8 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 func (c *Cache) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
-		close(c.closed)
-		c.bgMu.Lock()
-		c.bgClosed = true
-		c.bgMu.Unlock()
-		c.bgStop()
-		c.bg.Wait()
-		c.up.stop()
+		c.wb.Stop() // attempts end first: they may start tasks of their own
+		c.tasks.close()
 		c.flushAllBuffers()
 		c.blocks.closeFiles()
 		if serr := c.blocks.sync(); serr != nil {
@@ -258,6 +324,23 @@ func (c *Cache) Close() error {
 		}
 	})
 	return err
+}
+
+// minFreeFor works out Options.MinFreeDisk for the filesystem of dir: as
+// set, or by default the smaller of 64 MiB and a tenth of the filesystem
+// (badger needs a few memtables' worth: 2 x 16 MiB, plus table builds).
+func minFreeFor(opt int64, dir string) (int64, error) {
+	switch {
+	case opt < 0:
+		return 0, nil
+	case opt > 0:
+		return opt, nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("cache dir: %w", err)
+	}
+	return min(64<<20, int64(st.Blocks)*st.Bsize/10), nil
 }
 
 // superblock guards against opening a cache written with a different block
@@ -303,9 +386,9 @@ func (c *Cache) now() int64 { return c.opt.Now().UnixNano() }
 // they were in flight.
 func (c *Cache) nextSeq() uint64 {
 	for {
-		old := c.seq.Load()
+		old := c.ns.seq.Load()
 		n := max(old+1, uint64(c.opt.Now().UnixNano()))
-		if c.seq.CompareAndSwap(old, n) {
+		if c.ns.seq.CompareAndSwap(old, n) {
 			return n
 		}
 	}
@@ -319,29 +402,24 @@ func (c *Cache) newGen() uint64 { return c.nextSeq() }
 
 // inodeState is the in-memory side of an inode that is open, being written,
 // uploaded or changed. While it exists, rec is the authoritative record.
+// Its upload life is not here: that is the scheduler's job state.
 type inodeState struct {
 	ino  uint64
-	refs int // guarded by Cache.statesMu
+	refs int // guarded by namespace.statesMu
 
-	mu   sync.Mutex
-	cond *sync.Cond // on mu: upload progress, for fsync
-	rec  *Inode     // nil once the inode is gone
-	buf  *writeBuf  // partial block not yet in the block store
+	mu  sync.Mutex
+	rec *Inode    // nil once the inode is gone
+	buf *writeBuf // partial block not yet in the block store
 
-	handles     int    // open file handles
-	writers     int    // of which opened for writing
-	changes     uint64 // every change: data, attributes, name
-	dataChanges uint64 // changes of content or size only
-	dirtySince  time.Time
-	synced      uint64 // changes covered by the last upload that landed
-	attempts    uint64 // upload attempts finished
-	lastErr     error  // of the last attempt
-	lastChange  time.Time
-	uploading   bool
-	// cacheVer identifies the content the kernel may have cached; it
-	// changes when another writer's version replaces ours.
-	cacheVer  uint64
-	openedVer uint64
+	handles int // open file handles
+	writers int // of which opened for writing
+	// dataChanges counts changes of content or size: an upload that ends
+	// with it unchanged since its seal leaves nothing of the data pending.
+	dataChanges uint64
+	// upload is the plan of the attempt in flight, sealed under the
+	// locks; nil when none runs. While it is set the inode is neither
+	// finalized nor are its blocks collected.
+	upload    *uploadPlan
 	readAhead readAhead
 	stream    *stream // parts sent while the file is written; nil if none
 }
@@ -349,11 +427,11 @@ type inodeState struct {
 // acquire returns the state of ino, loading the record if needed. Every
 // acquire is paired with a release.
 func (c *Cache) acquire(ino uint64) (*inodeState, error) {
-	c.statesMu.Lock()
-	st := c.states[ino]
+	c.ns.statesMu.Lock()
+	st := c.ns.states[ino]
 	if st != nil {
 		st.refs++
-		c.statesMu.Unlock()
+		c.ns.statesMu.Unlock()
 		st.mu.Lock()
 		gone := st.rec == nil
 		st.mu.Unlock()
@@ -364,18 +442,11 @@ func (c *Cache) acquire(ino uint64) (*inodeState, error) {
 		return st, nil
 	}
 	st = &inodeState{ino: ino, refs: 1}
-	st.cond = sync.NewCond(&st.mu)
 	st.mu.Lock() // nobody else can see st before it is loaded
-	c.states[ino] = st
-	c.statesMu.Unlock()
+	c.ns.states[ino] = st
+	c.ns.statesMu.Unlock()
 	rec, err := c.loadInode(ino)
 	st.rec = rec
-	if rec != nil && rec.needsWork() {
-		// Work left by handles closed before this state was loaded (or by
-		// the previous mount) counts as one change not yet synced, so that
-		// fsync on a new handle waits for it instead of returning at once.
-		st.changes = 1
-	}
 	st.mu.Unlock()
 	if err != nil {
 		c.release(st)
@@ -385,11 +456,11 @@ func (c *Cache) acquire(ino uint64) (*inodeState, error) {
 }
 
 func (c *Cache) release(st *inodeState) {
-	c.statesMu.Lock()
-	defer c.statesMu.Unlock()
+	c.ns.statesMu.Lock()
+	defer c.ns.statesMu.Unlock()
 	st.refs--
 	if st.refs == 0 {
-		delete(c.states, st.ino)
+		delete(c.ns.states, st.ino)
 	}
 }
 
@@ -397,11 +468,10 @@ func (c *Cache) release(st *inodeState) {
 // caller holds nsMu and gets st locked.
 func (c *Cache) newState(rec *Inode) *inodeState {
 	st := &inodeState{ino: rec.Ino, refs: 1, rec: rec}
-	st.cond = sync.NewCond(&st.mu)
 	st.mu.Lock()
-	c.statesMu.Lock()
-	c.states[rec.Ino] = st
-	c.statesMu.Unlock()
+	c.ns.statesMu.Lock()
+	c.ns.states[rec.Ino] = st
+	c.ns.statesMu.Unlock()
 	return st
 }
 
@@ -451,12 +521,12 @@ func getDentry(txn *badger.Txn, parent uint64, name string) (dentry, bool, error
 // snapshot returns a copy of the current record of ino: the in-memory one
 // if the inode is active, else the stored one.
 func (c *Cache) snapshot(ino uint64) (*Inode, error) {
-	c.statesMu.Lock()
-	st := c.states[ino]
+	c.ns.statesMu.Lock()
+	st := c.ns.states[ino]
 	if st != nil {
 		st.refs++
 	}
-	c.statesMu.Unlock()
+	c.ns.statesMu.Unlock()
 	if st == nil {
 		return c.loadInode(ino)
 	}
@@ -490,16 +560,22 @@ func claimsOf(n *Inode) []string {
 }
 
 // putInode stores rec and keeps the journal and claim indexes in step with
-// it. old is the record as stored before (nil for a new inode).
+// it. old is the record as it was before the change (nil for a new inode).
 func putInode(txn *badger.Txn, old, rec *Inode) error {
-	if err := txn.Set(inodeKey(rec.Ino), rec.marshal()); err != nil {
+	return storeInode(txn, old, rec, rec.marshal())
+}
+
+// storeInode is putInode with the record already marshalled.
+func storeInode(txn *badger.Txn, old, rec *Inode, b []byte) error {
+	if err := txn.Set(inodeKey(rec.Ino), b); err != nil {
 		return err
 	}
+	// The journal entry is set with every stored record that needs work,
+	// not only when old did not: old is the record as it was in memory,
+	// and a write marks it pending there long before it is stored.
 	if rec.needsWork() {
-		if old == nil || !old.needsWork() {
-			if err := txn.Set(journalKey(rec.Ino), nil); err != nil {
-				return err
-			}
+		if err := txn.Set(journalKey(rec.Ino), nil); err != nil {
+			return err
 		}
 	} else if old != nil && old.needsWork() {
 		if err := txn.Delete(journalKey(rec.Ino)); err != nil {
@@ -607,6 +683,10 @@ type Stats struct {
 	BytesUploaded atomic.Int64
 	PartsStreamed atomic.Int64 // parts sent while their file was being written
 	PartsReused   atomic.Int64 // of which an upload of the sealed file used
+	// Unrecoverable counts uploads that failed for good because the local
+	// version of a partly edited file could not be completed (see
+	// errIncomplete).
+	Unrecoverable atomic.Int64
 }
 
 // Stats returns the cache's counters.

@@ -83,6 +83,7 @@ func newEnv(t *testing.T, mod func(*Options)) *env {
 	e.clock.ns.Store(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())
 	e.opt = Options{Dir: e.dir, Store: e.store, BlockSize: 64 << 10, CacheSize: 64 << 20, MetadataTTL: time.Second,
 		WriteBackDelay: 0, PartSize: 5 << 20, ConditionalWrites: true, Hostname: "testhost",
+		MinBackoff: 2 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, SpaceWait: 10 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelInfo})), Now: e.clock.Now}
 	if mod != nil {
 		mod(&e.opt)
@@ -588,7 +589,9 @@ func TestMultipartPartCopy(t *testing.T) {
 }
 
 func TestConflictKeepsBoth(t *testing.T) {
-	e := newEnv(t, nil)
+	// Nothing is uploaded before the fsync: the other writer must get in
+	// between the write and the upload.
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
 	e.logs.allow("conflict")
 	e.store.PutObject("shared", []byte("original"), nil)
 	if got := string(e.read("shared")); got != "original" {

@@ -25,33 +25,54 @@
 // the old object is never served as part of the new one. The bytes live in
 // files under blocks/, indexed in badger (see blockstore.go for why they
 // are not badger values). Clean blocks are evicted least recently used to
-// keep the cache within CacheSize; when dirty data alone fills it, writers
-// wait for uploads and then get ErrNoSpace.
+// keep the cache within CacheSize and the disk above MinFreeDisk; when
+// dirty data alone fills it, writers wait for uploads and then get
+// ErrNoSpace.
 //
 // # Journal
 //
 // An inode with work pending (content or attributes not in S3, a name that
 // moved away from its object, an unlink) has a journal entry j/<ino>, set
-// in the same transaction as the change. A deleted object waits as a
-// tombstone t/<key>. An object key that an inode still needs after a
-// rename or unlink is claimed (k/<key>) so that nothing else writes it
-// first and listings do not show it twice. The uploader (uploader.go,
-// reconcile.go) works the journal off; Open resumes what a previous
-// process left, so a crash or kill -9 loses nothing that reached the cache.
+// in the same transaction as every stored record that needs work. A
+// deleted object waits as a tombstone t/<key>. An object key that an inode
+// still needs after a rename or unlink is claimed (k/<key>) so that
+// nothing else writes it first and listings do not show it twice. Open
+// resumes what a previous process left, so a crash or kill -9 loses
+// nothing that reached the cache.
+//
+// # Write-back
+//
+// Package writeback decides when uploads run: one job per inode or
+// tombstone, in one explicit state (pending, uploading, backing-off,
+// waiting-for-key, conflicted, failed), in a heap woken by one timer of
+// an injected clock. Its Runner is the reconciler (reconcile.go): one
+// attempt seals a snapshot under the locks, sends it without them
+// (push.go) and applies the answer, and classify turns every error into
+// a retry with backoff or a permanent failure, which keeps the data and
+// is reported (Status, Drain, fsync) rather than retried. The conflict
+// path (conflict.go) always ends. Changes an application makes tell the
+// scheduler (transact with txChange); the cache's own bookkeeping does
+// not, so a listing never makes an upload run again.
 //
 // # Durability
 //
 // Writes go to a one-block buffer per file and then to the block store.
-// Flush (close) makes them durable in the cache (badger Sync and syncfs);
-// Fsync waits until the upload that contains them has landed. Uploads are
-// conditional on the ETag the edit started from (If-Match) or on absence
-// (If-None-Match); a 412 from another writer keeps both versions, the local
-// one as NAME.conflict-HOST-TIME.
+// Flush (close) makes them durable in the cache (fsync of the block files
+// and badger's log); Fsync waits until the upload that contains them has
+// landed; SyncDir (fsync of a directory) until the namespace changes in
+// the directory have. Uploads are conditional on the ETag the edit
+// started from (If-Match) or on absence (If-None-Match); a 412 from
+// another writer keeps both versions, the local one as
+// NAME.conflict-HOST-TIME. The unchanged blocks of a partly edited file
+// are fetched and kept while the edit is local, so that the local version
+// can be completed even after another writer replaced the object.
 //
 // # Locking
 //
-// See Cache: nsMu (namespace) before inodeState.mu before statesMu. No lock
-// is held across an S3 request or while waiting for cache space.
+// See Cache: namespace.mu before inodeState.mu before namespace.statesMu.
+// No lock is held across an S3 request or while waiting for cache space.
+// Every goroutine the cache starts goes through tasks, which Close waits
+// for.
 //
 // # Errors
 //

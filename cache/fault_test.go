@@ -640,7 +640,8 @@ func (l *lostAnswersAll) CompleteMultipart(ctx context.Context, key, id string, 
 // stays pending and lands once writing is allowed.
 func TestFsyncReportsAccessDenied(t *testing.T) {
 	e := newEnv(t, nil)
-	e.logs.allow("upload failed; will retry")
+	e.logs.allow("access denied") // an ERROR: not retried until a flush
+	e.logs.allow("upload succeeded after failed attempts")
 	var deny atomic.Bool
 	deny.Store(true)
 	e.store.SetHook(func(op, key string) error {

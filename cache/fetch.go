@@ -40,18 +40,15 @@ func (c *Cache) releaseCall(call *fetchCall) {
 }
 
 // fetcher tracks blocks in flight and bounds the GETs running at once.
+//
+// Lock order: fetcher.mu is a leaf.
 type fetcher struct {
 	mu       sync.Mutex
-	inflight map[blockID]*fetchCall
-	sem      chan struct{}
+	inflight map[blockID]*fetchCall // guarded by mu
+	sem      chan struct{}          // background GETs running
 }
 
-func (c *Cache) fetchState() *fetcher {
-	c.fetchOnce.Do(func() {
-		c.fetch = &fetcher{inflight: make(map[blockID]*fetchCall), sem: make(chan struct{}, 16)}
-	})
-	return c.fetch
-}
+func (c *Cache) fetchState() *fetcher { return &c.fetch }
 
 // fetchBlock returns a clean block from S3 (joining a fetch in flight),
 // storing it in the cache on the way.
@@ -100,27 +97,30 @@ func (c *Cache) runBackground(r fetchRun) {
 	select {
 	case f.sem <- struct{}{}:
 		defer func() { <-f.sem }()
-	case <-c.bgCtx.Done():
+	case <-c.tasks.ctx.Done():
 	}
-	c.runFetch(c.bgCtx, r.src, r.from, r.to, r.calls)
+	c.runFetch(c.tasks.ctx, r.src, r.from, r.to, r.calls)
 }
 
-// goBackground runs fn in a goroutine that Close waits for. Once the cache
-// is closing, it runs fn at once instead, under the cancelled bgCtx, so
-// that fetches already claimed fail rather than leave readers waiting.
+// goBackground runs fn as a tracked task. Once the cache is closing, it
+// runs fn at once instead, under the ended task context, so that fetches
+// already claimed fail rather than leave readers waiting.
 func (c *Cache) goBackground(fn func()) {
-	c.bgMu.Lock()
-	if c.bgClosed {
-		c.bgMu.Unlock()
+	if !c.tasks.Go(fn) {
 		fn()
-		return
 	}
-	c.bg.Add(1)
-	c.bgMu.Unlock()
-	go func() {
-		defer c.bg.Done()
-		fn()
-	}()
+}
+
+// failRun ends every call of a claimed run with err, without a request.
+func (c *Cache) failRun(r fetchRun, err error) {
+	f := c.fetchState()
+	for i, call := range r.calls {
+		call.err = err
+		f.mu.Lock()
+		delete(f.inflight, blockID{r.src.id.ino, r.src.id.gen, r.from + int64(i)})
+		f.mu.Unlock()
+		close(call.done)
+	}
 }
 
 // fetchRun is a contiguous range of blocks of one object version, claimed
@@ -201,7 +201,7 @@ func (c *Cache) fillForRandom(st *inodeState, rec *Inode) {
 	bs := c.opt.BlockSize
 	nblocks := (rec.Size + bs - 1) / bs
 	for from := int64(0); from < nblocks; from += parallel * prefetchChunk {
-		if c.bgCtx.Err() != nil {
+		if c.tasks.ctx.Err() != nil {
 			return
 		}
 		runs := c.claim(rec, from, min(from+parallel*prefetchChunk, nblocks))

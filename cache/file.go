@@ -7,10 +7,10 @@ import (
 	"io/fs"
 	"sync"
 	"syscall"
-	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 
+	"github.com/keelfs/keelfs/cache/writeback"
 	"github.com/keelfs/keelfs/s3backend"
 )
 
@@ -257,7 +257,7 @@ func (c *Cache) readBlock(ctx context.Context, h *Handle, idx int64) (data []byt
 		if attempt > 0 && src == last {
 			return nil, nil, err // the source did not move: the failure stands
 		}
-		data, release, err = c.loadBlock(ctx, src)
+		data, release, err = c.loadBlock(ctx, src, st)
 		// A rename's copy and delete can land between working out a
 		// clean block's object and fetching it: look again.
 		if err == nil || !errors.Is(err, ErrStale) || attempt == 3 {
@@ -295,44 +295,79 @@ func (c *Cache) readCachedRange(h *Handle, idx, off int64, dst []byte) bool {
 	return true
 }
 
+// testHookBlockLookedUp, if set, runs between a block's index lookup and
+// the read of its file.
+var testHookBlockLookedUp func(blockID)
+
+// readLocal reads a block from the block store; found is false when it is
+// not cached (a clean block then comes from S3). It never asks S3, so it
+// may be called with the inode's lock held. st, when not nil (and not
+// locked by the caller), is the block's inode: a writer rewrites a dirty
+// block by renaming its new file into place and then updating the index,
+// under st.mu, so a read that took the index entry before and the file
+// after fails its checksum; it is read again under that lock, where the
+// two agree.
+func (c *Cache) readLocal(src blockSource, st *inodeState) (data []byte, release func(), found bool, err error) {
+	meta, found, err := c.blockMeta(src.id)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	buf := c.getBlockBuf()
+	release = func() { c.putBlockBuf(buf) }
+	if found {
+		if testHookBlockLookedUp != nil {
+			testHookBlockLookedUp(src.id)
+		}
+		err = c.blocks.read(src.id, meta, buf)
+		if err != nil && src.dirty && st != nil {
+			st.mu.Lock()
+			if meta, found, err = c.blockMeta(src.id); err == nil && found {
+				err = c.blocks.read(src.id, meta, buf)
+			}
+			st.mu.Unlock()
+		}
+	}
+	switch {
+	case err == nil && found:
+		c.stats.CacheHits.Add(1)
+		return buf[:meta.Len], release, true, nil
+	case err == nil && src.dirty:
+		release()
+		c.log.Error("cache: block of data not yet uploaded is missing", "block", fmt.Sprint(src.id))
+		return nil, nil, false, fmt.Errorf("%w: dirty block %v missing", ErrCorrupt, src.id)
+	case err == nil:
+	case src.dirty:
+		release()
+		c.log.Error("cache: block of data not yet uploaded is unreadable", "err", err)
+		return nil, nil, false, err
+	case errors.Is(err, fs.ErrNotExist):
+		// The file of a clean block went away between the index lookup
+		// and the read: evicted or dropped by another goroutine, which may
+		// also have raced a fetch that stored the same block again. Not
+		// corruption: forget what is left and fetch it.
+		c.log.Debug("cache: cached block vanished; fetching it again", "block", fmt.Sprint(src.id))
+		c.deleteBlocks([]blockID{src.id})
+	case errors.Is(err, ErrCorrupt):
+		c.log.Warn("cache: dropping unreadable cached block", "err", err)
+		c.deleteBlocks([]blockID{src.id})
+	default:
+		release()
+		return nil, nil, false, err
+	}
+	release()
+	return nil, nil, false, nil
+}
+
 // loadBlock reads a block from the store, or from S3 for a clean block
-// that is not cached.
-func (c *Cache) loadBlock(ctx context.Context, src blockSource) ([]byte, func(), error) {
+// that is not cached. st is as for readLocal.
+func (c *Cache) loadBlock(ctx context.Context, src blockSource, st *inodeState) ([]byte, func(), error) {
 	if src.hole {
 		return c.zeroBlock, func() {}, nil // callers never write to it
 	}
-	buf := c.getBlockBuf()
-	release := func() { c.putBlockBuf(buf) }
-	meta, found, err := c.blockMeta(src.id)
-	if err != nil {
-		release()
-		return nil, nil, err
+	data, release, found, err := c.readLocal(src, st)
+	if err != nil || found {
+		return data, release, err
 	}
-	if found {
-		if err := c.blocks.read(src.id, meta, buf); err == nil {
-			c.stats.CacheHits.Add(1)
-			return buf[:meta.Len], release, nil
-		} else if src.dirty {
-			release()
-			c.log.Error("cache: block of data not yet uploaded is unreadable", "err", err)
-			return nil, nil, err
-		} else if errors.Is(err, fs.ErrNotExist) {
-			// The file of a clean block went away between the index lookup
-			// and the read: evicted or dropped by another goroutine, which
-			// may also have raced a fetch that stored the same block
-			// again. Not corruption: forget what is left and fetch it.
-			c.log.Debug("cache: cached block vanished; fetching it again", "block", fmt.Sprint(src.id))
-			c.deleteBlocks([]blockID{src.id})
-		} else {
-			c.log.Warn("cache: dropping unreadable cached block", "err", err)
-			c.deleteBlocks([]blockID{src.id})
-		}
-	} else if src.dirty {
-		release()
-		c.log.Error("cache: block of data not yet uploaded is missing", "block", fmt.Sprint(src.id))
-		return nil, nil, fmt.Errorf("%w: dirty block %v missing", ErrCorrupt, src.id)
-	}
-	release()
 	if src.key == "" {
 		return nil, nil, ErrStale
 	}
@@ -406,17 +441,22 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 		n += len(chunk)
 	}
 	st.mu.Lock()
-	first := false
-	if st.rec != nil {
+	first, live := false, st.rec != nil
+	if live {
 		now := c.now()
 		st.rec.Mtime, st.rec.Ctime = now, now
 		first = st.rec.Pending&pendData == 0
 		st.rec.Pending |= pendData
-		st.noteDataChange()
+		st.dataChanges++
 	}
 	st.mu.Unlock()
+	if live {
+		// Every write counts, so that an fsync waits for an upload that
+		// holds it, and the upload waits for the writer to pause.
+		c.wb.Add(writeback.Inode(st.ino))
+	}
 	if first {
-		c.up.notify(st.ino) // so an open file idle for WriteBackDelay is uploaded
+		c.startFetchAhead(st.ino)
 	}
 	c.streamAfterWrite(st, off, int64(n))
 	return n, nil
@@ -428,6 +468,8 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch func([]byte), whole bool, growTo int64) error {
 	reserved := false
 	staleRetries := 0
+	var fetched []byte // the block's old content, fetched without the lock
+	var fetchedSrc blockSource
 	for {
 		pooled := false
 		st.mu.Lock()
@@ -456,7 +498,7 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 		if !inOpenGen && !reserved {
 			// A new dirty block: make room first, without the lock.
 			st.mu.Unlock()
-			if _, err := c.blocks.reserve(ctx, uint32(c.opt.BlockSize), true, c.spaceWait()); err != nil {
+			if _, err := c.blocks.reserve(ctx, uint32(c.opt.BlockSize), true, c.opt.SpaceWait); err != nil {
 				return err
 			}
 			reserved = true
@@ -464,20 +506,23 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 		}
 		var base []byte
 		if !whole && !src.hole {
-			local := src.dirty
-			if !local {
-				_, found, err := c.blockMeta(src.id)
-				if err != nil {
-					st.mu.Unlock()
-					return err
-				}
-				local = found
-			}
-			if !local {
-				// The old content is only in S3: fetch it without the lock,
-				// then start over (the file may have changed meanwhile).
+			// Under the lock the old content comes from the block store
+			// only: never from S3 (see readLocal).
+			data, release, found, err := c.readLocal(src, nil)
+			if err != nil {
 				st.mu.Unlock()
-				_, release, err := c.loadBlock(ctx, src)
+				return err
+			}
+			if !found && fetched != nil && fetchedSrc == src {
+				data, release, found = fetched, func() {}, true
+			}
+			if !found {
+				// The old content is only in S3 (never cached, or evicted
+				// just now): fetch it without the lock, then start over,
+				// since the file may have changed meanwhile. The fetched
+				// copy is kept, in case the cache cannot keep it.
+				st.mu.Unlock()
+				data, release, err := c.loadBlock(ctx, src, nil)
 				if err != nil {
 					if errors.Is(err, ErrStale) && staleRetries < 3 {
 						staleRetries++ // the object may have moved meanwhile: look again
@@ -485,16 +530,14 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 					}
 					return err
 				}
+				if fetched == nil {
+					fetched = c.getBlockBuf()
+					defer func() { c.putBlockBuf(fetched) }()
+				}
+				fetched = fetched[:copy(fetched[:cap(fetched)], data)]
+				fetchedSrc = src
 				release()
 				continue
-			}
-			data, release, err := c.loadBlock(ctx, src)
-			if err != nil {
-				st.mu.Unlock()
-				if errors.Is(err, ErrCorrupt) && !src.dirty {
-					continue // dropped a bad clean block; fetch again
-				}
-				return err
 			}
 			base = c.bufMem.get(c.opt.BlockSize)
 			pooled = base != nil
@@ -530,10 +573,6 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 		return err
 	}
 }
-
-// spaceWait is how long a writer waits for uploads to make room before it
-// gets ENOSPC.
-func (c *Cache) spaceWait() time.Duration { return 60 * time.Second }
 
 // flushBufLocked stores the write buffer as a dirty block and records it in
 // the block map, in one transaction. st.mu is held.
@@ -654,10 +693,10 @@ func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
 	if err := c.persistDataLocked(st); err != nil {
 		return err
 	}
-	st.noteDataChange()
-	c.up.notify(ino)
-	if !st.uploading {
-		go c.dropUnusedBlocks(ino)
+	st.dataChanges++
+	c.wb.Add(writeback.Inode(ino))
+	if st.upload == nil {
+		c.tasks.Go(func() { c.dropUnusedBlocks(ino) })
 	}
 	return nil
 }
@@ -758,63 +797,50 @@ func (h *Handle) Release(ctx context.Context) error {
 	}
 	last := st.handles == 0
 	unlinked := st.rec != nil && st.rec.Unlinked
-	needs := st.rec != nil && st.rec.needsWork()
-	if h.write && st.writers == 0 {
-		st.lastChange = time.Now()
-	}
+	written := h.write && st.rec != nil && st.rec.needsWork()
 	st.mu.Unlock()
+	ino := st.ino
 	if last && unlinked {
-		c.finalizeIfIdle(st.ino)
-	} else if needs {
-		c.up.notify(st.ino)
+		c.finalizeIfIdle(ino)
+	} else if written {
+		c.wb.Add(writeback.Inode(ino)) // the write-back delay runs from the close
 	}
 	if last {
-		go c.dropUnusedBlocks(st.ino)
+		c.tasks.Go(func() { c.dropUnusedBlocks(ino) })
 	}
 	c.release(st)
 	return err
 }
 
 // finalizeIfIdle deletes an unlinked inode once no handle or upload uses
-// it.
+// it. Should that fail, the inode's job finishes it later (see seal).
 func (c *Cache) finalizeIfIdle(ino uint64) {
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	n, err := t.get(ino)
+	err := c.transact(txChange, func(t *nsTx) error {
+		n, err := t.get(ino)
+		if err != nil {
+			return errNoChange
+		}
+		st := t.state(ino)
+		if !n.Unlinked || st.handles > 0 || st.upload != nil {
+			return errNoChange
+		}
+		c.finalizeLocked(t, n)
+		return nil
+	})
 	if err != nil {
-		t.abort()
-		return
-	}
-	st := t.state(ino)
-	if !n.Unlinked || st.handles > 0 || st.uploading {
-		t.abort()
-		return
-	}
-	c.finalizeLocked(t, n)
-	if err := t.commit(); err != nil {
-		c.log.Error("cache: delete unlinked file", "err", err)
-	}
-}
-
-// noteDataChange counts a change of content or size (st.mu held).
-func (st *inodeState) noteDataChange() {
-	st.changes++
-	st.dataChanges++
-	st.lastChange = time.Now()
-	if st.dirtySince.IsZero() {
-		st.dirtySince = st.lastChange
+		c.log.Warn("cache: delete of an unlinked file postponed", "err", err)
+		c.wb.AddNow(writeback.Inode(ino))
 	}
 }
 
 // flushAllBuffers stores every pending write buffer (at Close).
 func (c *Cache) flushAllBuffers() {
-	c.statesMu.Lock()
-	states := make([]*inodeState, 0, len(c.states))
-	for _, st := range c.states {
+	c.ns.statesMu.Lock()
+	states := make([]*inodeState, 0, len(c.ns.states))
+	for _, st := range c.ns.states {
 		states = append(states, st)
 	}
-	c.statesMu.Unlock()
+	c.ns.statesMu.Unlock()
 	for _, st := range states {
 		st.mu.Lock()
 		if st.buf != nil {
@@ -832,17 +858,17 @@ func (c *Cache) flushAllBuffers() {
 // be garbage: a write that starts afterwards gets a newer generation, so
 // its blocks are never swept.
 func (c *Cache) dropUnusedBlocks(ino uint64) {
-	c.statesMu.Lock()
-	st := c.states[ino]
+	c.ns.statesMu.Lock()
+	st := c.ns.states[ino]
 	if st != nil {
 		st.refs++
 	}
-	c.statesMu.Unlock()
+	c.ns.statesMu.Unlock()
 	var rec *Inode
-	upTo := c.seq.Load() // generations handed out from now on are newer
+	upTo := c.ns.seq.Load() // generations handed out from now on are newer
 	if st != nil {
 		st.mu.Lock()
-		if st.rec == nil || st.uploading || st.handles > 0 {
+		if st.rec == nil || st.upload != nil || st.handles > 0 {
 			st.mu.Unlock()
 			c.release(st)
 			return

@@ -49,7 +49,7 @@ func (f *flight) do(key uint64, fn func() error) error {
 // object version whose headers are not known yet, many at once. Local
 // changes not yet in S3 always win over what the listing says.
 func (c *Cache) fill(ctx context.Context, ino uint64) error {
-	return c.fills.do(ino, func() error { return c.doFill(ctx, ino) })
+	return c.ns.fills.do(ino, func() error { return c.doFill(ctx, ino) })
 }
 
 func (c *Cache) doFill(ctx context.Context, ino uint64) error {
@@ -112,22 +112,19 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 			return err
 		}
 	}
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	d, err := t.get(ino)
-	if err != nil {
-		t.abort()
-		return err
-	}
-	if d.Path != dir.Path {
-		t.abort()
+	return c.transact(txBookkeeping, func(t *nsTx) error {
+		d, err := t.get(ino)
+		if err != nil {
+			return err
+		}
+		if d.Path != dir.Path {
+			return errNoChange // moved while listed
+		}
+		d.ListedUntil = c.now() + int64(c.opt.MetadataTTL)
+		d.FillEpoch = epoch
+		d.Entries = count
 		return nil
-	}
-	d.ListedUntil = c.now() + int64(c.opt.MetadataTTL)
-	d.FillEpoch = epoch
-	d.Entries = count
-	return t.commit()
+	})
 }
 
 var errListingStale = errors.New("listing stale")
@@ -149,39 +146,39 @@ func busy(n *Inode) bool { return n.needsWork() || n.UploadKey != "" }
 func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEntry, epoch, start uint64, heads *headPool) (deferred []s3backend.ListEntry, ok bool, err error) {
 	var jobs []headJob
 	defer func() { heads.add(jobs...) }()
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	dir, err := t.get(ino)
-	if err != nil {
-		t.abort()
+	var tx *nsTx
+	err = c.transact(txBookkeeping, func(t *nsTx) error {
+		tx = t
+		dir, err := t.get(ino)
+		if err != nil {
+			return err
+		}
+		if dirPrefix(dir.Path) != prefix || dir.Unlinked {
+			return errNoChange
+		}
+		for _, e := range entries {
+			if !e.IsPrefix && e.Key == prefix {
+				c.mergeMarker(t, dir, e, start)
+				continue
+			}
+			name, valid := nameFromListing(prefix, e.Key, e.IsPrefix)
+			if !valid {
+				c.logBadKey(e.Key)
+				continue
+			}
+			if d, err := c.mergeEntry(t, dir, name, e, nil, epoch, start); err != nil {
+				return err
+			} else if d {
+				deferred = append(deferred, e)
+			}
+		}
+		ok = true
+		return nil
+	})
+	if err != nil || !ok {
 		return nil, false, err
 	}
-	if dirPrefix(dir.Path) != prefix || dir.Unlinked {
-		t.abort()
-		return nil, false, nil
-	}
-	for _, e := range entries {
-		if !e.IsPrefix && e.Key == prefix {
-			c.mergeMarker(t, dir, e, start)
-			continue
-		}
-		name, valid := nameFromListing(prefix, e.Key, e.IsPrefix)
-		if !valid {
-			c.logBadKey(e.Key)
-			continue
-		}
-		if d, err := c.mergeEntry(t, dir, name, e, nil, epoch, start); err != nil {
-			t.abort()
-			return nil, false, err
-		} else if d {
-			deferred = append(deferred, e)
-		}
-	}
-	if err := t.commit(); err != nil {
-		return nil, false, err
-	}
-	jobs = t.heads
+	jobs = tx.heads
 	return deferred, true, nil
 }
 
@@ -234,7 +231,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 		case e.IsPrefix:
 			// A file and a directory of the same name: the directory wins.
 			c.logShadowed(strings.TrimSuffix(key, "/"))
-			if err := c.removeEntryLocked(t, dir, name, child); err != nil {
+			if err := c.removeEntryLocked(t, dir, name, child, start); err != nil {
 				return false, err
 			}
 		case child.Kind == KindDir:
@@ -309,7 +306,6 @@ func (c *Cache) setVersion(n *Inode, etag string, size, mtime int64) {
 // newVersionLocked replaces a clean file's content with another writer's
 // version. Blocks of the old version are dropped once no handle reads them.
 func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.ListEntry, info *s3backend.ObjectInfo) {
-	st := t.state(n.Ino)
 	n.RemoteKey = key
 	c.setVersion(n, e.ETag, e.Size, e.LastModified.UnixNano())
 	n.Kind = KindFile
@@ -320,7 +316,6 @@ func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.List
 	} else {
 		t.head(n.Ino, key, e.ETag)
 	}
-	st.cacheVer++
 	ino := n.Ino
 	t.after = append(t.after, func() {
 		c.dropUnusedBlocks(ino)
@@ -380,7 +375,17 @@ func (c *Cache) claimed(key string) (bool, error) {
 
 // removeEntryLocked takes an entry out of the cache because S3 no longer
 // has it. Its inode lives on, detached from S3, while handles are open.
-func (c *Cache) removeEntryLocked(t *nsTx, dir *Inode, name string, child *Inode) error {
+//
+// A directory with local work anywhere under it (a file created in it
+// after the listing began) stays: its entry is kept, and the work's
+// upload will create the prefix again. Judged here, under the namespace
+// lock, since any check before it races with that create.
+func (c *Cache) removeEntryLocked(t *nsTx, dir *Inode, name string, child *Inode, start uint64) error {
+	if child.Kind == KindDir {
+		if l, err := c.subtreeLocalTx(t, child.Ino, start); err != nil || l {
+			return err
+		}
+	}
 	t.delDentry(dir.Ino, name)
 	if child.Kind == KindDir {
 		if err := c.removeSubtreeLocked(t, child.Ino); err != nil {
@@ -390,7 +395,7 @@ func (c *Cache) removeEntryLocked(t *nsTx, dir *Inode, name string, child *Inode
 	child.Parent, child.Unlinked = 0, true
 	child.RemoteKey, child.Pending = "", 0
 	st := t.state(child.Ino)
-	if st.handles == 0 && !st.uploading {
+	if st.handles == 0 && st.upload == nil {
 		t.drop(child.Ino)
 	}
 	if dir.Entries > 0 {
@@ -426,8 +431,36 @@ func (c *Cache) removeSubtreeLocked(t *nsTx, ino uint64) error {
 		}
 		t.delDentry(ino, e.Name)
 		child.Parent, child.Unlinked, child.RemoteKey, child.Pending = 0, true, "", 0
-		if st := t.state(child.Ino); st.handles == 0 && !st.uploading {
+		if st := t.state(child.Ino); st.handles == 0 && st.upload == nil {
 			t.drop(child.Ino)
+		}
+	}
+}
+
+// subtreeLocalTx reports whether anything under a directory must not be
+// replaced by what a listing that started at sequence start says (see
+// local); namespace.mu is held by t.
+func (c *Cache) subtreeLocalTx(t *nsTx, ino uint64, start uint64) (bool, error) {
+	r := &DirReader{c: c, ino: ino}
+	for {
+		e, ok, err := r.Next()
+		if err != nil || !ok {
+			return false, err
+		}
+		child, err := c.peekRecord(t, e.Ino)
+		if errors.Is(err, ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if local(child, start) {
+			return true, nil
+		}
+		if child.Kind == KindDir {
+			if l, err := c.subtreeLocalTx(t, child.Ino, start); err != nil || l {
+				return l, err
+			}
 		}
 	}
 }
@@ -492,6 +525,9 @@ func (c *Cache) sweep(ino uint64, epoch, start uint64) error {
 		}
 		victims = append(victims, victim{e.Name, e.Ino})
 	}
+	if testHookSweep != nil {
+		testHookSweep()
+	}
 	for len(victims) > 0 {
 		n := min(len(victims), 200)
 		if err := c.removeVictims(ino, victims[:n], epoch, start); err != nil {
@@ -502,34 +538,42 @@ func (c *Cache) sweep(ino uint64, epoch, start uint64) error {
 	return nil
 }
 
+// testHookSweep, if set, runs between the sweep's choice of entries and
+// their removal.
+var testHookSweep func()
+
+// removeVictims removes entries the sweep chose, each checked again under
+// the namespace lock: anything may have changed since.
 func (c *Cache) removeVictims(ino uint64, victims []victim, epoch, start uint64) error {
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	dir, err := t.get(ino)
-	if err != nil {
-		t.abort()
-		return err
-	}
-	for _, v := range victims {
-		d, ok, err := t.dentry(ino, v.name)
+	return c.transact(txBookkeeping, func(t *nsTx) error {
+		dir, err := t.get(ino)
 		if err != nil {
-			t.abort()
 			return err
 		}
-		if !ok || d.Ino != v.ino || d.Epoch == epoch {
-			continue
+		for _, v := range victims {
+			d, ok, err := t.dentry(ino, v.name)
+			if err != nil {
+				return err
+			}
+			if !ok || d.Ino != v.ino || d.Epoch == epoch {
+				continue
+			}
+			child, err := t.get(v.ino)
+			if errors.Is(err, ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if local(child, start) {
+				continue
+			}
+			if err := c.removeEntryLocked(t, dir, v.name, child, start); err != nil {
+				return err
+			}
 		}
-		child, err := t.get(v.ino)
-		if err != nil || local(child, start) {
-			continue
-		}
-		if err := c.removeEntryLocked(t, dir, v.name, child); err != nil {
-			t.abort()
-			return err
-		}
-	}
-	return t.commit()
+		return nil
+	})
 }
 
 // headPool runs the HEADs that learn attributes while a directory fills,
@@ -594,49 +638,51 @@ func (c *Cache) applyHead(j headJob, info s3backend.ObjectInfo, err error) {
 		}
 		return
 	}
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	n, gerr := t.get(j.ino)
-	if gerr != nil || n.RemoteKey != j.key || (j.etag != "" && n.ETag != j.etag) || busy(n) {
-		t.abort()
-		return
+	err = c.transact(txBookkeeping, func(t *nsTx) error {
+		n, gerr := t.get(j.ino)
+		if gerr != nil || n.RemoteKey != j.key || (j.etag != "" && n.ETag != j.etag) || busy(n) {
+			return errNoChange
+		}
+		if n.Kind == KindDir {
+			n.ETag = info.ETag
+			c.applyHeaders(n, &info)
+			return nil
+		}
+		if info.ETag != n.ETag {
+			c.newVersionLocked(t, n, j.key, s3backend.ListEntry{Key: j.key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}, &info)
+		} else {
+			c.applyHeaders(n, &info)
+		}
+		if n.Kind == KindSymlink && n.Parent != 0 {
+			d, _, err := t.dentry(n.Parent, n.Name)
+			if err != nil {
+				return err
+			}
+			t.setDentry(n.Parent, n.Name, dentry{Ino: n.Ino, Kind: KindSymlink, Epoch: d.Epoch})
+		}
+		return nil
+	})
+	if err != nil {
+		// The attributes stay unknown; the next listing asks again.
+		c.log.Warn("cache: store attributes read from s3", "key", j.key, "err", err)
 	}
-	if n.Kind == KindDir {
-		n.ETag = info.ETag
-		c.applyHeaders(n, &info)
-		t.commit()
-		return
-	}
-	if info.ETag != n.ETag {
-		c.newVersionLocked(t, n, j.key, s3backend.ListEntry{Key: j.key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}, &info)
-	} else {
-		c.applyHeaders(n, &info)
-	}
-	if n.Kind == KindSymlink && n.Parent != 0 {
-		t.setDentry(n.Parent, n.Name, dentry{Ino: n.Ino, Kind: KindSymlink, Epoch: c.dentryEpoch(t, n.Parent, n.Name)})
-	}
-	t.commit()
-}
-
-func (c *Cache) dentryEpoch(t *nsTx, parent uint64, name string) uint64 {
-	d, _, _ := t.dentry(parent, name)
-	return d.Epoch
 }
 
 // mutateClean applies fn to an inode still at key/etag and without local
-// changes.
+// changes. What fn learned is a cache of S3's state: if it cannot be
+// stored, it is learned again later, so the error is only logged.
 func (c *Cache) mutateClean(ino uint64, key, etag string, fn func(*Inode)) {
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	n, err := t.get(ino)
-	if err != nil || n.RemoteKey != key || n.ETag != etag || busy(n) {
-		t.abort()
-		return
+	err := c.transact(txBookkeeping, func(t *nsTx) error {
+		n, err := t.get(ino)
+		if err != nil || n.RemoteKey != key || n.ETag != etag || busy(n) {
+			return errNoChange
+		}
+		fn(n)
+		return nil
+	})
+	if err != nil {
+		c.log.Warn("cache: store what was learned from s3", "key", key, "err", err)
 	}
-	fn(n)
-	t.commit()
 }
 
 // refreshName asks S3 about one name: a HEAD for the object and a
@@ -688,35 +734,47 @@ func (c *Cache) refreshName(ctx context.Context, ino uint64, name string) error 
 
 // mergeName merges what refreshName learned about one name.
 func (c *Cache) mergeName(ino uint64, origPath, name, key string, isDir, found bool, info *s3backend.ObjectInfo, start uint64) ([]headJob, error) {
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	dir, err := t.get(ino)
-	if err != nil || dir.Path != origPath {
-		t.abort()
-		return nil, err
-	}
-	switch {
-	case isDir:
-		_, err = c.mergeEntry(t, dir, name, s3backend.ListEntry{Key: key + "/", IsPrefix: true}, nil, 0, start)
-	case found:
-		e := s3backend.ListEntry{Key: key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
-		_, err = c.mergeEntry(t, dir, name, e, info, 0, start)
-	default:
-		if d, ok, derr := t.dentry(ino, name); derr == nil && ok {
-			if child, gerr := t.get(d.Ino); gerr == nil && !local(child, start) {
-				err = c.removeEntryLocked(t, dir, name, child)
+	var heads []headJob
+	err := c.transact(txBookkeeping, func(t *nsTx) error {
+		dir, err := t.get(ino)
+		if err != nil {
+			return err
+		}
+		if dir.Path != origPath {
+			return errNoChange // moved while S3 was asked
+		}
+		switch {
+		case isDir:
+			_, err = c.mergeEntry(t, dir, name, s3backend.ListEntry{Key: key + "/", IsPrefix: true}, nil, 0, start)
+		case found:
+			e := s3backend.ListEntry{Key: key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
+			_, err = c.mergeEntry(t, dir, name, e, info, 0, start)
+		default:
+			d, ok, derr := t.dentry(ino, name)
+			if derr != nil || !ok {
+				return derr
+			}
+			child, gerr := t.get(d.Ino)
+			if errors.Is(gerr, ErrNotExist) {
+				return nil
+			}
+			if gerr != nil {
+				return gerr
+			}
+			if !local(child, start) {
+				err = c.removeEntryLocked(t, dir, name, child, start)
 			}
 		}
-	}
+		if err != nil {
+			return err
+		}
+		heads = t.heads // run once committed
+		return nil
+	})
 	if err != nil {
-		t.abort()
 		return nil, err
 	}
-	if err := t.commit(); err != nil {
-		return nil, err
-	}
-	return t.heads, nil
+	return heads, nil
 }
 
 // revalidate asks S3 whether a clean file changed: HEAD, ETag compare.
@@ -739,46 +797,43 @@ func (c *Cache) recheck(ctx context.Context, ino uint64, n *Inode) (*Inode, erro
 	if err != nil && !errors.Is(err, s3backend.ErrNotFound) {
 		return nil, err
 	}
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	cur, gerr := t.get(ino)
-	if gerr != nil {
-		t.abort()
-		return nil, gerr
-	}
-	if local(cur, start) || cur.RemoteKey != n.RemoteKey {
-		out := cur.clone()
-		t.abort()
-		return out, nil
-	}
-	if err != nil { // gone from S3
-		if cur.Parent != 0 {
+	var out *Inode
+	gone := false
+	terr := c.transact(txBookkeeping, func(t *nsTx) error {
+		cur, gerr := t.get(ino)
+		if gerr != nil {
+			return gerr
+		}
+		if local(cur, start) || cur.RemoteKey != n.RemoteKey {
+			out = cur.clone()
+			return errNoChange
+		}
+		if err != nil { // gone from S3
+			gone = true
+			if cur.Parent == 0 {
+				return nil
+			}
 			dir, derr := t.get(cur.Parent)
 			if derr != nil {
-				t.abort()
-				return nil, derr
+				return derr
 			}
-			if rerr := c.removeEntryLocked(t, dir, cur.Name, cur); rerr != nil {
-				t.abort()
-				return nil, rerr
-			}
+			return c.removeEntryLocked(t, dir, cur.Name, cur, start)
 		}
-		if cerr := t.commit(); cerr != nil {
-			return nil, cerr
+		if info.ETag != cur.ETag {
+			e := s3backend.ListEntry{Key: cur.RemoteKey, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
+			c.newVersionLocked(t, cur, cur.RemoteKey, e, &info)
+		} else if !cur.AttrsKnown {
+			c.applyHeaders(cur, &info)
 		}
+		cur.ValidUntil = c.now() + int64(c.opt.MetadataTTL)
+		out = cur.clone()
+		return nil
+	})
+	switch {
+	case terr != nil:
+		return nil, terr
+	case gone:
 		return nil, ErrNotExist
-	}
-	if info.ETag != cur.ETag {
-		e := s3backend.ListEntry{Key: cur.RemoteKey, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
-		c.newVersionLocked(t, cur, cur.RemoteKey, e, &info)
-	} else if !cur.AttrsKnown {
-		c.applyHeaders(cur, &info)
-	}
-	cur.ValidUntil = c.now() + int64(c.opt.MetadataTTL)
-	out := cur.clone()
-	if err := t.commit(); err != nil {
-		return nil, err
 	}
 	return out, nil
 }

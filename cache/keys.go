@@ -91,15 +91,3 @@ func unmarshalDentry(b []byte) (dentry, error) {
 	d.Kind = Kind(dec.b[0])
 	return d, nil
 }
-
-// prefixEnd returns the first key after every key that starts with p.
-func prefixEnd(p []byte) []byte {
-	end := append([]byte(nil), p...)
-	for i := len(end) - 1; i >= 0; i-- {
-		if end[i] < 0xff {
-			end[i]++
-			return end[:i+1]
-		}
-	}
-	return nil
-}

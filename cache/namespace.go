@@ -1,20 +1,24 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/keelfs/keelfs/cache/writeback"
 )
 
 // nsTx collects the record changes of one namespace operation and commits
 // them in one badger transaction, so that a crash never leaves half a
-// rename. The caller holds Cache.nsMu. Inodes touched through get are
-// locked until commit or abort.
+// rename. The caller holds namespace.mu (see Cache.transact). Inodes
+// touched through get are locked until commit or abort.
 type nsTx struct {
 	c       *Cache
+	kind    txKind
 	held    map[uint64]*inodeState
 	olds    map[uint64]*Inode // record before this transaction; nil if new
 	gone    map[uint64]bool   // records to delete
@@ -137,21 +141,39 @@ func (t *nsTx) head(ino uint64, key, etag string) {
 	}
 }
 
-// wake asks the uploader to look at ino once committed.
-func (t *nsTx) wake(ino uint64) { t.notify[ino] = true }
-
+// commit stores every record the transaction changed, and its entries,
+// claims and tombstones, in one badger transaction, then unlocks the
+// inodes and tells the scheduler about the work they now have. A record
+// that did not change (a listing that only confirmed it) is neither
+// written nor counted as a change: an upload running for it need not be
+// repeated. On failure everything is undone and the error returned.
 func (t *nsTx) commit() error {
+	type put struct {
+		ino      uint64
+		old, rec *Inode
+		bytes    []byte
+	}
+	var puts []put
+	for ino, st := range t.held {
+		if t.gone[ino] {
+			continue
+		}
+		b := st.rec.marshal()
+		if old := t.olds[ino]; old != nil && bytes.Equal(old.marshal(), b) {
+			continue
+		}
+		puts = append(puts, put{ino, t.olds[ino], st.rec, b})
+	}
 	err := update(t.c.db, func(txn *badger.Txn) error {
-		for ino, st := range t.held {
-			if t.gone[ino] {
-				if t.olds[ino] != nil {
-					if err := deleteInode(txn, t.olds[ino]); err != nil {
-						return err
-					}
+		for ino := range t.held {
+			if t.gone[ino] && t.olds[ino] != nil {
+				if err := deleteInode(txn, t.olds[ino]); err != nil {
+					return err
 				}
-				continue
 			}
-			if err := putInode(txn, t.olds[ino], st.rec); err != nil {
+		}
+		for _, p := range puts {
+			if err := storeInode(txn, p.old, p.rec, p.bytes); err != nil {
 				return err
 			}
 		}
@@ -172,36 +194,40 @@ func (t *nsTx) commit() error {
 		return fmt.Errorf("cache commit: %w", err)
 	}
 	t.c.namesChanged(t.names, t.gone)
-	now := time.Now()
+	if t.kind == txChange {
+		for _, p := range puts {
+			if p.rec.needsWork() {
+				t.notify[p.ino] = true
+			}
+		}
+	}
 	for ino, st := range t.held {
 		if t.gone[ino] {
 			st.rec = nil
 			st.buf = nil
-		} else {
-			st.changes++
-			st.lastChange = now
-			if st.rec.needsWork() {
-				t.notify[ino] = true
-			}
 		}
-		st.cond.Broadcast()
 		st.mu.Unlock()
 		t.c.release(st)
 	}
 	for _, n := range t.blockGC {
+		t.c.blocks.unpin(n.Ino)
 		t.c.dropBlocks(n.Ino, nil, ^uint64(0)) // the inode is gone: nothing can write to it
+	}
+	for ino := range t.gone {
+		t.c.wb.Remove(writeback.Inode(ino))
 	}
 	for ino := range t.notify {
 		if !t.gone[ino] {
-			t.c.up.notify(ino)
+			t.c.wb.Add(writeback.Inode(ino))
 		}
 	}
 	for _, k := range t.tombs {
-		t.c.up.notifyTomb(k)
+		t.c.wb.AddNow(writeback.Tomb(k))
 	}
 	for _, f := range t.after {
 		f()
 	}
+	t.held = nil
 	return nil
 }
 
@@ -218,6 +244,47 @@ func (t *nsTx) abort() {
 	t.held = nil
 }
 
+// errNoChange ends a transaction without committing and without error.
+var errNoChange = errors.New("no change")
+
+// txKind says whose change a namespace transaction makes.
+type txKind int
+
+const (
+	// txChange: an application's change (create, rename, unlink,
+	// truncate, chmod...). The scheduler hears of every changed record
+	// that now needs work: an upload in flight is not the last one.
+	txChange txKind = iota
+	// txBookkeeping: the cache's own (a listing merged, an upload's
+	// answer applied). It makes no new work for the scheduler, whose
+	// Runner already says what comes next.
+	txBookkeeping
+)
+
+// transact runs fn as one namespace transaction: namespace.mu is held, and
+// every record fn changes through t is committed at once, or none is if fn
+// or the commit fails. It returns fn's error (nil for errNoChange) or the
+// commit's: no commit's result is dropped.
+func (c *Cache) transact(kind txKind, fn func(t *nsTx) error) error {
+	c.ns.mu.Lock()
+	defer c.ns.mu.Unlock()
+	return c.transactLocked(kind, fn)
+}
+
+// transactLocked is transact for a caller that holds namespace.mu.
+func (c *Cache) transactLocked(kind txKind, fn func(t *nsTx) error) error {
+	t := c.beginNS()
+	t.kind = kind
+	if err := fn(t); err != nil {
+		t.abort()
+		if errors.Is(err, errNoChange) {
+			return nil
+		}
+		return err
+	}
+	return t.commit()
+}
+
 // allocIno picks the inode number for a new entry at path: the hash of the
 // path, probing past numbers that are taken.
 func (c *Cache) allocIno(t *nsTx, path string) (uint64, error) {
@@ -226,9 +293,9 @@ func (c *Cache) allocIno(t *nsTx, path string) (uint64, error) {
 		if _, held := t.held[ino]; held {
 			continue
 		}
-		c.statesMu.Lock()
-		_, active := c.states[ino]
-		c.statesMu.Unlock()
+		c.ns.statesMu.Lock()
+		_, active := c.ns.states[ino]
+		c.ns.statesMu.Unlock()
 		if active {
 			continue
 		}
@@ -537,52 +604,63 @@ func (c *Cache) createEntry(parent uint64, name string, kind Kind, perm, uid, gi
 	if err := checkName(name); err != nil {
 		return Attr{}, err
 	}
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	dir, err := t.get(parent)
-	if err != nil {
-		t.abort()
-		return Attr{}, err
-	}
-	if dir.Kind != KindDir {
-		t.abort()
-		return Attr{}, ErrNotDir
-	}
-	if dir.Unlinked {
-		t.abort()
-		return Attr{}, ErrNotExist
-	}
-	if _, exists, err := t.dentry(parent, name); err != nil || exists {
-		t.abort()
+	var a Attr
+	err := c.transact(txChange, func(t *nsTx) error {
+		dir, err := t.get(parent)
 		if err != nil {
-			return Attr{}, err
+			return err
 		}
-		return Attr{}, ErrExist
+		if dir.Kind != KindDir {
+			return ErrNotDir
+		}
+		if dir.Unlinked {
+			return ErrNotExist
+		}
+		if _, exists, err := t.dentry(parent, name); err != nil {
+			return err
+		} else if exists {
+			return ErrExist
+		}
+		path := childPath(dir.Path, name)
+		if err := c.checkKeyLen(path, kind == KindDir); err != nil {
+			return err
+		}
+		ino, err := c.allocIno(t, path)
+		if err != nil {
+			return err
+		}
+		now := c.now()
+		rec := &Inode{Ino: ino, Gen: c.nextSeq(), Parent: parent, Name: name, Path: path, Kind: kind,
+			Perm: perm & 0o7777, UID: uid, GID: gid, Mtime: now, Ctime: now, Target: target, AttrsKnown: true}
+		switch kind {
+		case KindDir:
+			rec.Pending = pendMarker
+			rec.ListedUntil = now + int64(c.opt.MetadataTTL)
+			rec.FillEpoch = c.nextSeq()
+		default:
+			rec.Pending = pendData
+		}
+		t.add(rec)
+		t.setDentry(parent, name, dentry{Ino: ino, Kind: kind})
+		dir.Mtime, dir.Ctime = now, now
+		dir.Entries++
+		a = c.attrOf(rec)
+		return nil
+	})
+	return a, err
+}
+
+// checkKeyLen refuses a path whose object key S3 would refuse (a
+// directory's marker key ends in "/"): the name would never be uploaded.
+func (c *Cache) checkKeyLen(path string, dir bool) error {
+	n := len(path)
+	if dir {
+		n++
 	}
-	path := childPath(dir.Path, name)
-	ino, err := c.allocIno(t, path)
-	if err != nil {
-		t.abort()
-		return Attr{}, err
+	if n > c.opt.MaxKeyLen {
+		return ErrNameTooLong
 	}
-	now := c.now()
-	rec := &Inode{Ino: ino, Gen: c.nextSeq(), Parent: parent, Name: name, Path: path, Kind: kind,
-		Perm: perm & 0o7777, UID: uid, GID: gid, Mtime: now, Ctime: now, Target: target, AttrsKnown: true}
-	switch kind {
-	case KindDir:
-		rec.Pending = pendMarker
-		rec.ListedUntil = now + int64(c.opt.MetadataTTL)
-		rec.FillEpoch = c.nextSeq()
-	default:
-		rec.Pending = pendData
-	}
-	t.add(rec)
-	t.setDentry(parent, name, dentry{Ino: ino, Kind: kind})
-	dir.Mtime, dir.Ctime = now, now
-	dir.Entries++
-	a := c.attrOf(rec)
-	return a, t.commit()
+	return nil
 }
 
 // Unlink removes a file or symlink name. The inode lives on while handles
@@ -592,23 +670,19 @@ func (c *Cache) Unlink(ctx context.Context, parent uint64, name string) error {
 	if c.opt.ReadOnly {
 		return ErrReadOnly
 	}
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	dir, d, child, err := c.lookupLocked(t, parent, name)
-	if err != nil {
-		t.abort()
-		return err
-	}
-	if child.Kind == KindDir {
-		t.abort()
-		return ErrIsDir
-	}
-	t.delDentry(parent, name)
-	c.unlinkLocked(t, child)
-	c.childGone(dir)
-	_ = d
-	return t.commit()
+	return c.transact(txChange, func(t *nsTx) error {
+		dir, _, child, err := c.lookupLocked(t, parent, name)
+		if err != nil {
+			return err
+		}
+		if child.Kind == KindDir {
+			return ErrIsDir
+		}
+		t.delDentry(parent, name)
+		c.unlinkLocked(t, child)
+		c.childGone(dir)
+		return nil
+	})
 }
 
 // lookupLocked resolves parent/name inside a namespace transaction.
@@ -654,7 +728,7 @@ func (c *Cache) unlinkLocked(t *nsTx, n *Inode) {
 	n.Parent = 0
 	n.Ctime = c.now()
 	st := t.state(n.Ino)
-	if st.handles == 0 && !st.uploading {
+	if st.handles == 0 && st.upload == nil {
 		c.finalizeLocked(t, n)
 	}
 }
@@ -680,30 +754,25 @@ func (c *Cache) Rmdir(ctx context.Context, parent uint64, name string) error {
 			}
 		}
 	}
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	dir, _, child, err := c.lookupLocked(t, parent, name)
-	if err != nil {
-		t.abort()
-		return err
-	}
-	if child.Kind != KindDir {
-		t.abort()
-		return ErrNotDir
-	}
-	if has, err := c.hasChildren(child.Ino); err != nil || has {
-		t.abort()
+	return c.transact(txChange, func(t *nsTx) error {
+		dir, _, child, err := c.lookupLocked(t, parent, name)
 		if err != nil {
 			return err
 		}
-		return ErrNotEmpty
-	}
-	t.delDentry(parent, name)
-	child.Unlinked, child.Parent = true, 0
-	c.finalizeLocked(t, child)
-	c.childGone(dir)
-	return t.commit()
+		if child.Kind != KindDir {
+			return ErrNotDir
+		}
+		if has, err := c.hasChildren(child.Ino); err != nil {
+			return err
+		} else if has {
+			return ErrNotEmpty
+		}
+		t.delDentry(parent, name)
+		child.Unlinked, child.Parent = true, 0
+		c.finalizeLocked(t, child)
+		c.childGone(dir)
+		return nil
+	})
 }
 
 // Rename flags (renameat2).
@@ -742,106 +811,141 @@ func (c *Cache) Rename(ctx context.Context, oldParent uint64, oldName string, ne
 		}
 	}
 
-	c.nsMu.Lock()
-	defer c.nsMu.Unlock()
-	t := c.beginNS()
-	odir, _, x, err := c.lookupLocked(t, oldParent, oldName)
-	if err != nil {
-		t.abort()
-		return err
-	}
-	ndir, err := t.get(newParent)
-	if err != nil {
-		t.abort()
-		return err
-	}
-	if ndir.Kind != KindDir {
-		t.abort()
-		return ErrNotDir
-	}
-	if ndir.Unlinked {
-		t.abort()
-		return ErrNotExist
-	}
-	if x.Kind == KindDir {
-		// A directory cannot move into its own subtree.
-		for p := newParent; p != 0; {
-			if p == x.Ino {
-				t.abort()
-				return ErrInvalid
-			}
-			if p == RootIno {
-				break
-			}
-			n, err := c.peekRecord(t, p)
-			if err != nil {
-				t.abort()
-				return err
-			}
-			p = n.Parent
-		}
-	}
-	td, exists, err := t.dentry(newParent, newName)
-	if err != nil {
-		t.abort()
-		return err
-	}
-	if exists {
-		if td.Ino == x.Ino {
-			t.abort()
-			return nil
-		}
-		if flags&RenameNoReplace != 0 {
-			t.abort()
-			return ErrExist
-		}
-		tgt, err := t.get(td.Ino)
+	c.ns.mu.Lock()
+	defer c.ns.mu.Unlock()
+	var moved uint64 // a directory whose subtree's paths change
+	err = c.transactLocked(txChange, func(t *nsTx) error {
+		odir, _, x, err := c.lookupLocked(t, oldParent, oldName)
 		if err != nil {
-			t.abort()
 			return err
 		}
+		ndir, err := t.get(newParent)
+		if err != nil {
+			return err
+		}
+		if ndir.Kind != KindDir {
+			return ErrNotDir
+		}
+		if ndir.Unlinked {
+			return ErrNotExist
+		}
+		newPath := childPath(ndir.Path, newName)
 		if x.Kind == KindDir {
-			if tgt.Kind != KindDir {
-				t.abort()
-				return ErrNotDir
-			}
-			if has, err := c.hasChildren(tgt.Ino); err != nil || has {
-				t.abort()
+			// A directory cannot move into its own subtree.
+			for p := newParent; p != 0; {
+				if p == x.Ino {
+					return ErrInvalid
+				}
+				if p == RootIno {
+					break
+				}
+				n, err := c.peekRecord(t, p)
 				if err != nil {
 					return err
 				}
-				return ErrNotEmpty
+				p = n.Parent
 			}
-			tgt.Unlinked, tgt.Parent = true, 0
-			c.finalizeLocked(t, tgt)
-		} else {
-			if tgt.Kind == KindDir {
-				t.abort()
-				return ErrIsDir
+			// Nor anything under it get a key S3 refuses.
+			longest, err := c.longestUnder(x.Ino)
+			if err != nil {
+				return err
 			}
-			c.unlinkLocked(t, tgt)
+			if len(newPath)+1+longest > c.opt.MaxKeyLen {
+				return ErrNameTooLong
+			}
+		} else if err := c.checkKeyLen(newPath, false); err != nil {
+			return err
 		}
-		t.delDentry(newParent, newName)
-		ndir.Entries--
-	}
-	t.delDentry(oldParent, oldName)
-	t.setDentry(newParent, newName, dentry{Ino: x.Ino, Kind: x.Kind})
-	now := c.now()
-	x.Parent, x.Name, x.Path, x.Ctime = newParent, newName, childPath(ndir.Path, newName), now
-	c.childGone(odir)
-	ndir.Mtime, ndir.Ctime = now, now
-	ndir.Entries++
-	if x.Kind == KindDir {
-		x.Pending |= pendMarker
-		t.set(renameKey(x.Ino), nil)
-	}
-	if err := t.commit(); err != nil {
+		td, exists, err := t.dentry(newParent, newName)
+		if err != nil {
+			return err
+		}
+		if exists {
+			if td.Ino == x.Ino {
+				return errNoChange
+			}
+			if flags&RenameNoReplace != 0 {
+				return ErrExist
+			}
+			tgt, err := t.get(td.Ino)
+			if err != nil {
+				return err
+			}
+			if x.Kind == KindDir {
+				if tgt.Kind != KindDir {
+					return ErrNotDir
+				}
+				if has, err := c.hasChildren(tgt.Ino); err != nil {
+					return err
+				} else if has {
+					return ErrNotEmpty
+				}
+				tgt.Unlinked, tgt.Parent = true, 0
+				c.finalizeLocked(t, tgt)
+			} else {
+				if tgt.Kind == KindDir {
+					return ErrIsDir
+				}
+				c.unlinkLocked(t, tgt)
+			}
+			t.delDentry(newParent, newName)
+			ndir.Entries--
+		}
+		t.delDentry(oldParent, oldName)
+		t.setDentry(newParent, newName, dentry{Ino: x.Ino, Kind: x.Kind})
+		now := c.now()
+		x.Parent, x.Name, x.Path, x.Ctime = newParent, newName, newPath, now
+		c.childGone(odir)
+		ndir.Mtime, ndir.Ctime = now, now
+		ndir.Entries++
+		if x.Kind == KindDir {
+			x.Pending |= pendMarker
+			t.set(renameKey(x.Ino), nil)
+			moved = x.Ino
+		}
+		return nil
+	})
+	if err != nil || moved == 0 {
 		return err
 	}
-	if x.Kind == KindDir {
-		return c.fixSubtreePaths(x.Ino)
+	return c.fixSubtreePaths(moved)
+}
+
+// longestUnder returns the length of the longest key suffix below
+// directory ino: "name/name" of its deepest entries, with the "/" of a
+// directory's marker.
+func (c *Cache) longestUnder(ino uint64) (int, error) {
+	type dir struct {
+		ino uint64
+		n   int // length of its suffix, "" for ino itself
 	}
-	return nil
+	best := 0
+	queue := []dir{{ino, 0}}
+	for len(queue) > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		r := &DirReader{c: c, ino: d.ino}
+		for {
+			e, ok, err := r.Next()
+			if err != nil {
+				return 0, err
+			}
+			if !ok {
+				break
+			}
+			n := d.n + len(e.Name)
+			if d.n > 0 {
+				n++ // the "/" before it
+			}
+			if e.Mode == modeBits(KindDir) {
+				best = max(best, n+1)
+				queue = append(queue, dir{e.Ino, n})
+			} else {
+				best = max(best, n)
+			}
+		}
+	}
+	return best, nil
 }
 
 // peekRecord reads a record without locking it: the caller holds nsMu, so
@@ -869,31 +973,29 @@ func (c *Cache) fixSubtreePaths(root uint64) error {
 		}
 		r := &DirReader{c: c, ino: dirIno}
 		for {
-			t := c.beginNS()
 			n := 0
-			for n < 500 {
-				e, ok, err := r.Next()
-				if err != nil {
-					t.abort()
-					return err
+			err := c.transactLocked(txChange, func(t *nsTx) error {
+				for n < 500 {
+					e, ok, err := r.Next()
+					if err != nil {
+						return err
+					}
+					if !ok {
+						break
+					}
+					n++
+					child, err := t.get(e.Ino)
+					if err != nil {
+						continue
+					}
+					child.Path = childPath(dir.Path, e.Name)
+					if child.Kind == KindDir {
+						queue = append(queue, child.Ino)
+					}
 				}
-				if !ok {
-					break
-				}
-				n++
-				child, err := t.get(e.Ino)
-				if err != nil {
-					continue
-				}
-				want := childPath(dir.Path, e.Name)
-				if child.Path != want {
-					child.Path = want
-				}
-				if child.Kind == KindDir {
-					queue = append(queue, child.Ino)
-				}
-			}
-			if err := t.commit(); err != nil {
+				return nil
+			})
+			if err != nil {
 				return err
 			}
 			if n < 500 {
@@ -966,17 +1068,15 @@ func (c *Cache) Setattr(ctx context.Context, ino uint64, in SetAttr) (Attr, erro
 	return c.attrOf(n), nil
 }
 
-// persistLocked stores st.rec (st.mu held) and tells the uploader.
+// persistLocked stores an application's change of st.rec (st.mu held)
+// and tells the scheduler of the work it leaves.
 func (c *Cache) persistLocked(st *inodeState, old *Inode) error {
 	rec := st.rec
 	if err := update(c.db, func(txn *badger.Txn) error { return putInode(txn, old, rec) }); err != nil {
 		return fmt.Errorf("cache commit: %w", err)
 	}
-	st.changes++
-	st.lastChange = time.Now()
-	st.cond.Broadcast()
 	if rec.needsWork() {
-		c.up.notify(rec.Ino)
+		c.wb.Add(writeback.Inode(rec.Ino))
 	}
 	return nil
 }
@@ -1002,15 +1102,15 @@ func (c *Cache) namesChanged(dirs, gone map[uint64]bool) {
 	if len(dirs) == 0 && len(gone) == 0 {
 		return
 	}
-	c.namesMu.Lock()
+	c.ns.namesMu.Lock()
 	for ino := range dirs {
-		c.namesSeq++
-		c.namesVer[ino] = c.namesSeq
+		c.ns.namesSeq++
+		c.ns.namesVer[ino] = c.ns.namesSeq
 	}
 	for ino := range gone {
-		delete(c.namesVer, ino)
+		delete(c.ns.namesVer, ino)
 	}
-	c.namesMu.Unlock()
+	c.ns.namesMu.Unlock()
 }
 
 // DirVersion identifies the names a directory holds in this process: it
@@ -1019,7 +1119,7 @@ func (c *Cache) namesChanged(dirs, gone map[uint64]bool) {
 // confirms the names leaves it alone, so that a caller that saw the same
 // version may keep what it learned from reading the directory.
 func (c *Cache) DirVersion(ino uint64) uint64 {
-	c.namesMu.Lock()
-	defer c.namesMu.Unlock()
-	return c.namesVer[ino]
+	c.ns.namesMu.Lock()
+	defer c.ns.namesMu.Unlock()
+	return c.ns.namesVer[ino]
 }

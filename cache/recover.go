@@ -8,6 +8,8 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/keelfs/keelfs/cache/writeback"
 )
 
 // recover runs at Open: it rebuilds the block accounting, removes blocks
@@ -34,21 +36,36 @@ func (c *Cache) recover(ctx context.Context) error {
 		return fmt.Errorf("cache recovery: %w", err)
 	}
 	for _, ino := range renames {
-		c.nsMu.Lock()
+		c.ns.mu.Lock()
 		err := c.fixSubtreePaths(ino)
-		c.nsMu.Unlock()
+		c.ns.mu.Unlock()
 		if err != nil && !errors.Is(err, ErrNotExist) {
 			return fmt.Errorf("cache recovery: finish rename: %w", err)
 		}
 	}
+	if err := c.repairJournal(); err != nil {
+		return fmt.Errorf("cache recovery: %w", err)
+	}
 	var inodes, tombs int
-	c.scanJournal(func(n *Inode) {
+	var edited []uint64
+	err = c.scanJournal(func(n *Inode) {
 		inodes++
-		c.up.now(n.Ino)
+		c.wb.AddNow(writeback.Inode(n.Ino))
+		if n.Kind == KindFile && n.hasDirtyRuns() && n.ETag != "" {
+			edited = append(edited, n.Ino)
+		}
 	}, func(key string, _ tombstone) {
 		tombs++
-		c.up.notifyTomb(key)
+		c.wb.AddNow(writeback.Tomb(key))
 	})
+	if err != nil {
+		return fmt.Errorf("cache recovery: %w", err)
+	}
+	// Partly edited files keep the unchanged blocks of the version they
+	// came from, as they did before the restart.
+	for _, ino := range edited {
+		c.startFetchAhead(ino)
+	}
 	if inodes+tombs > 0 {
 		c.log.Info("resuming write-back left by the previous mount", "files", inodes, "deletes", tombs)
 	}
@@ -57,9 +74,9 @@ func (c *Cache) recover(ctx context.Context) error {
 
 // scanJournal calls fn for every inode with pending work and tomb for
 // every pending delete.
-func (c *Cache) scanJournal(fn func(*Inode), tomb func(string, tombstone)) {
+func (c *Cache) scanJournal(fn func(*Inode), tomb func(string, tombstone)) error {
 	var inos []uint64
-	c.db.View(func(txn *badger.Txn) error {
+	err := c.db.View(func(txn *badger.Txn) error {
 		p := []byte{pJournal}
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
 		defer it.Close()
@@ -74,21 +91,100 @@ func (c *Cache) scanJournal(fn func(*Inode), tomb func(string, tombstone)) {
 		for it2.Seek(p); it2.ValidForPrefix(p); it2.Next() {
 			item := it2.Item()
 			key := string(item.Key()[1:])
-			item.Value(func(v []byte) error {
+			err := item.Value(func(v []byte) error {
 				ts, err := unmarshalTomb(v)
-				if err == nil {
-					tomb(key, ts)
+				if err != nil {
+					return fmt.Errorf("tombstone %q: %w", key, err)
 				}
+				tomb(key, ts)
 				return nil
 			})
+			if err != nil {
+				return err
+			}
 		}
 		return nil
 	})
-	for _, ino := range inos {
-		if n, err := c.snapshot(ino); err == nil {
-			fn(n)
-		}
+	if err != nil {
+		return err
 	}
+	for _, ino := range inos {
+		n, err := c.snapshot(ino)
+		if errors.Is(err, ErrNotExist) {
+			continue // finished meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		fn(n)
+	}
+	return nil
+}
+
+// journalRepaired marks a cache whose journal entries were checked
+// against its records (see repairJournal).
+var journalRepaired = []byte{pSuper, 'j'}
+
+// repairJournal gives every stored record that needs work its journal
+// entry, once per cache. Releases before the write-back rebuild set the
+// entry of an open file only at close, fsync or truncate, so a crash
+// while a file was written left records that showed new data and were
+// never uploaded.
+func (c *Cache) repairJournal() error {
+	done := false
+	err := c.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(journalRepaired)
+		if err == nil {
+			done = true
+			return nil
+		}
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil || done {
+		return err
+	}
+	var missing []uint64
+	err = c.db.View(func(txn *badger.Txn) error {
+		p := []byte{pInode}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true})
+		defer it.Close()
+		for it.Seek(p); it.ValidForPrefix(p); it.Next() {
+			var n *Inode
+			if err := it.Item().Value(func(v []byte) error {
+				var err error
+				n, err = unmarshalInode(v)
+				return err
+			}); err != nil {
+				return err
+			}
+			if !n.needsWork() {
+				continue
+			}
+			if _, err := txn.Get(journalKey(n.Ino)); errors.Is(err, badger.ErrKeyNotFound) {
+				missing = append(missing, n.Ino)
+			} else if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("repair journal: %w", err)
+	}
+	if len(missing) > 0 {
+		c.log.Info("cache: files written before a crash were not in the journal; they will be uploaded", "files", len(missing))
+	}
+	return update(c.db, func(txn *badger.Txn) error {
+		for _, ino := range missing {
+			if err := txn.Set(journalKey(ino), nil); err != nil {
+				return err
+			}
+		}
+		return txn.Set(journalRepaired, nil)
+	})
 }
 
 // recoverBlocks classifies every indexed block as dirty (referenced by a
@@ -157,7 +253,7 @@ func (c *Cache) maintain() {
 	defer t.Stop()
 	for {
 		select {
-		case <-c.closed:
+		case <-c.tasks.ctx.Done():
 			return
 		case <-t.C:
 			for c.db.RunValueLogGC(0.5) == nil {

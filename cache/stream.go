@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"maps"
 	"mime"
 	"path"
@@ -110,7 +111,7 @@ func (c *Cache) startStreamPart(st *inodeState, p int64) {
 	rec := st.rec
 	ps := c.opt.PartSize
 	if rec == nil || rec.Kind != KindFile || rec.Unlinked || rec.ConflictKey != "" || rec.Path == "" ||
-		st.uploading || st.writers == 0 || rec.Size <= (p+1)*ps {
+		st.upload != nil || st.writers == 0 || rec.Size <= (p+1)*ps {
 		return
 	}
 	if s := st.stream; s != nil && (s.sent[p] || s.key != rec.expectedKey()) {
@@ -129,20 +130,15 @@ func (c *Cache) startStreamPart(st *inodeState, p int64) {
 	if s.workers >= streamWorkers(c) {
 		return
 	}
-	c.bgMu.Lock()
-	if c.bgClosed {
-		c.bgMu.Unlock()
-		return
-	}
-	c.bg.Add(1)
-	c.bgMu.Unlock()
 	s.workers++
 	s.wg.Add(1)
-	go func() {
-		defer c.bg.Done()
+	if !c.tasks.Go(func() {
 		defer s.wg.Done()
 		c.streamWorker(s)
-	}()
+	}) {
+		s.workers--
+		s.wg.Done()
+	}
 }
 
 // allNew reports whether every block of part p is written data, none a
@@ -162,9 +158,9 @@ func (c *Cache) allNew(rec *Inode, p int64) bool {
 // reference to st, so that the state (and the stream in it) lives until
 // the stream is used or dropped.
 func (c *Cache) newStream(st *inodeState, rec *Inode) *stream {
-	c.statesMu.Lock()
+	c.ns.statesMu.Lock()
 	st.refs++
-	c.statesMu.Unlock()
+	c.ns.statesMu.Unlock()
 	key := rec.expectedKey()
 	ct := mime.TypeByExtension(path.Ext(key))
 	if ct == "" {
@@ -173,14 +169,14 @@ func (c *Cache) newStream(st *inodeState, rec *Inode) *stream {
 	token := newToken()
 	s := &stream{c: c, st: st, key: key, token: token, ps: c.opt.PartSize, meta: headersOf(rec, token), ct: ct,
 		sealed: make(chan struct{}), vers: make(map[int64]uint64), sent: make(map[int64]bool), done: make(map[int64]streamPart)}
-	s.ctx, s.cancel = context.WithCancel(c.bgCtx)
+	s.ctx, s.cancel = context.WithCancel(c.tasks.ctx)
 	return s
 }
 
 // streamSlots bounds the parts sent while files are written.
 func (c *Cache) streamSlots() chan struct{} {
-	c.streamOnce.Do(func() { c.streamSem = make(chan struct{}, streamWorkers(c)) })
-	return c.streamSem
+	c.rc.streamOnce.Do(func() { c.rc.streamSem = make(chan struct{}, streamWorkers(c)) })
+	return c.rc.streamSem
 }
 
 // streamWorkers is how many parts go up at once while files are written:
@@ -283,10 +279,10 @@ func (s *stream) create() {
 // abortStreamUpload aborts a stream's multipart upload and forgets its
 // record.
 func (c *Cache) abortStreamUpload(ino uint64, key, id string) {
-	ctx, cancel := context.WithTimeout(c.bgCtx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(c.tasks.ctx, 30*time.Second)
 	defer cancel()
 	if err := c.store.AbortMultipart(ctx, key, id); err != nil {
-		if c.bgCtx.Err() == nil {
+		if c.tasks.ctx.Err() == nil {
 			c.log.Warn("cache: abort early upload; the next mount retries", "key", key, "err", err)
 		}
 		return
@@ -301,23 +297,16 @@ func (c *Cache) abortStreamUpload(ino uint64, key, id string) {
 // does not block, so it may be called with locks held.
 func (c *Cache) dropStream(s *stream) {
 	s.cancel()
-	c.bgMu.Lock()
-	if c.bgClosed {
-		// The record stays; the next Open aborts the upload.
-		c.bgMu.Unlock()
-		c.release(s.st)
-		return
-	}
-	c.bg.Add(1)
-	c.bgMu.Unlock()
-	go func() {
-		defer c.bg.Done()
+	if !c.tasks.Go(func() {
 		defer c.release(s.st)
 		s.wg.Wait()
 		if s.id != "" {
 			c.abortStreamUpload(s.st.ino, s.key, s.id)
 		}
-	}()
+	}) {
+		// Closing: the record stays; the next Open aborts the upload.
+		c.release(s.st)
+	}
 }
 
 // usable reports whether the sealed plan can complete the stream's
@@ -331,13 +320,15 @@ func (s *stream) usable(rec *Inode, p *uploadPlan) bool {
 // finishStream waits for the parts in flight and hands over the stream's
 // multipart upload: its ID (recorded in the inode instead of the stream
 // record) and the parts that still hold the sealed content. id is "" when
-// the stream never got an upload.
-func (c *Cache) finishStream(st *inodeState, p *uploadPlan) (id string, parts map[int64]string) {
+// the stream never got an upload. An error means the hand-over could not
+// be recorded: the stream's upload stays recorded for the next Open to
+// abort, and the attempt fails.
+func (c *Cache) finishStream(st *inodeState, p *uploadPlan) (id string, parts map[int64]string, err error) {
 	s := p.stream
 	close(s.sealed)
 	s.wg.Wait()
 	if s.id == "" {
-		return "", nil
+		return "", nil, nil
 	}
 	parts = make(map[int64]string)
 	s.mu.Lock()
@@ -349,22 +340,23 @@ func (c *Cache) finishStream(st *inodeState, p *uploadPlan) (id string, parts ma
 	s.mu.Unlock()
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	err := update(c.db, func(txn *badger.Txn) error {
+	if st.rec == nil {
+		return "", nil, ErrNotExist
+	}
+	old := st.rec.clone()
+	st.rec.UploadID = s.id
+	err = update(c.db, func(txn *badger.Txn) error {
 		if err := txn.Delete(streamKey(st.ino, s.id)); err != nil {
 			return err
 		}
-		if st.rec == nil {
-			return nil
-		}
-		old := st.rec.clone()
-		st.rec.UploadID = s.id
 		return putInode(txn, old, st.rec)
 	})
 	if err != nil {
-		c.log.Warn("cache: record multipart upload", "err", err)
+		st.rec.UploadID = old.UploadID
+		return "", nil, fmt.Errorf("cache commit: record multipart upload: %w", err)
 	}
 	c.stats.PartsReused.Add(int64(len(parts)))
-	return s.id, parts
+	return s.id, parts, nil
 }
 
 // endStream returns the reference a used stream held.
@@ -407,15 +399,13 @@ func (c *Cache) abortOrphanStreams() error {
 	if err != nil || len(list) == 0 {
 		return err
 	}
-	c.bg.Add(1)
-	go func() {
-		defer c.bg.Done()
+	c.tasks.Go(func() {
 		for _, o := range list {
 			c.abortStreamUpload(o.ino, o.key, o.id)
-			if c.bgCtx.Err() != nil {
+			if c.tasks.ctx.Err() != nil {
 				return
 			}
 		}
-	}()
+	})
 	return nil
 }

@@ -26,7 +26,18 @@ func (n *Node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, toErrno("open", err)
 	}
-	fuseFlags, cached := n.pages.acquire(res.ContentVer)
+	fuseFlags, cached, changed := n.pages.acquire(res.ContentVer)
+	if changed {
+		// Another writer's version replaced the one the kernel has seen.
+		// The open's answer drops its pages, but not the size it caches:
+		// without this it would serve the new content cut to the old
+		// size until its attribute timeout. Invalidating the attributes
+		// alone (offset -1) touches no page, so it cannot deadlock with
+		// this request, and it is done before the open returns.
+		if errno := n.NotifyContent(-1, 0); errno != 0 && errno != syscall.ENOENT {
+			n.fsys.log.Debug("fs: invalidate attributes after a new version", "ino", n.ino(), "errno", errno)
+		}
+	}
 	return &fileHandle{h: h, node: n, cached: cached}, fuseFlags, 0
 }
 
@@ -48,21 +59,23 @@ type pageCache struct {
 // acquire decides how a handle opened on version ver uses the page cache:
 // through it (cached), keeping what it holds when it is of ver, or not at
 // all.
-func (p *pageCache) acquire(ver uint64) (fuseFlags uint32, cached bool) {
+// changed says the kernel saw another version before this one.
+func (p *pageCache) acquire(ver uint64) (fuseFlags uint32, cached, changed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
 	case p.users > 0 && p.ver != ver:
 		// Leave the pages to the handles of their version.
-		return fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE, false
+		return fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE, false, true
 	case p.known && p.ver == ver:
 		p.users++
-		return fuse.FOPEN_KEEP_CACHE, true
+		return fuse.FOPEN_KEEP_CACHE, true, false
 	default:
 		// Without KEEP_CACHE the kernel drops the pages it has.
+		changed = p.known
 		p.known, p.ver = true, ver
 		p.users++
-		return 0, true
+		return 0, true, changed
 	}
 }
 
@@ -132,11 +145,12 @@ func (f *fileHandle) Allocate(ctx context.Context, off uint64, size uint64, mode
 
 var _ = (gofs.NodeFsyncer)((*Node)(nil))
 
-// Fsync on a node without a handle (fsync of a directory) has nothing to
-// wait for: directory changes are journaled as they happen.
+// Fsync without a file handle is fsync of a directory: it returns once
+// the namespace changes in it (names created, renamed into it or removed)
+// are in S3, as rename(tmp, f); fsync(dir) expects.
 func (n *Node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
 	if f, ok := fh.(*fileHandle); ok {
 		return f.Fsync(ctx, flags)
 	}
-	return 0
+	return toErrno("fsyncdir", n.fsys.c.SyncDir(ctx, n.ino()))
 }

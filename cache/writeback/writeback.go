@@ -431,9 +431,6 @@ func (s *Scheduler) Sync(ctx context.Context, id ID) error {
 		return nil
 	}
 	target, begun := j.changes, j.begun
-	if j.state == Failed {
-		j.state = Pending
-	}
 	for {
 		switch {
 		case s.jobs[id] != j || j.removed:
@@ -449,11 +446,17 @@ func (s *Scheduler) Sync(ctx context.Context, id ID) error {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		}
-		if j.state != Uploading && j.begun == begun {
+		switch {
+		case j.state == Uploading:
+			j.urgent = true // whatever it leaves runs at once
+		case j.state == Failed:
+			// It failed for good before the call (the attempt began
+			// earlier): one more attempt, for this call.
+			j.state = Pending
+			s.urgeLocked(j)
+		case j.begun == begun:
 			// No attempt has started since the call: make one start now.
 			s.urgeLocked(j)
-		} else if j.state == Uploading {
-			j.urgent = true
 		}
 		s.cond.Wait()
 	}

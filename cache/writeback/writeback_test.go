@@ -546,3 +546,24 @@ func TestPressureSkipsTheDelay(t *testing.T) {
 		t.Fatalf("pressure started %v", got)
 	}
 }
+
+func TestSyncDuringAnAttemptThatFailsForGood(t *testing.T) {
+	e := newEnv(t, nil)
+	e.s.AddNow(ino1)
+	a := e.next()
+	res := make(chan error, 1)
+	go func() { res <- e.s.Sync(context.Background(), ino1) }()
+	// The attempt running when fsync was called fails for good: it began
+	// before the call, so the call gets an attempt of its own.
+	e.finish(a, Result{Outcome: Permanent, Err: errors.New("denied")})
+	e.finish(e.next(), Result{Outcome: Permanent, Err: errors.New("denied again")})
+	select {
+	case err := <-res:
+		var fe *FailedError
+		if !errors.As(err, &fe) || err.Error() != "denied again" {
+			t.Fatalf("Sync = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Sync waits forever on a job that failed for good")
+	}
+}

@@ -21,6 +21,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/spf13/pflag"
+
+	"github.com/keelfs/keelfs/cache"
 	kfs "github.com/keelfs/keelfs/fs"
 )
 
@@ -55,13 +58,23 @@ type status struct {
 	S3Retries      int64  `json:"s3_retries"`
 	S3BytesUp      int64  `json:"s3_bytes_up"`
 	S3BytesDown    int64  `json:"s3_bytes_down"`
+	// The write-back's jobs by state, the changes that cannot be uploaded
+	// (stuck) or keep failing (retrying), with the reason, and the
+	// conflict copies made lately.
+	Jobs      map[string]int       `json:"jobs"`
+	Stuck     []cache.PendingItem  `json:"stuck,omitempty"`
+	Retrying  []cache.PendingItem  `json:"retrying,omitempty"`
+	Recent    []cache.ConflictInfo `json:"recent_conflicts,omitempty"`
+	Unrecover int64                `json:"unrecoverable"`
 }
 
 func (m *mount) status() status {
 	clean, dirty := m.cache.Usage()
 	files, deletes := m.cache.PendingCount()
 	st := m.cache.Stats()
+	wb := m.cache.Status()
 	return status{
+		Jobs: wb.Jobs, Stuck: wb.Stuck, Retrying: wb.Retrying, Recent: wb.Conflicts, Unrecover: st.Unrecoverable.Load(),
 		MountPoint: m.cfg.MountPoint, Source: "s3://" + m.cfg.Bucket + "/" + m.cfg.Prefix,
 		PendingFiles: files, PendingDeletes: deletes, DirtyBytes: dirty, CachedBytes: clean + dirty,
 		CacheSize: int64(m.cfg.CacheSize), Uploads: st.UploadsDone.Load(), UploadErrors: st.UploadErrors.Load(),
@@ -97,13 +110,25 @@ func startControl(m *mount, cacheDir string) (*controlServer, error) {
 		json.NewEncoder(w).Encode(m.status())
 	})
 	mux.HandleFunc("POST /flush", func(w http.ResponseWriter, r *http.Request) {
-		// Progress lines while the journal drains, then "done" or "error".
+		// Progress lines while the journal drains, then "done", or one
+		// "left" line (JSON) per change not in S3 and "error".
 		flusher, _ := w.(http.Flusher)
+		ctx := r.Context()
+		if v := r.URL.Query().Get("timeout"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				http.Error(w, "bad timeout: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
 		done := make(chan error, 1)
-		var left []string
+		var left []cache.PendingItem
 		go func() {
 			var err error
-			left, err = m.cache.Drain(r.Context())
+			left, err = m.cache.Drain(ctx)
 			done <- err
 		}()
 		t := time.NewTicker(200 * time.Millisecond)
@@ -111,11 +136,21 @@ func startControl(m *mount, cacheDir string) (*controlServer, error) {
 		for {
 			select {
 			case err := <-done:
-				if err != nil || len(left) > 0 {
-					fmt.Fprintf(w, "error %d pending: %v\n", len(left), err)
-				} else {
+				if err == nil && len(left) == 0 {
 					fmt.Fprintln(w, "done")
+					return
 				}
+				for _, it := range left {
+					b, _ := json.Marshal(it) // plain strings and numbers: cannot fail
+					fmt.Fprintf(w, "left %s\n", b)
+				}
+				why := "they cannot be uploaded now"
+				if errors.Is(err, context.DeadlineExceeded) {
+					why = "the timeout passed first"
+				} else if err != nil {
+					why = err.Error()
+				}
+				fmt.Fprintf(w, "error %d changes not in S3: %s\n", len(left), why)
 				return
 			case <-t.C:
 				st := m.status()
@@ -247,33 +282,83 @@ func statusCmd(args []string) error {
 	fmt.Printf("uploads:          %d done (%s), %d failed attempts\n", st.Uploads, humanBytes(st.BytesUploaded), st.UploadErrors)
 	fmt.Printf("deletes:          %d done\n", st.Deletes)
 	fmt.Printf("conflicts:        %d\n", st.Conflicts)
+	for _, ci := range st.Recent {
+		fmt.Printf("  %s  %s saved as %s\n", ci.Time.UTC().Format(time.RFC3339), ci.Path, ci.Key)
+	}
+	if len(st.Jobs) > 0 {
+		var parts []string
+		for _, s := range []string{"pending", "uploading", "backing-off", "waiting-for-key", "conflicted", "failed"} {
+			if n := st.Jobs[s]; n > 0 {
+				parts = append(parts, fmt.Sprintf("%d %s", n, s))
+			}
+		}
+		fmt.Printf("upload jobs:      %s\n", strings.Join(parts, ", "))
+	}
+	if len(st.Stuck) > 0 {
+		fmt.Printf("not uploaded (not retried until the file changes, a flush or a remount):\n")
+		for _, it := range st.Stuck {
+			fmt.Printf("  %s\n", describePending(it))
+		}
+	}
+	if len(st.Retrying) > 0 {
+		fmt.Printf("retrying:\n")
+		for _, it := range st.Retrying {
+			fmt.Printf("  %s\n", describePending(it))
+		}
+	}
 	fmt.Printf("s3 requests:      %d (%d without answer or 5xx, %d retried)\n", st.S3Requests, st.S3Failures, st.S3Retries)
 	fmt.Printf("s3 traffic:       %s up, %s down\n", humanBytes(st.S3BytesUp), humanBytes(st.S3BytesDown))
 	return nil
 }
 
 func flushCmd(args []string) error {
-	mnt, err := oneMountPoint("flush", args)
-	if err != nil {
-		return err
+	fs := pflag.NewFlagSet("flush", pflag.ContinueOnError)
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long, naming what is not in S3 yet (0: wait as long as it takes)")
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: keelfs flush MOUNTPOINT [--timeout DURATION]\n\n%s\n\nFlags:\n", commandHelp["flush"])
+		fs.PrintDefaults()
 	}
-	return flush(mnt)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return errHelpShown
+		}
+		return usageErr("%v (see keelfs flush --help)", err)
+	}
+	if fs.NArg() != 1 {
+		return usageErr("usage: keelfs flush MOUNTPOINT [--timeout DURATION]")
+	}
+	if *timeout < 0 {
+		return usageErr("--timeout must not be negative")
+	}
+	mnt, err := filepath.Abs(fs.Arg(0))
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	return flush(mnt, *timeout)
 }
 
 // flush asks the daemon to upload everything now and shows progress until
-// the journal is empty.
-func flush(mnt string) error {
+// the journal is empty, or until only changes that cannot be uploaded are
+// left (or timeout passes): it then names each, with the reason, and
+// fails with exit status 7.
+func flush(mnt string, timeout time.Duration) error {
 	cl, err := controlClient(mnt)
 	if err != nil {
 		return err
 	}
-	resp, err := cl.Post("http://keelfs/flush", "text/plain", nil)
+	url := "http://keelfs/flush"
+	if timeout > 0 {
+		url += "?timeout=" + timeout.String()
+	}
+	resp, err := cl.Post(url, "text/plain", nil)
 	if err != nil {
 		return fmt.Errorf("ask the daemon: %w", err)
 	}
 	defer resp.Body.Close()
 	p := newProgress("flush")
+	var left []string
 	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		switch {
@@ -287,12 +372,39 @@ func flush(mnt string) error {
 		case len(f) > 0 && f[0] == "done":
 			p.done("everything is in S3")
 			return nil
+		case len(f) > 0 && f[0] == "left":
+			var it cache.PendingItem
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(sc.Text(), "left ")), &it); err != nil {
+				return fmt.Errorf("flush: bad answer from the daemon: %v", err)
+			}
+			left = append(left, describePending(it))
 		case len(f) > 0 && f[0] == "error":
 			p.done("")
-			return errors.New("flush: " + strings.TrimPrefix(sc.Text(), "error "))
+			msg := strings.TrimPrefix(sc.Text(), "error ")
+			if len(left) > 0 {
+				msg += ":\n  " + strings.Join(left, "\n  ")
+			}
+			return withCode(exitPending, errors.New("flush: "+msg))
 		}
 	}
 	return fmt.Errorf("flush: the daemon went away: %v", sc.Err())
+}
+
+// describePending is one line about a change not in S3: its path, what
+// its upload is doing, and why it is not done.
+func describePending(it cache.PendingItem) string {
+	s := it.Path
+	if it.State != "" {
+		s += " (" + it.State
+		if it.Attempts > 0 {
+			s += fmt.Sprintf(", %d attempts", it.Attempts)
+		}
+		s += ")"
+	}
+	if it.Reason != "" {
+		s += ": " + it.Reason
+	}
+	return s
 }
 
 func unmountCmd(args []string) error {
@@ -300,7 +412,7 @@ func unmountCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := flush(mnt); err != nil {
+	if err := flush(mnt, 10*time.Minute); err != nil {
 		return err
 	}
 	if err := syscall.Unmount(mnt, 0); err != nil {

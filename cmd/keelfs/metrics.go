@@ -155,7 +155,28 @@ func (m *metrics) watchCache(c *cache.Cache, cacheSize int64) {
 	gauge("keelfs_oldest_pending_seconds", "Age of the oldest change not yet in S3.", func() float64 {
 		return c.OldestPending().Seconds()
 	})
+	counter("keelfs_unrecoverable_uploads_total", "Uploads that failed for good because the local version of a partly edited file could not be completed (another writer replaced the object it came from).",
+		func() float64 { return float64(st.Unrecoverable.Load()) })
+	// One gauge per state of the write-back's jobs (see cache/writeback).
+	jobs := prometheus.NewDesc("keelfs_upload_jobs", "Upload and delete jobs by state: pending, uploading, backing-off, waiting-for-key, conflicted, failed (not retried until the file changes, a flush or a remount).",
+		[]string{"state"}, nil)
+	m.reg.MustRegister(collectorFunc{desc: jobs, collect: func(ch chan<- prometheus.Metric) {
+		counts := c.JobCounts()
+		for _, s := range []string{"pending", "uploading", "backing-off", "waiting-for-key", "conflicted", "failed"} {
+			ch <- prometheus.MustNewConstMetric(jobs, prometheus.GaugeValue, float64(counts[s]), s)
+		}
+	}})
 }
+
+// collectorFunc is a prometheus.Collector of one labelled metric computed
+// at scrape time.
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (f collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- f.desc }
+func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f.collect(ch) }
 
 // health decides /healthz. S3 counts as reachable when it answered
 // recently and nothing failed since; otherwise (an idle mount, or recent

@@ -389,6 +389,7 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 		SyncOnClose: cfg.SyncOnClose, PartSize: int64(cfg.PartSize), MaxUploads: cfg.MaxUploads,
 		SkipHeaders: cfg.SkipHeaders, Conflict: conflict, ConditionalWrites: conditional,
 		UID: cfg.UID, GID: cfg.GID, FileMode: uint32(cfg.FileMode), DirMode: uint32(cfg.DirMode),
+		MaxKeyLen:     maxKeyLen(cfg.Prefix),
 		EncryptionKey: key, Logger: log, Invalidate: fsys.Invalidate, InvalidateEntry: fsys.InvalidateEntry,
 	})
 	if err != nil {
@@ -424,6 +425,15 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	}
 	log.Info("mounted", "source", where, "mountpoint", cfg.MountPoint, "cache", cacheDir)
 	return m, nil
+}
+
+// maxKeyLen is the longest key relative to the prefix that S3 takes: its
+// limit of 1024 bytes less "PREFIX/".
+func maxKeyLen(prefix string) int {
+	if prefix = strings.Trim(prefix, "/"); prefix != "" {
+		return 1024 - len(prefix) - 1
+	}
+	return 1024
 }
 
 func storeConfig(cfg *mountConfig, log *slog.Logger) s3backend.Config {
@@ -599,12 +609,15 @@ func (m *mount) finish(sigs chan os.Signal, unmount bool) error {
 		m.log.Error("closing cache", "err", err)
 	}
 	if len(left) > 0 {
-		show := left
-		if len(show) > 20 {
-			show = append(show[:20:20], fmt.Sprintf("... and %d more", len(left)-20))
+		show := make([]string, 0, min(len(left), 20)+1)
+		for _, it := range left[:min(len(left), 20)] {
+			show = append(show, describePending(it))
 		}
-		return withCode(exitPending, fmt.Errorf("stopped with %d changes not yet in S3; they are safe in the cache and the next mount with the same --cache-dir uploads them: %s",
-			len(left), strings.Join(show, ", ")))
+		if len(left) > 20 {
+			show = append(show, fmt.Sprintf("... and %d more", len(left)-20))
+		}
+		return withCode(exitPending, fmt.Errorf("stopped with %d changes not yet in S3; they are safe in the cache and the next mount with the same --cache-dir uploads them:\n  %s",
+			len(left), strings.Join(show, "\n  ")))
 	}
 	m.log.Info("stopped; everything is in S3")
 	return nil

@@ -1,0 +1,706 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keelfs/keelfs/s3backend"
+)
+
+// The unhappy paths of issue 13, one test (or more) per case. Each failed
+// on the code before the write-back core was rebuilt; the comment of each
+// says how.
+
+// errorLines returns the ERROR lines of the log.
+func (l *logCapture) errorLines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range l.lines {
+		if strings.Contains(line, "level=ERROR") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// waitBackground waits for the fetches ahead of edited files to end.
+func (c *Cache) waitBackground() { c.rc.ahead.Wait() }
+
+// fsyncWithin runs Fsync with a deadline and returns its error; it fails
+// the test if the deadline is what ended it.
+func fsyncWithin(t *testing.T, h *Handle, d time.Duration) error {
+	t.Helper()
+	fctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	err := h.Fsync(fctx)
+	if fctx.Err() != nil {
+		t.Fatalf("fsync did not return within %v (%v)", d, err)
+	}
+	return err
+}
+
+// Case 1: an append to a big file whose head was never read, while another
+// writer replaces the object. The multipart upload copies the head from
+// the version the edit started from (UploadPartCopy); that version is
+// gone. The local version cannot be completed: the conflict path must end,
+// keep the data, say so (ERROR, status) and make fsync fail promptly.
+// Before: the copy's 412 was taken for the target's, a new conflict name
+// was picked and the upload retried a millisecond later, forever
+// (thousands of CreateMultipartUpload, fsync never returned).
+func TestConflictOnPartlyEditedBigFileEnds(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.WriteBackDelay = time.Hour // only fsync uploads
+		o.CompleteMax = -1           // the head is never fetched ahead
+	})
+	e.logs.allow("cannot be completed")
+	e.logs.allow("conflict")
+	base := randBytes(12 << 20)
+	e.store.PutObject("log", base, nil)
+	e.mustLookup("log")
+	h := e.openW("log")
+	if _, err := h.Write(ctx, []byte("one more line\n"), int64(len(base))); err != nil {
+		t.Fatal(err)
+	}
+	other := randBytes(12<<20 + 100)
+	e.store.PutObject("log", other, nil) // another mount's upload
+	e.store.ResetCounts()
+	err := fsyncWithin(t, h, 10*time.Second)
+	if err == nil {
+		t.Fatalf("fsync succeeded although the edit could not be uploaded; keys %v", e.keys())
+	}
+	n := e.store.Counts()
+	if n["CreateMultipart"] > 3 || n["UploadPartCopy"] > 6 || n["Put"] > 3 {
+		t.Fatalf("request storm: %v", n)
+	}
+	if got := e.object("log"); !bytes.Equal(got, other) {
+		t.Fatal("the other writer's object was changed")
+	}
+	if lines := e.logs.errorLines(); len(lines) == 0 || !strings.Contains(lines[0], "log") {
+		t.Fatalf("no ERROR line about the file: %q", lines)
+	}
+	st := e.c.Status()
+	if len(st.Stuck) != 1 || st.Stuck[0].Path != "log" || !strings.Contains(st.Stuck[0].Reason, "cannot be completed") {
+		t.Fatalf("status does not show the stuck file: %+v", st.Stuck)
+	}
+	if e.c.Stats().Unrecoverable.Load() != 1 {
+		t.Fatalf("unrecoverable conflicts = %d", e.c.Stats().Unrecoverable.Load())
+	}
+	// A drain returns at once, naming the file and why.
+	left := drainWithin(t, e, 5*time.Second)
+	if len(left) != 1 || left[0].Path != "log" || left[0].Err == nil {
+		t.Fatalf("drain left %+v", left)
+	}
+	e.close(h)
+}
+
+// drainWithin drains and returns what is left; it fails the test if the
+// drain only ended at its deadline.
+func drainWithin(t *testing.T, e *env, d time.Duration) []PendingItem {
+	t.Helper()
+	dctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	left, err := e.c.Drain(dctx)
+	if dctx.Err() != nil {
+		t.Fatalf("drain did not return within %v (%v); left %+v", d, err, left)
+	}
+	return left
+}
+
+// Case 1, small file: the unchanged blocks are read from the version the
+// edit started from (GET If-Match) while the body of the PUT is sent.
+// Before: it failed and was retried with backoff forever, without a
+// conflict copy and without a word above WARN.
+func TestConflictOnPartlyEditedSmallFileEnds(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.logs.allow("cannot be completed")
+	e.logs.allow("conflict")
+	e.logs.allow("fetch ahead")
+	base := randBytes(1 << 20)
+	e.store.PutObject("notes", base, nil)
+	e.mustLookup("notes")
+	// The edit's fetch ahead of the head fails: S3 does not answer GETs
+	// until the other writer has replaced the object.
+	var block atomic.Bool
+	block.Store(true)
+	e.store.SetHook(func(op, key string) error {
+		if op == "Get" && block.Load() {
+			return &s3backend.Error{Op: "GetObject", Key: key, Status: 503, Code: "SlowDown", Kind: s3backend.ErrThrottled, Cause: errors.New("injected")}
+		}
+		return nil
+	})
+	h := e.openW("notes")
+	// A whole block, so the write itself needs nothing from S3.
+	if _, err := h.Write(ctx, bytes.Repeat([]byte{'x'}, int(e.opt.BlockSize)), int64(len(base))); err != nil {
+		t.Fatal(err)
+	}
+	e.c.waitBackground()
+	e.store.PutObject("notes", randBytes(1<<20), nil)
+	block.Store(false)
+	e.store.ResetCounts()
+	if err := fsyncWithin(t, h, 10*time.Second); err == nil {
+		t.Fatal("fsync succeeded although the edit could not be uploaded")
+	}
+	left := drainWithin(t, e, 5*time.Second)
+	if len(left) != 1 || left[0].Path != "notes" {
+		t.Fatalf("drain left %+v", left)
+	}
+	if n := e.store.Counts(); n["Put"]+n["Get"] > 8 {
+		t.Fatalf("request storm: %v", n)
+	}
+	e.close(h)
+}
+
+// Case 1, prevention: a partly edited file small enough has the rest of
+// the version it came from fetched while the edit is local, so that a lost
+// race still ends with both versions in S3.
+func TestConflictOnPartlyEditedFileKeepsBothWhenFetchedAhead(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.logs.allow("conflict")
+	base := randBytes(3 << 20)
+	e.store.PutObject("data", base, nil)
+	e.mustLookup("data")
+	h := e.openW("data")
+	tail := []byte("appended\n")
+	if _, err := h.Write(ctx, tail, int64(len(base))); err != nil {
+		t.Fatal(err)
+	}
+	e.c.waitBackground() // the head is fetched ahead
+	other := randBytes(100)
+	e.store.PutObject("data", other, nil)
+	if err := fsyncWithin(t, h, 10*time.Second); err != nil {
+		t.Fatalf("fsync: %v", err)
+	}
+	e.close(h)
+	e.drain()
+	if got := e.object("data"); !bytes.Equal(got, other) {
+		t.Fatal("the other writer's version is not under the name")
+	}
+	var copies []string
+	for _, k := range e.keys() {
+		if strings.HasPrefix(k, "data.conflict-testhost-") {
+			copies = append(copies, k)
+		}
+	}
+	if len(copies) != 1 || !bytes.Equal(e.object(copies[0]), append(base, tail...)) {
+		t.Fatalf("conflict copies %v (keys %v)", copies, e.keys())
+	}
+}
+
+// Case 2: writes to a file that stays open reach the store (blocks and
+// record) as the write buffer moves on, but the journal entry was only
+// set at close, fsync or truncate. A remount found nothing pending while
+// it showed the new size, and S3 kept the old content for good.
+func TestOpenFileWritesAreJournaled(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.store.PutObject("f", []byte("old"), nil)
+	e.mustLookup("f")
+	h := e.openW("f")
+	data := randBytes(200 << 10)
+	for off := 0; off < len(data); off += 4096 {
+		if _, err := h.Write(ctx, data[off:off+4096], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The process ends with the file open (Close stores the buffer, as
+	// the blocks already stored would be found after a crash). After the
+	// remount S3 refuses uploads for a while, so that what is pending can
+	// be seen.
+	e.logs.allow("upload failed; will retry")
+	e.logs.allow("upload succeeded after failed attempts")
+	var hold atomic.Bool
+	hold.Store(true)
+	e.store.SetHook(func(op, key string) error {
+		if hold.Load() && (op == "Put" || op == "CreateMultipart") {
+			return &s3backend.Error{Op: op, Key: key, Status: 503, Code: "SlowDown", Kind: s3backend.ErrThrottled, Cause: errors.New("injected")}
+		}
+		return nil
+	})
+	e.reopen()
+	a := e.mustLookup("f")
+	if a.Size != int64(len(data)) {
+		t.Fatalf("after remount size %d", a.Size)
+	}
+	if p := e.c.Pending(); len(p) != 1 || p[0] != "f" {
+		t.Fatalf("pending after remount: %v", p)
+	}
+	hold.Store(false)
+	e.drain()
+	if got := e.object("f"); !bytes.Equal(got, data) {
+		t.Fatalf("f in S3: %d bytes, want the %d the remount shows", len(got), len(data))
+	}
+}
+
+// Case 3: a PUT that S3 refuses for good (403). Before: a drain made every
+// job due on every tick regardless of backoff: 50 000 PUTs and as many
+// WARN lines in 3 s, and the drain never returned.
+func TestDrainWithRefusedUploadEnds(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.logs.allow("access denied")
+	e.store.SetHook(func(op, key string) error {
+		if op == "Put" && key == "secret" {
+			return &s3backend.Error{Op: "PutObject", Key: key, Status: 403, Code: "AccessDenied", Kind: s3backend.ErrAccessDenied, Cause: errors.New("injected")}
+		}
+		return nil
+	})
+	e.write("secret", 0, []byte("no"))
+	e.write("fine", 0, []byte("yes"))
+	left := drainWithin(t, e, 10*time.Second)
+	if len(left) != 1 || left[0].Path != "secret" || !errors.Is(left[0].Err, s3backend.ErrAccessDenied) {
+		t.Fatalf("drain left %+v", left)
+	}
+	if got := string(e.object("fine")); got != "yes" {
+		t.Fatalf("fine = %q", got)
+	}
+	// A second drain (keelfs flush again) tries it once more, and only once.
+	e.store.ResetCounts()
+	left = drainWithin(t, e, 10*time.Second)
+	if len(left) != 1 {
+		t.Fatalf("second drain left %+v", left)
+	}
+	if n := e.store.Counts()["Put"]; n != 1 {
+		t.Fatalf("second drain sent %d PUTs, want 1", n)
+	}
+	warns := 0
+	e.logs.mu.Lock()
+	for _, l := range e.logs.lines {
+		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+			warns++
+		}
+	}
+	e.logs.mu.Unlock()
+	if warns > 4 {
+		t.Fatalf("%d WARN/ERROR lines for one refused file", warns)
+	}
+	// fsync says so at once too.
+	a := e.mustLookup("secret")
+	h, _, err := e.c.Open(ctx, a.Ino, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fsyncWithin(t, h, 5*time.Second); !errors.Is(err, s3backend.ErrAccessDenied) {
+		t.Fatalf("fsync = %v", err)
+	}
+	e.close(h)
+}
+
+// Case 3: keys longer than S3 allows are refused when the name is made,
+// not left pending forever.
+func TestKeyTooLongRefusedAtCreateAndRename(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.MaxKeyLen = 600 })
+	long := strings.Repeat("d", 250)
+	dir := RootIno
+	path := ""
+	for i := 0; i < 2; i++ {
+		a, err := e.c.Mkdir(ctx, dir, long, 0o755, 0, 0)
+		if err != nil {
+			t.Fatalf("mkdir at depth %d: %v", i, err)
+		}
+		dir = a.Ino
+		path += long + "/"
+	}
+	// path is 502 bytes; "x" + 98 more bytes fits, one more does not.
+	if _, err := e.c.Create(ctx, dir, strings.Repeat("f", 98), 0o644, 0, 0); err != nil {
+		t.Fatalf("create at the limit: %v", err)
+	}
+	if _, err := e.c.Create(ctx, dir, strings.Repeat("f", 99), 0o644, 0, 0); !errors.Is(err, ErrNameTooLong) {
+		t.Fatalf("create past the limit: %v", err)
+	}
+	if _, err := e.c.Mkdir(ctx, dir, strings.Repeat("g", 98), 0o755, 0, 0); !errors.Is(err, ErrNameTooLong) {
+		t.Fatalf("mkdir past the limit (its marker ends in /): %v", err)
+	}
+	// Renaming the top directory to a longer name pushes the file past it.
+	if err := e.c.Rename(ctx, RootIno, long, RootIno, long+"xx", 0); !errors.Is(err, ErrNameTooLong) {
+		t.Fatalf("rename that makes a key under it too long: %v", err)
+	}
+	// A file renamed into the deep directory under a long name.
+	e.write("short", 0, []byte("x"))
+	if err := e.c.Rename(ctx, RootIno, "short", dir, strings.Repeat("h", 99), 0); !errors.Is(err, ErrNameTooLong) {
+		t.Fatalf("rename of a file to a too long key: %v", err)
+	}
+	e.drain()
+}
+
+// Case 4: a listing that no longer shows a directory (another client
+// deleted it) sweeps it from the cache; a file created in it meanwhile
+// must survive, pending. Before: the sweep looked for local work under
+// the directory without the namespace lock, and the removal took the new
+// file down with the directory, its pending state zeroed.
+func TestSweepKeepsFileCreatedDuringListing(t *testing.T) {
+	e := newEnv(t, nil)
+	e.store.PutObject("d/old", []byte("x"), nil)
+	e.readDir("")
+	e.readDir("d")
+	dAttr := e.mustLookup("d")
+	e.store.DeleteObject("d/old") // another client removes the directory
+	e.clock.Advance(2 * time.Second)
+	var once sync.Once
+	testHookSweep = func() {
+		once.Do(func() {
+			// The create lands after the sweep decided what to remove.
+			a, err := e.c.Create(ctx, dAttr.Ino, "new", 0o644, 0, 0)
+			if err != nil {
+				t.Errorf("create: %v", err)
+				return
+			}
+			h, _, err := e.c.Open(ctx, a.Ino, true, false)
+			if err != nil {
+				t.Errorf("open: %v", err)
+				return
+			}
+			if _, err := h.Write(ctx, []byte("keep me"), 0); err != nil {
+				t.Errorf("write: %v", err)
+			}
+			if err := h.Flush(ctx); err != nil {
+				t.Errorf("flush: %v", err)
+			}
+			if err := h.Release(ctx); err != nil {
+				t.Errorf("release: %v", err)
+			}
+		})
+	}
+	defer func() { testHookSweep = nil }()
+	e.readDir("")
+	e.drain()
+	if got, _, ok := e.store.Object("d/new"); !ok || string(got) != "keep me" {
+		t.Fatalf("d/new in S3: %q %v; keys %v", got, ok, e.keys())
+	}
+}
+
+// Case 7: a read of a block that a writer rewrites at the same moment.
+// Before: the reader took the checksum from the index, the writer renamed
+// the new block file into place and updated the index, and the read of
+// the new file against the old checksum failed: EIO for data not yet
+// uploaded. (Seen with cache encryption, where every read checks the
+// whole block.) The rewrite is made to happen right after the reader
+// looked the block up.
+func TestReadRacingRewriteOfBlock(t *testing.T) {
+	for _, encrypted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("encrypted=%v", encrypted), func(t *testing.T) {
+			e := newEnv(t, func(o *Options) {
+				o.WriteBackDelay = time.Hour
+				if encrypted {
+					o.EncryptionKey = bytes.Repeat([]byte{7}, 32)
+				}
+			})
+			bs := int(e.opt.BlockSize)
+			w := e.openW("f")
+			if _, err := w.Write(ctx, bytes.Repeat([]byte{1}, 2*bs), 0); err != nil {
+				t.Fatal(err)
+			}
+			r, _, err := e.c.Open(ctx, e.mustLookup("f").Ino, false, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Release(ctx)
+			rewrite := func() {
+				// Rewrite block 0 (through the buffer), then move on, so
+				// that its file is replaced.
+				if _, err := w.Write(ctx, bytes.Repeat([]byte{2}, bs), 0); err != nil {
+					t.Error(err)
+				}
+				if _, err := w.Write(ctx, []byte{2}, int64(bs)); err != nil {
+					t.Error(err)
+				}
+			}
+			var once sync.Once
+			testHookBlockLookedUp = func(id blockID) {
+				if id.idx == 0 {
+					once.Do(func() {
+						done := make(chan struct{})
+						go func() { rewrite(); close(done) }()
+						select {
+						case <-done:
+						case <-time.After(time.Second): // the writer waits for this reader
+						}
+					})
+				}
+			}
+			defer func() { testHookBlockLookedUp = nil }()
+			buf := make([]byte, bs)
+			n, err := r.Read(ctx, buf, 0)
+			testHookBlockLookedUp = nil
+			if err != nil {
+				t.Fatalf("read during the rewrite: %v", err)
+			}
+			got := buf[:n]
+			if len(got) != bs || (!bytes.Equal(got, bytes.Repeat([]byte{1}, bs)) && !bytes.Equal(got, bytes.Repeat([]byte{2}, bs))) {
+				t.Fatalf("read during the rewrite returned neither version")
+			}
+			e.close(w)
+		})
+	}
+}
+
+// Case 8: a partial write to a block that is cached clean, whose file
+// vanished between the index lookup and the read (evicted, or dropped).
+// Before: writeBlock fetched it from S3 with the inode's lock held,
+// against the rule that no lock is held across an S3 request.
+func TestWriteNeverHoldsInodeLockAcrossS3(t *testing.T) {
+	e := newEnv(t, nil)
+	e.logs.allow("vanished")
+	e.store.PutObject("f", randBytes(100<<10), nil)
+	data := e.read("f") // block 0 is cached
+	ino := e.mustLookup("f").Ino
+	// The block's file goes; its index entry stays, as when an eviction
+	// removes the file while a writer looks the block up.
+	filepath.WalkDir(filepath.Join(e.dir, "blocks"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), fmt.Sprintf("%016x-", ino)) {
+			os.Remove(p)
+		}
+		return nil
+	})
+	h := e.openW("f")
+	var held atomic.Bool
+	e.store.SetHook(func(op, key string) error {
+		if op == "Get" && key == "f" {
+			e.c.ns.statesMu.Lock()
+			st := e.c.ns.states[ino]
+			e.c.ns.statesMu.Unlock()
+			if st != nil && !st.mu.TryLock() {
+				held.Store(true)
+			} else if st != nil {
+				st.mu.Unlock()
+			}
+		}
+		return nil
+	})
+	if _, err := h.Write(ctx, []byte("patch"), 10); err != nil {
+		t.Fatal(err)
+	}
+	if held.Load() {
+		t.Fatal("the inode's lock was held while the block was fetched from S3")
+	}
+	e.close(h)
+	copy(data[10:], "patch")
+	e.drain()
+	if !bytes.Equal(e.object("f"), data) {
+		t.Fatal("content after the patch is wrong")
+	}
+}
+
+// Case 9: a background sync of dirty blocks that fails must not be
+// forgotten. Linux reports a write-back error to one fsync only: a later
+// fsync of the same file succeeds though the data never reached the disk.
+// Before: the background sync dropped its error and the next close
+// succeeded.
+func TestBackgroundSyncErrorReachesNextSync(t *testing.T) {
+	bs := newTestBlockStore(t, 1<<30)
+	var failed atomic.Bool
+	fsyncPath = func(p string) error {
+		if strings.Contains(p, "-") && failed.CompareAndSwap(false, true) {
+			return errors.New("injected EIO") // once, like Linux
+		}
+		return fsyncFile(p)
+	}
+	defer func() { fsyncPath = fsyncFile }()
+	data := make([]byte, 1<<20)
+	for i := int64(0); i < syncAhead>>20+1; i++ {
+		id := blockID{1, 1, i}
+		meta, err := bs.write(id, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = meta
+		bs.added(id, uint32(len(data)), true)
+	}
+	bs.ahead.Wait()
+	if !failed.Load() {
+		t.Fatal("the background sync did not run")
+	}
+	if err := bs.sync(); err == nil {
+		t.Fatal("sync after a failed background sync succeeded: the lost write goes unreported")
+	}
+	if err := bs.sync(); err != nil {
+		t.Fatalf("the error is reported once: %v", err)
+	}
+}
+
+// Case 9: two conflicts of one file within one second. Before: the second
+// conflict copy's name was the first's, its PUT (If-None-Match) failed,
+// a "new" name was picked from the same second, and so on forever.
+func TestTwoConflictsInOneSecond(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.logs.allow("conflict")
+	e.store.PutObject("f", []byte("v0"), nil)
+	e.mustLookup("f")
+	for i := 1; i <= 2; i++ {
+		h := e.openW("f")
+		if _, err := h.Write(ctx, []byte(fmt.Sprintf("local %d", i)), 0); err != nil {
+			t.Fatal(err)
+		}
+		e.store.PutObject("f", []byte(fmt.Sprintf("other %d", i)), nil)
+		if err := fsyncWithin(t, h, 10*time.Second); err != nil {
+			t.Fatalf("fsync %d: %v", i, err)
+		}
+		e.close(h)
+		// Within the same second: after a conflict the name follows the
+		// other writer's version at once.
+	}
+	var got []string
+	for _, k := range e.keys() {
+		if strings.HasPrefix(k, "f.conflict-") {
+			got = append(got, string(e.object(k)))
+		}
+	}
+	if len(got) != 2 || got[0] == got[1] {
+		t.Fatalf("conflict copies %q, want one per conflict", got)
+	}
+}
+
+// Case 9: a conflict copy is uploaded once. Before: any namespace
+// transaction that touched the inode (a listing of its directory) counted
+// as a change, so the copy was saved again over itself.
+func TestConflictCopySavedOnce(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.logs.allow("conflict")
+	e.store.PutObject("f", []byte("v0"), nil)
+	e.mustLookup("f")
+	var puts atomic.Int32
+	e.store.SetHook(func(op, key string) error {
+		if op == "Put" && strings.Contains(key, ".conflict-") {
+			puts.Add(1)
+			// A listing of the directory while the copy is saved.
+			e.clock.Advance(2 * time.Second)
+			e.readDir("")
+		}
+		return nil
+	})
+	h := e.openW("f")
+	if _, err := h.Write(ctx, []byte("mine"), 0); err != nil {
+		t.Fatal(err)
+	}
+	e.store.PutObject("f", []byte("theirs"), nil)
+	if err := fsyncWithin(t, h, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.close(h)
+	e.drain()
+	if n := puts.Load(); n != 1 {
+		t.Fatalf("the conflict copy was sent %d times", n)
+	}
+}
+
+// Case 5: fsync of a directory. Before, it returned at once and did
+// nothing: rename(tmp, f); fsync(dir) promised nothing, not even against
+// a power cut (badger does not sync its writes by itself).
+func TestSyncDirPutsNamespaceChangesInS3(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	d, err := e.c.Mkdir(ctx, RootIno, "d", 0o755, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.store.PutObject("d/old", []byte("x"), nil)
+	e.clock.Advance(2 * time.Second)
+	e.readDir("d")
+	h := e.openW("d/tmp")
+	if _, err := h.Write(ctx, []byte("v2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Fsync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.close(h)
+	if err := e.c.Rename(ctx, d.Ino, "tmp", d.Ino, "f", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Unlink(ctx, d.Ino, "old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.SyncDir(ctx, d.Ino); err != nil {
+		t.Fatalf("fsync of the directory: %v", err)
+	}
+	eqKeys(t, e.keys(), "d/", "d/f")
+	if got := string(e.object("d/f")); got != "v2" {
+		t.Fatalf("d/f = %q", got)
+	}
+}
+
+// Case 5: fsync of a directory reports a change that cannot be uploaded.
+func TestSyncDirReportsFailure(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.logs.allow("access denied")
+	e.store.SetHook(func(op, key string) error {
+		if op == "Put" && key == "no" {
+			return &s3backend.Error{Op: "PutObject", Key: key, Status: 403, Code: "AccessDenied", Kind: s3backend.ErrAccessDenied, Cause: errors.New("injected")}
+		}
+		return nil
+	})
+	e.write("no", 0, []byte("x"))
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := e.c.SyncDir(sctx, RootIno); !errors.Is(err, s3backend.ErrAccessDenied) {
+		t.Fatalf("SyncDir = %v", err)
+	}
+}
+
+// Case 6: the cache's disk is almost full. Writers must get ErrNoSpace
+// (ENOSPC) after waiting for uploads, not fill the disk under badger's
+// memory-mapped files (a SIGBUS kills the daemon), and nothing a close
+// acknowledged may be lost. The filesystem's free space is faked.
+func TestDiskFloorGivesENOSPC(t *testing.T) {
+	// The disk: what the blocks take comes off its free space.
+	var capacity atomic.Int64
+	capacity.Store(1 << 40)
+	e := newEnv(t, func(o *Options) {
+		o.WriteBackDelay = time.Hour
+		o.SpaceWait = 200 * time.Millisecond
+		o.MinFreeDisk = 32 << 20
+	})
+	e.c.blocks.statfs = func() (int64, error) {
+		clean, dirty := e.c.Usage()
+		return capacity.Load() - clean - dirty, nil
+	}
+	kept := randBytes(300 << 10)
+	e.write("kept", 0, kept)
+	e.store.PutObject("cached", randBytes(1<<20), nil)
+	e.read("cached") // clean blocks that can be evicted
+	// Room for 2 MiB more above the floor, and S3 unreachable: uploads
+	// cannot make room.
+	clean, dirty := e.c.Usage()
+	capacity.Store(clean + dirty + 34<<20)
+	e.logs.allow("upload failed; will retry")
+	e.logs.allow("upload succeeded after failed attempts")
+	var down atomic.Bool
+	down.Store(true)
+	e.store.SetHook(func(op, key string) error {
+		if down.Load() && op != "Get" && op != "Head" && op != "List" {
+			return &s3backend.Error{Op: op, Key: key, Kind: s3backend.ErrUnavailable, Cause: errors.New("injected: connection refused")}
+		}
+		return nil
+	})
+	h := e.openW("big")
+	var werr error
+	for off := int64(0); off < 8<<20 && werr == nil; off += 64 << 10 {
+		_, werr = h.Write(ctx, make([]byte, 64<<10), off)
+	}
+	if !errors.Is(werr, ErrNoSpace) {
+		t.Fatalf("write with the disk at its floor: %v, want ErrNoSpace", werr)
+	}
+	e.c.blocks.mu.Lock()
+	evicted := e.c.blocks.evictions
+	e.c.blocks.mu.Unlock()
+	if evicted == 0 {
+		t.Fatal("writers were refused before clean blocks were evicted to make room on the disk")
+	}
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	capacity.Store(1 << 40)
+	down.Store(false)
+	e.drain()
+	if !bytes.Equal(e.object("kept"), kept) {
+		t.Fatal("a file closed before the disk filled is not in S3")
+	}
+	e.write("after", 0, []byte("room again"))
+	e.drain()
+}
