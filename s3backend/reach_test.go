@@ -1,0 +1,202 @@
+package s3backend_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/keelfs/keelfs/s3backend"
+	"github.com/keelfs/keelfs/s3backend/memstore"
+)
+
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+// reachEnv is a memstore behind a Reach, with a fake clock and a switch
+// that makes every request fail as an unreachable endpoint does.
+type reachEnv struct {
+	store   *memstore.Store
+	r       *s3backend.Reach
+	clock   *clockwork.FakeClock
+	log     *logBuf
+	down    atomic.Bool
+	changes chan bool
+}
+
+func newReachEnv(t *testing.T) *reachEnv {
+	e := &reachEnv{store: memstore.New(), clock: clockwork.NewFakeClock(), log: &logBuf{}, changes: make(chan bool, 10)}
+	e.store.SetHook(func(op, key string) error {
+		if e.down.Load() {
+			return &s3backend.Error{Op: op, Key: key, Kind: s3backend.ErrUnavailable, Cause: errors.New("connect: connection refused")}
+		}
+		return nil
+	})
+	e.r = s3backend.NewReach(e.store, s3backend.ReachOptions{Wait: 3 * time.Second, ProbeEvery: time.Second, Clock: e.clock,
+		Logger: slog.New(slog.NewTextHandler(e.log, nil)), OnChange: func(up bool) { e.changes <- up }})
+	t.Cleanup(e.r.Close)
+	return e
+}
+
+func (e *reachEnv) change(t *testing.T, want bool) {
+	t.Helper()
+	select {
+	case got := <-e.changes:
+		if got != want {
+			t.Fatalf("reachability went to %v, want %v", got, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no change of reachability to %v", want)
+	}
+}
+
+func TestReachFailsFastWhileDownAndProbesBack(t *testing.T) {
+	ctx := context.Background()
+	e := newReachEnv(t)
+	e.store.PutObject("a", []byte("x"), nil)
+	if _, err := e.r.Head(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	e.down.Store(true)
+	if _, err := e.r.Head(ctx, "a"); !errors.Is(err, s3backend.ErrUnavailable) {
+		t.Fatalf("head with the endpoint down: %v", err)
+	}
+	e.change(t, false)
+	if st := e.r.State(); st.Reachable || st.Err == nil {
+		t.Fatalf("state %+v", st)
+	}
+	// While down, requests do not reach the endpoint.
+	before := e.store.Counts()["Put"]
+	for i := 0; i < 10; i++ {
+		if _, err := e.r.Put(ctx, s3backend.PutInput{Key: "b", Body: bytes.NewReader(nil)}); !errors.Is(err, s3backend.ErrUnreachable) {
+			t.Fatalf("put while down: %v", err)
+		}
+	}
+	if n := e.store.Counts()["Put"] - before; n != 0 {
+		t.Fatalf("%d PUTs reached the endpoint while it was down", n)
+	}
+	// The probe asks every second: once in vain, then the endpoint
+	// answers again.
+	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := e.clock.BlockUntilContext(bctx, 1); err != nil {
+		t.Fatal("no probe waiting")
+	}
+	e.clock.Advance(time.Second)
+	if err := e.clock.BlockUntilContext(bctx, 1); err != nil {
+		t.Fatal("the probe did not wait again after a failure")
+	}
+	e.down.Store(false)
+	e.clock.Advance(time.Second)
+	e.change(t, true)
+	if _, err := e.r.Head(ctx, "a"); err != nil {
+		t.Fatalf("head once back: %v", err)
+	}
+	if n := e.log.count("level=WARN"); n != 1 {
+		t.Fatalf("%d WARN lines for one outage", n)
+	}
+	if n := e.log.count("level=INFO"); n != 1 {
+		t.Fatalf("%d INFO lines for one recovery", n)
+	}
+}
+
+func TestReachAnswersAreNotOutages(t *testing.T) {
+	ctx := context.Background()
+	e := newReachEnv(t)
+	if _, err := e.r.Head(ctx, "missing"); !errors.Is(err, s3backend.ErrNotFound) {
+		t.Fatal(err)
+	}
+	// A caller that gives up says nothing about S3.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	e.store.SetHook(func(op, key string) error {
+		return &s3backend.Error{Op: op, Key: key, Kind: s3backend.ErrUnavailable, Cause: context.Canceled}
+	})
+	e.r.Head(cctx, "a")
+	if !e.r.State().Reachable {
+		t.Fatal("a cancelled request made S3 unreachable")
+	}
+}
+
+// blackHole accepts HEADs and never answers them, until the request's
+// context ends (as the real store reports a cancelled request).
+type blackHole struct{ s3backend.ObjectStore }
+
+func (blackHole) Head(ctx context.Context, key string) (s3backend.ObjectInfo, error) {
+	<-ctx.Done()
+	return s3backend.ObjectInfo{}, &s3backend.Error{Op: "HeadObject", Key: key, Kind: s3backend.ErrUnavailable, Cause: ctx.Err()}
+}
+
+func TestReachBoundsTheWaitOfReads(t *testing.T) {
+	ctx := context.Background()
+	clock := clockwork.NewFakeClock()
+	changes := make(chan bool, 1)
+	r := s3backend.NewReach(blackHole{memstore.New()}, s3backend.ReachOptions{Wait: 3 * time.Second, Clock: clock,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OnChange: func(up bool) { changes <- up }})
+	defer r.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Head(ctx, "a")
+		done <- err
+	}()
+	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := clock.BlockUntilContext(bctx, 1); err != nil {
+		t.Fatal("the read does not wait on the clock")
+	}
+	clock.Advance(3 * time.Second)
+	select {
+	case err := <-done:
+		if !errors.Is(err, s3backend.ErrUnavailable) || !errors.Is(err, s3backend.ErrUnreachable) {
+			t.Fatalf("head of a black hole: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a read waited past Wait")
+	}
+	select {
+	case up := <-changes:
+		if up {
+			t.Fatal("reachable after a black hole")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a black hole did not make S3 unreachable")
+	}
+}
+
+func TestReachGetBodyOutlivesTheWait(t *testing.T) {
+	ctx := context.Background()
+	e := newReachEnv(t)
+	e.store.PutObject("big", bytes.Repeat([]byte("x"), 1<<20), nil)
+	body, err := e.r.Get(ctx, "big", 0, -1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Minute) // the answer began in time; reading it may take long
+	b, err := io.ReadAll(body)
+	body.Close()
+	if err != nil || len(b) != 1<<20 {
+		t.Fatalf("read %d bytes: %v", len(b), err)
+	}
+}
