@@ -451,56 +451,6 @@ func accessError(where string, err error) error {
 	return withCode(exitBucket, fmt.Errorf("cannot use %s: %v", where, err))
 }
 
-// checkMountPoint makes sure dir can be mounted on. A FUSE mount left by a
-// dead process (ENOTCONN) is detached first.
-func checkMountPoint(dir string, log *slog.Logger) error {
-	st, err := os.Stat(dir)
-	if errors.Is(err, syscall.ENOTCONN) {
-		log.Warn("mount point has a stale mount from a process that died; detaching it", "mountpoint", dir)
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			if out, ferr := exec.Command("fusermount3", "-u", "-z", dir).CombinedOutput(); ferr != nil {
-				return withCode(exitMountPoint, fmt.Errorf("mount point %s has a stale mount that could not be detached: %v %s", dir, err, out))
-			}
-		}
-		st, err = os.Stat(dir)
-	}
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return withCode(exitMountPoint, fmt.Errorf("mount point %s does not exist", dir))
-		}
-		return withCode(exitMountPoint, fmt.Errorf("mount point %s: %v", dir, err))
-	}
-	if !st.IsDir() {
-		return withCode(exitMountPoint, fmt.Errorf("mount point %s is not a directory", dir))
-	}
-	if mounted, _ := isMountPoint(dir); mounted {
-		return withCode(exitMountPoint, fmt.Errorf("%s is already a mount point", dir))
-	}
-	return nil
-}
-
-// isMountPoint reports whether dir is a mount point, from mountinfo.
-func isMountPoint(dir string) (bool, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && unescapeMount(f[4]) == dir {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-func unescapeMount(s string) string {
-	return regexp.MustCompile(`\\([0-7]{3})`).ReplaceAllStringFunc(s, func(m string) string {
-		n, _ := strconv.ParseUint(m[1:], 8, 8)
-		return string(rune(n))
-	})
-}
-
 // resolveCacheDir returns the cache directory of this bucket and prefix:
 // a subdirectory, mode 0700, of --cache-dir or the default base.
 func resolveCacheDir(cfg *mountConfig) (string, error) {

@@ -13,6 +13,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -148,9 +151,10 @@ func (m *Mount) start() {
 			m.t.Fatalf("harness: keelfs exited before mounting (%v):\n%s", m.exitErr, m.Log())
 		default:
 		}
-		// A stale mount left by a crash is listed too: wait until the
-		// mount answers.
-		if _, err := os.Stat(m.Dir); err == nil && IsMounted(m.Dir) {
+		// A mount left behind by a crash is listed too, and the kernel
+		// may answer a stat of it from its attribute cache: only a daemon
+		// that answers the control ioctl is live.
+		if IsMounted(m.Dir) && Answers(m.Dir) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -159,20 +163,42 @@ func (m *Mount) start() {
 }
 
 // IsMounted reports whether dir is a keelfs mount point.
-func IsMounted(dir string) bool {
+func IsMounted(dir string) bool { return len(keelfsMounts(dir)) > 0 }
+
+// keelfsMounts returns the mount ids of the keelfs mounts at dir, live or
+// stale, from /proc/self/mountinfo.
+func keelfsMounts(dir string) map[string]bool {
+	ids := map[string]bool{}
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return false
+		return ids
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		for i, x := range f {
-			if x == "-" && i+1 < len(f) && len(f) > 4 && f[4] == dir && strings.HasPrefix(f[i+1], "fuse.keelfs") {
-				return true
+			if x == "-" && i+1 < len(f) && len(f) > 4 && unescapeMountinfo(f[4]) == dir && strings.HasPrefix(f[i+1], "fuse.keelfs") {
+				ids[f[0]] = true
 			}
 		}
 	}
-	return false
+	return ids
+}
+
+// controlIoctl is fs.ControlIoctl, spelled out: the harness cannot import
+// fs, whose dependencies' in-package tests use the harness.
+const controlIoctl = 2<<30 | 4096<<16 | 'k'<<8 | 1
+
+// Answers reports whether a live keelfs daemon serves dir: the control
+// ioctl on the mount's root always reaches the daemon, never a cache.
+func Answers(dir string) bool {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 4096)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(controlIoctl), uintptr(unsafe.Pointer(&buf[0])))
+	return errno == 0
 }
 
 // Path joins p to the mount point.
