@@ -19,8 +19,8 @@ const (
 	exitOK         = 0
 	exitError      = 1 // anything not below
 	exitUsage      = 2 // bad command line
-	exitMountPoint = 3 // mount point missing, not a directory, or busy
-	exitAccess     = 4 // credentials rejected or access denied
+	exitMountPoint = 3 // mount point missing, not a directory, or a live keelfs there
+	exitAccess     = 4 // no credentials, credentials rejected, or access denied
 	exitBucket     = 5 // bucket missing or endpoint unreachable
 	exitCache      = 6 // cache directory unusable or in use by another mount
 	exitPending    = 7 // stopped with uploads still pending

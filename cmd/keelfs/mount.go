@@ -160,6 +160,9 @@ func validate(cfg *mountConfig) error {
 	if cfg.WriteBackDelay < 0 || cfg.ShutdownTimeout < 0 {
 		return fmt.Errorf("durations must not be negative")
 	}
+	if err := s3backend.CheckEndpoint(cfg.Endpoint); err != nil {
+		return fmt.Errorf("--%v", err)
+	}
 	switch cfg.SSE {
 	case "", "AES256", "aws:kms", "aws:kms:dsse":
 	default:
@@ -341,16 +344,23 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 		where += " at " + cfg.Endpoint
 	}
 	// The access check runs on a store that does not log its retries: its
-	// outcome is the one line the user needs.
-	quiet, err := s3backend.New(ctx, storeConfig(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	// outcome is the one line the user needs. It tries twice, and so does
+	// the instance metadata client of its credential chain (which takes
+	// the store's retry settings): on a host where instance metadata
+	// never answers, the chain then ends in about 2.5 s with "no
+	// credentials", within accessCheckTimeout, rather than being cut off
+	// by it with no reason to give.
+	qcfg := storeConfig(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	qcfg.MaxAttempts, qcfg.MaxBackoff = 2, 500*time.Millisecond
+	quiet, err := s3backend.New(ctx, qcfg)
 	if err != nil {
 		return nil, withCode(exitAccess, fmt.Errorf("s3 client: %w", err))
 	}
-	cctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, accessCheckTimeout)
 	err = quiet.CheckAccess(cctx)
 	cancel()
 	if err != nil {
-		return nil, accessError(where, err)
+		return nil, accessError(cfg, err)
 	}
 	conditional := false
 	if !cfg.ReadOnly {
@@ -435,20 +445,77 @@ func storeConfig(cfg *mountConfig, log *slog.Logger) s3backend.Config {
 	}
 }
 
+// accessCheckTimeout bounds the access check of a mount: connecting,
+// finding credentials and one listing.
+const accessCheckTimeout = 3500 * time.Millisecond
+
 // accessError turns a failed access check into one clear line and an exit
-// code.
-func accessError(where string, err error) error {
-	switch {
-	case errors.Is(err, s3backend.ErrNoSuchBucket):
-		return withCode(exitBucket, fmt.Errorf("bucket does not exist: %s", where))
-	case errors.Is(err, s3backend.ErrInvalidCredentials):
-		return withCode(exitAccess, fmt.Errorf("credentials rejected by %s: %v", where, err))
-	case errors.Is(err, s3backend.ErrAccessDenied):
-		return withCode(exitAccess, fmt.Errorf("access denied to %s: %v", where, err))
-	case errors.Is(err, s3backend.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		return withCode(exitBucket, fmt.Errorf("cannot reach %s: %v", where, err))
+// code: what is wrong, with which bucket or endpoint, and the cause in a
+// few words, never the SDK's retry report.
+func accessError(cfg *mountConfig, err error) error {
+	where := fmt.Sprintf("s3://%s/%s", cfg.Bucket, cfg.Prefix)
+	endpoint := cfg.Endpoint
+	if endpoint == "" {
+		if endpoint = s3backend.RequestHost(err); endpoint == "" {
+			endpoint = "S3"
+		}
 	}
-	return withCode(exitBucket, fmt.Errorf("cannot use %s: %v", where, err))
+	switch {
+	case errors.Is(err, s3backend.ErrNoCredentials):
+		return withCode(exitAccess, fmt.Errorf("no AWS credentials found for %s: none in the environment or the shared files, no role from web identity, ECS or instance metadata (%s); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE, give the instance, task or pod a role, or use --no-sign-request for a public bucket",
+			where, credentialsCause(err)))
+	case errors.Is(err, s3backend.ErrInvalidCredentials) && isChainError(err):
+		return withCode(exitAccess, fmt.Errorf("could not get AWS credentials for %s from the credential chain (profile, web identity, ECS task role, instance metadata): %s", where, credentialsCause(err)))
+	case errors.Is(err, s3backend.ErrInvalidCredentials):
+		return withCode(exitAccess, fmt.Errorf("credentials rejected by %s for %s: %v", endpoint, where, err))
+	case errors.Is(err, s3backend.ErrNoSuchBucket):
+		return withCode(exitBucket, fmt.Errorf("bucket does not exist: %s at %s", where, endpoint))
+	case errors.Is(err, s3backend.ErrAccessDenied):
+		return withCode(exitAccess, fmt.Errorf("access denied to %s by %s: %v", where, endpoint, err))
+	}
+	var se *s3backend.Error
+	if errors.As(err, &se) && se.Status != 0 {
+		// An answer, but not one a mount can use (a 5xx, a redirect).
+		return withCode(exitBucket, fmt.Errorf("cannot use %s at %s: %v", where, endpoint, err))
+	}
+	reason := s3backend.NetworkReason(err)
+	switch {
+	case reason == "no answer in time":
+		reason = fmt.Sprintf("no answer within %v", accessCheckTimeout)
+	case reason == "":
+		reason = err.Error()
+	}
+	return withCode(exitBucket, fmt.Errorf("cannot reach %s (for %s): %s", endpoint, where, reason))
+}
+
+// isChainError reports whether err came from the credential chain (a
+// profile's role that could not be assumed, an unreadable web identity
+// token) rather than from S3.
+func isChainError(err error) bool {
+	var se *s3backend.Error
+	return errors.As(err, &se) && se.Status == 0 && se.Code == ""
+}
+
+// credentialsCause is the innermost message of a credential chain error:
+// "request to EC2 IMDS failed", not the chain's retelling of it.
+func credentialsCause(err error) string {
+	if r := s3backend.NetworkReason(err); r != "" {
+		if r == "no answer in time" {
+			return fmt.Sprintf("no answer within %v", accessCheckTimeout)
+		}
+		return r
+	}
+	var se *s3backend.Error
+	if errors.As(err, &se) && se.Cause != nil {
+		err = se.Cause
+	}
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err.Error()
+		}
+		err = next
+	}
 }
 
 // resolveCacheDir returns the cache directory of this bucket and prefix:
