@@ -51,6 +51,8 @@ const usage = `keelfs mounts an S3 bucket or prefix as a POSIX directory.
 
 Usage:
   keelfs mount BUCKET[/PREFIX] MOUNTPOINT [flags]   mount (also s3://BUCKET/PREFIX, BUCKET:/PREFIX)
+  keelfs run [flags] BUCKET[/PREFIX] MOUNTPOINT -- COMMAND [ARGS...]
+                                                    mount, run the app, stop it, upload, unmount
   keelfs unmount MOUNTPOINT                         upload everything pending, then unmount
   keelfs flush MOUNTPOINT                           wait until every change is in S3
   keelfs status MOUNTPOINT                          show uploads pending, cache use, errors
@@ -80,6 +82,8 @@ func run(args []string) int {
 		switch args[1] {
 		case "mount":
 			err = mountCmd(args[2:])
+		case "run":
+			err = runAppCmd(args[2:])
 		case "unmount", "umount":
 			err = unmountCmd(args[2:])
 		case "flush":

@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/pflag"
 
 	"github.com/keelfs/keelfs/cache"
@@ -47,50 +48,64 @@ Flags:
 `
 
 func mountCmd(args []string) error {
+	cfg, err := parseMountArgs("mount", args, mountUsage, nil)
+	if err != nil {
+		return err
+	}
+	if !cfg.Foreground && os.Getenv("KEELFS_READY_FD") == "" {
+		return daemonize(args)
+	}
+	return serve(cfg)
+}
+
+// parseMountArgs parses the flags, -o options, KEELFS_* variables and the
+// two positional arguments (source and mount point) that `keelfs mount`
+// and `keelfs run` share. extra adds a command's own flags.
+func parseMountArgs(cmd string, args []string, usage string, extra func(*pflag.FlagSet)) (*mountConfig, error) {
 	cfg := &mountConfig{}
 	flags := newMountFlags(cfg)
 	var opts []string
 	flags.StringSliceVarP(&opts, "options", "o", nil, "mount options, as in fstab: opt,opt=value")
+	if extra != nil {
+		extra(flags)
+	}
 	flags.Usage = func() {
-		fmt.Fprint(os.Stderr, mountUsage)
+		fmt.Fprint(os.Stderr, usage)
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			return errHelpShown
+			return nil, errHelpShown
 		}
-		return usageErr("%v (see keelfs mount --help)", err)
+		return nil, usageErr("%v (see keelfs %s --help)", err, cmd)
 	}
 	for _, o := range opts {
 		if err := applyOption(flags, o); err != nil {
-			return usageErr("%v", err)
+			return nil, usageErr("%v", err)
 		}
 	}
 	if err := applyEnv(flags); err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
 	pos := flags.Args()
 	if len(pos) != 2 {
-		return usageErr("mount needs BUCKET[/PREFIX] and MOUNTPOINT (see keelfs mount --help)")
+		return nil, usageErr("%s needs BUCKET[/PREFIX] and MOUNTPOINT (see keelfs %s --help)", cmd, cmd)
 	}
 	bucket, prefix, err := parseBucket(pos[0])
 	if err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
 	if cfg.Prefix != "" {
 		prefix = strings.Trim(strings.Trim(prefix, "/")+"/"+strings.Trim(cfg.Prefix, "/"), "/")
 	}
 	cfg.Bucket, cfg.Prefix = bucket, prefix
 	if cfg.MountPoint, err = filepath.Abs(pos[1]); err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
 	if err := validate(cfg); err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
-	if !cfg.Foreground && os.Getenv("KEELFS_READY_FD") == "" {
-		return daemonize(args)
-	}
-	return serve(cfg)
+	return cfg, nil
 }
 
 // standardOptions are mount(8) options that mean nothing to keelfs or
@@ -279,7 +294,6 @@ func (p *readyPipe) fail(err error) error {
 
 var errReported = errors.New("reported to the parent")
 
-// serve mounts and runs until unmounted or stopped by a signal.
 // defaultMemoryLimit is the Go runtime's soft memory limit for the daemon
 // unless GOMEMLIMIT sets one. Reads allocate a block buffer per MiB
 // fetched; with the default GC pacing a cold 1 GiB read peaked at 140 MiB
@@ -288,10 +302,19 @@ var errReported = errors.New("reported to the parent")
 // entries) gets it, and the GC works harder meanwhile.
 const defaultMemoryLimit = 80 << 20
 
-func serve(cfg *mountConfig) error {
+func setMemoryLimit() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
+}
+
+// serve mounts and runs until unmounted or stopped by a signal.
+func serve(cfg *mountConfig) error {
+	setMemoryLimit()
+	// From here on SIGTERM starts a drain instead of killing the process:
+	// one that arrives while the mount starts is handled once it is up.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	ready := openReady()
 	if ready != nil && cfg.LogFile == "" {
 		// In the background nobody reads our stderr (and holding the
@@ -310,7 +333,16 @@ func serve(cfg *mountConfig) error {
 		return ready.fail(err)
 	}
 	ready.ok()
-	return m.run()
+	notifySystemd(log, daemon.SdNotifyReady+"\nSTATUS=serving "+cfg.MountPoint)
+	return m.run(sigs)
+}
+
+// notifySystemd tells systemd (Type=notify units) about the daemon's state.
+// Without NOTIFY_SOCKET it does nothing.
+func notifySystemd(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("could not notify systemd", "state", state, "err", err)
+	}
 }
 
 type mount struct {
@@ -568,9 +600,7 @@ func readKeyFile(path string) ([]byte, error) {
 }
 
 // run serves until the filesystem is unmounted or a signal stops it.
-func (m *mount) run() error {
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+func (m *mount) run(sigs chan os.Signal) error {
 	done := make(chan struct{})
 	go func() {
 		m.fsys.Wait()
@@ -579,26 +609,39 @@ func (m *mount) run() error {
 	select {
 	case <-done:
 		m.log.Info("unmounted; finishing pending uploads")
-		return m.finish(sigs, false)
+		return m.finish(sigs, false, false)
 	case sig := <-sigs:
 		m.log.Info("stopping: uploading everything pending, then unmounting", "signal", sig.String(),
 			"timeout", m.cfg.ShutdownTimeout.String())
-		return m.finish(sigs, true)
+		return m.finish(sigs, true, true)
 	}
 }
 
-// finish drains the journal within the shutdown timeout (a second signal
-// cuts it short), unmounts and closes the cache. Whatever is still pending
-// stays in the cache for the next mount, and the exit status says so.
-func (m *mount) finish(sigs chan os.Signal, unmount bool) error {
+// finish drains the journal within the shutdown timeout, unmounts and
+// closes the cache. Whatever is still pending stays in the cache for the
+// next mount, and the exit status says so. A signal cuts the drain short
+// if a signal started it (signalled); otherwise (an unmount, an app that
+// exited) the first signal is what a stop would do anyway, so only the
+// second one cuts it: systemd's SIGTERM after an umount must not.
+func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
+	notifySystemd(m.log, daemon.SdNotifyStopping+"\nSTATUS=uploading what is pending, then unmounting")
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
 	defer cancel()
 	go func() {
-		select {
-		case sig := <-sigs:
-			m.log.Warn("second signal: stopping now", "signal", sig.String())
-			cancel()
-		case <-ctx.Done():
+		for {
+			select {
+			case sig := <-sigs:
+				if !signalled {
+					signalled = true
+					m.log.Info("already stopping: uploading everything pending; a second signal stops now", "signal", sig.String())
+					continue
+				}
+				m.log.Warn("second signal: stopping now", "signal", sig.String())
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
 	left, _ := m.cache.Drain(ctx)

@@ -345,23 +345,7 @@ var badLine = regexp.MustCompile(`level=(WARN|ERROR)|"level":"(WARN|ERROR)"|pani
 
 // checkLog fails the test on a warning or error nobody expected: an
 // unexpected S3 error or cache inconsistency must not pass quietly.
-func (m *Mount) checkLog() {
-	for _, line := range strings.Split(m.Log(), "\n") {
-		if !badLine.MatchString(line) {
-			continue
-		}
-		ok := false
-		for _, re := range m.allowed {
-			if re.MatchString(line) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			m.t.Errorf("unexpected log line from keelfs: %s", line)
-		}
-	}
-}
+func (m *Mount) checkLog() { checkLog(m.t, m.Log(), m.allowed) }
 
 func detach(dir string) {
 	AbortFUSE(dir)
