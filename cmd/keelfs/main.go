@@ -57,6 +57,7 @@ Usage:
   keelfs flush MOUNTPOINT                           wait until every change is in S3
   keelfs status MOUNTPOINT                          show uploads pending, cache use, errors
   keelfs warm PATH...                               read files into the cache
+  keelfs health [MOUNTPOINT...]                     exit 0 if the mounts' daemons answer (health checks)
   keelfs version                                    print the version
 
 Run 'keelfs COMMAND --help' for the flags of a command.
@@ -92,6 +93,8 @@ func run(args []string) int {
 			err = statusCmd(args[2:])
 		case "warm":
 			err = warmCmd(args[2:])
+		case "health":
+			err = healthCmd(args[2:])
 		case "version", "--version":
 			fmt.Println("keelfs", version())
 		case "help", "-h", "--help":
