@@ -30,7 +30,7 @@ SIGKILL after --app-stop-timeout), then every pending upload is finished
 within --shutdown-timeout and the mount is removed. The exit status is
 the app's (128+N when signal N ended it), or 7 if uploads were left in the
 cache. If the mount fails, COMMAND never starts; if the mount goes away
-while the app runs, the app is stopped.
+while the app runs, the app is stopped. A missing MOUNTPOINT is created.
 
 Whatever stops the container must give it more than --app-stop-timeout
 plus --shutdown-timeout (35s by default): docker stop -t 45, ECS
@@ -158,6 +158,14 @@ func supervise(cfg *mountConfig, command []string, o appOptions) error {
 		return withCode(exitUsage, err)
 	}
 	slog.SetDefault(log)
+	// The mount point is the app's directory in its own container, which
+	// need not exist in the image: make it, as docker -v does.
+	if _, err := os.Stat(cfg.MountPoint); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(cfg.MountPoint, 0o755); err != nil {
+			return withCode(exitMountPoint, fmt.Errorf("create mount point: %w", err))
+		}
+		log.Info("created the mount point", "mountpoint", cfg.MountPoint)
+	}
 	m, err := startMount(cfg, log)
 	if err != nil {
 		return err

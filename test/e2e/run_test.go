@@ -137,11 +137,12 @@ func TestRunAsPID1(t *testing.T) {
 
 // TestRunAppExitsByItself: the app finishes on its own with status 3,
 // leaving a process running. That process is stopped before the drain,
-// the files are uploaded, and keelfs run exits 3.
+// the files are uploaded, and keelfs run exits 3. The mount point did not
+// exist (an app's directory in an image without it): keelfs run made it.
 func TestRunAppExitsByItself(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
-	r := srv.StartRun(t, b, harness.RunOptions{
+	r := srv.StartRun(t, b, harness.RunOptions{Dir: filepath.Join(t.TempDir(), "not", "there", "yet"),
 		Args:    []string{"--write-back-delay", "1h"},
 		AppArgs: []string{"-files", "5", "-size", "1000", "-then", "exit", "-exit", "3", "-linger"},
 	})
