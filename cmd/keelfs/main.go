@@ -124,7 +124,16 @@ func run(args []string) int {
 
 var errHelpShown = errors.New("help shown")
 
+// buildVersion is stamped by the Makefile: go build -ldflags
+// "-X main.buildVersion=$(git describe --tags --always --dirty)".
+var buildVersion string
+
+// version is the stamped version, else the module version that `go
+// install ...@vX.Y.Z` records, else "(devel)".
 func version() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		v := bi.Main.Version
 		for _, s := range bi.Settings {
