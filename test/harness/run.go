@@ -1,6 +1,8 @@
 package harness
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -23,26 +25,42 @@ var (
 
 // TestApp returns the test app (test/testapp), built once per test
 // process as a static binary, so that it runs in a FROM scratch image too.
+// It goes to one directory per checkout under os.TempDir, open to every
+// user (an app run with --app-user must reach it, which a checkout under
+// /root would not allow), and is replaced atomically there, since the
+// test processes of several packages build it at once.
 func TestApp(t testing.TB) string {
 	t.Helper()
 	appOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "keelfs-testapp-")
+		sum := sha256.Sum256([]byte(RepoRoot()))
+		dir := filepath.Join(os.TempDir(), "keelfs-testapp-"+hex.EncodeToString(sum[:6]))
+		if appErr = os.MkdirAll(dir, 0o755); appErr != nil {
+			return
+		}
+		if appErr = os.Chmod(dir, 0o755); appErr != nil {
+			return
+		}
+		tmp, err := os.CreateTemp(dir, ".testapp-")
 		if err != nil {
 			appErr = err
 			return
 		}
-		// Any user may run it (--app-user).
-		if err := os.Chmod(dir, 0o755); err != nil {
-			appErr = err
-			return
-		}
-		appPath = filepath.Join(dir, "testapp")
-		cmd := exec.Command("go", "build", "-o", appPath, "./test/testapp")
+		tmp.Close()
+		cmd := exec.Command("go", "build", "-o", tmp.Name(), "./test/testapp")
 		cmd.Dir = RepoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
+			os.Remove(tmp.Name())
 			appErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
 		}
+		// Any user may run it (--app-user).
+		appPath = filepath.Join(dir, "testapp")
+		if err := os.Chmod(tmp.Name(), 0o755); err != nil {
+			appErr = err
+			return
+		}
+		appErr = os.Rename(tmp.Name(), appPath)
 	})
 	if appErr != nil {
 		t.Fatalf("harness: build the test app: %v", appErr)
