@@ -205,7 +205,7 @@ func (s *supervisor) run(command []string) error {
 	}
 	if state, _, err := probeDaemon(s.cfg.MountPoint, 10*time.Second); state != daemonLive {
 		s.log.Error("the new mount does not answer; not starting the app", "err", err)
-		if ferr := s.finish(false, false); ferr != nil {
+		if ferr := s.finish(true, false); ferr != nil {
 			return ferr
 		}
 		return fmt.Errorf("the mount at %s does not answer: %v", s.cfg.MountPoint, err)
@@ -229,7 +229,7 @@ func (s *supervisor) run(command []string) error {
 			code = 126
 		}
 		s.log.Error("cannot start the app", "command", command[0], "err", err)
-		if ferr := s.finish(false, false); ferr != nil {
+		if ferr := s.finish(true, false); ferr != nil {
 			return ferr
 		}
 		return withCode(code, fmt.Errorf("cannot start %s: %v", command[0], err))

@@ -203,11 +203,12 @@ func TestRunMountFails(t *testing.T) {
 }
 
 // TestRunAppCannotStart: a command that does not exist exits 127, as a
-// shell would, after the mount is removed.
+// shell would, after the mount is removed (outside a namespace, so that a
+// mount left behind shows).
 func TestRunAppCannotStart(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
-	r := srv.StartRun(t, b, harness.RunOptions{App: []string{"/no/such/app"}})
+	r := srv.StartRun(t, b, harness.RunOptions{App: []string{"/no/such/app"}, NotPID1: true})
 	r.AllowLog(`cannot start the app`)
 	if code := r.Wait(30 * time.Second); code != 127 {
 		t.Errorf("exit status %d, want 127", code)
