@@ -141,10 +141,6 @@ func (s *controlServer) close() {
 	os.Remove(s.path)
 }
 
-func newGet(ctx context.Context, url string) (*http.Request, error) {
-	return http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-}
-
 // controlClient returns an HTTP client bound to the daemon serving mnt.
 func controlClient(mnt string) (*http.Client, error) {
 	path, err := controlPath(mnt)

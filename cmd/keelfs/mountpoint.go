@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // mountEntry is one line of /proc/self/mountinfo.
@@ -81,39 +83,35 @@ func unescapeMount(s string) string {
 type daemonState int
 
 const (
-	daemonLive   daemonState = iota // a keelfs daemon answered
-	daemonOther                     // a live filesystem that is not keelfs
-	daemonDead                      // the daemon is gone (ENOTCONN)
+	daemonLive   daemonState = iota // it answered
+	daemonDead                      // it is gone (ENOTCONN)
 	daemonSilent                    // no answer within the timeout
+	daemonError                     // the question failed otherwise
 )
 
-// probeDaemon asks the filesystem at dir for its control socket. The
-// request always reaches the daemon: unlike a stat, which the kernel may
-// answer from its attribute cache for a while after the daemon died.
-func probeDaemon(dir string, timeout time.Duration) (daemonState, string, error) {
-	type answer struct {
-		path string
-		err  error
-	}
-	ch := make(chan answer, 1)
+// probeDaemon asks the filesystem at dir for its statistics (statfs). FUSE
+// passes every statfs to the daemon, never from a cache, so a dead daemon
+// shows at once: unlike a stat, which the kernel answers from its
+// attribute cache for a while after the daemon died. It costs keelfs no
+// S3 request, where an open of the directory (OPENDIR) would list it.
+func probeDaemon(dir string, timeout time.Duration) (daemonState, error) {
+	ch := make(chan error, 1)
 	go func() {
-		path, err := controlPath(dir)
-		ch <- answer{path, err}
+		var st unix.Statfs_t
+		ch <- unix.Statfs(dir, &st)
 	}()
 	select {
-	case a := <-ch:
+	case err := <-ch:
 		switch {
-		case a.err == nil:
-			return daemonLive, a.path, nil
-		case errors.Is(a.err, syscall.ENOTCONN), errors.Is(a.err, syscall.ECONNABORTED):
-			return daemonDead, "", a.err
-		case errors.Is(a.err, errNotKeelfs):
-			return daemonOther, "", a.err
+		case err == nil:
+			return daemonLive, nil
+		case errors.Is(err, syscall.ENOTCONN), errors.Is(err, syscall.ECONNABORTED):
+			return daemonDead, err
 		}
-		return daemonOther, "", a.err
+		return daemonError, err
 	case <-time.After(timeout):
 		// The goroutine stays blocked in the kernel; the caller exits.
-		return daemonSilent, "", fmt.Errorf("no answer within %v", timeout)
+		return daemonSilent, fmt.Errorf("no answer within %v", timeout)
 	}
 }
 
@@ -136,15 +134,15 @@ func checkMountPoint(dir string, log *slog.Logger) error {
 			break
 		}
 		top := at[len(at)-1]
-		state, ctl, err := probeDaemon(dir, mountPointProbeTimeout)
+		state, err := probeDaemon(dir, mountPointProbeTimeout)
 		switch {
-		case state == daemonLive:
-			return withCode(exitMountPoint, fmt.Errorf("%s is already a live keelfs mount (%s, control socket %s); unmount it first: keelfs unmount %s", dir, top.source, ctl, dir))
+		case state == daemonLive && top.fstype == "fuse.keelfs":
+			return withCode(exitMountPoint, fmt.Errorf("%s is already a live keelfs mount (%s); unmount it first: keelfs unmount %s", dir, top.source, dir))
 		case state == daemonSilent:
 			return withCode(exitMountPoint, fmt.Errorf("%s is a FUSE mount (%s) whose daemon does not answer (%v); unmount it first: umount -l %s", dir, top.source, err, dir))
-		case state == daemonOther && top.fstype == "fuse.keelfs":
-			return withCode(exitMountPoint, fmt.Errorf("%s is already a keelfs mount (%s) that does not answer as expected (%v); unmount it first", dir, top.source, err))
-		case state == daemonOther:
+		case state == daemonError:
+			return withCode(exitMountPoint, fmt.Errorf("mount point %s: %v", dir, err))
+		case state == daemonLive:
 			// Another live FUSE filesystem: mount over it like any other.
 		}
 		if state != daemonDead {

@@ -203,7 +203,7 @@ func (s *supervisor) run(command []string) error {
 		}
 	default:
 	}
-	if state, _, err := probeDaemon(s.cfg.MountPoint, 10*time.Second); state != daemonLive {
+	if state, err := probeDaemon(s.cfg.MountPoint, 10*time.Second); state != daemonLive {
 		s.log.Error("the new mount does not answer; not starting the app", "err", err)
 		if ferr := s.finish(true, false); ferr != nil {
 			return ferr
@@ -415,7 +415,7 @@ func (s *supervisor) detachDead() {
 	if err != nil || len(at) == 0 || at[len(at)-1].fstype != "fuse.keelfs" {
 		return
 	}
-	if state, _, _ := probeDaemon(s.cfg.MountPoint, 2*time.Second); state == daemonDead {
+	if state, _ := probeDaemon(s.cfg.MountPoint, 2*time.Second); state == daemonDead {
 		if err := syscall.Unmount(s.cfg.MountPoint, syscall.MNT_DETACH); err != nil {
 			s.log.Warn("could not detach the dead mount", "mountpoint", s.cfg.MountPoint, "err", err)
 		}

@@ -30,10 +30,10 @@ func TestOpsHealth(t *testing.T) {
 			t.Errorf("%s: took %v with --timeout 1s", what, d)
 		}
 	}
-	check("a live mount", 0, "ok "+m.Dir+": s3://"+b, m.Dir)
+	check("a live mount", 0, "ok "+m.Dir+": keelfs:"+b, m.Dir)
 	check("a plain directory", 1, "not a keelfs mount", t.TempDir())
 	check("a live mount and a plain directory", 1, "unhealthy", m.Dir, t.TempDir())
-	m.Signal(syscall.SIGSTOP)
+	stopDaemon(t, m)
 	check("a stopped daemon", 1, "does not answer", m.Dir)
 	m.Signal(syscall.SIGCONT)
 	check("a live mount again", 0, "ok "+m.Dir, m.Dir)

@@ -155,7 +155,7 @@ func TestMountPointLiveRefused(t *testing.T) {
 	}
 	// A daemon that is alive but does not answer (stopped, here) is not
 	// taken for a dead one: its mount is not pulled from under it.
-	m.Signal(syscall.SIGSTOP)
+	stopDaemon(t, m)
 	start := time.Now()
 	code, out := runKeelfs(t, srv, 30*time.Second, "mount", "s3://"+b, m.Dir, "--endpoint", srv.Endpoint, "--force-path-style", "--cache-dir", t.TempDir(), "-f")
 	m.Signal(syscall.SIGCONT)
@@ -233,4 +233,34 @@ func keelfsLayers(t *testing.T, dir string) int {
 		}
 	}
 	return n
+}
+
+// stopDaemon stops the daemon with SIGSTOP and waits until every thread
+// of it has stopped: the signal is delivered asynchronously, and a thread
+// still running could answer one more request.
+func stopDaemon(t *testing.T, m *harness.Mount) {
+	t.Helper()
+	pid := m.Pid()
+	m.Signal(syscall.SIGSTOP)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stopped := 0
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+			if i := strings.LastIndexByte(string(b), ')'); err == nil && i > 0 && strings.HasPrefix(string(b[i+1:]), " T") {
+				stopped++
+			}
+		}
+		if stopped == len(tasks) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon's threads did not all stop within 10s (%d of %d)", stopped, len(tasks))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
