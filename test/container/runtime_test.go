@@ -501,8 +501,9 @@ func (c *unshareContainer) Healthy(t *testing.T, timeout time.Duration) {
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		// In the container's mount namespace, as docker runs a check.
-		args := append([]string{"--target", strconv.Itoa(c.pid1()), "--mount", "--"}, c.health...)
+		// In the container's namespaces, as docker runs a check: its
+		// /proc is of its own PID namespace.
+		args := append([]string{"--target", strconv.Itoa(c.pid1()), "--mount", "--pid", "--"}, c.health...)
 		if c.pid1() != 0 && exec.Command("nsenter", args...).Run() == nil {
 			return
 		}
