@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go/logging"
 )
 
 // Store is the ObjectStore for a real S3 endpoint, built on aws-sdk-go-v2.
@@ -63,6 +64,9 @@ const (
 func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Bucket == "" {
 		return nil, errors.New("s3backend: no bucket")
+	}
+	if err := CheckEndpoint(cfg.Endpoint); err != nil {
+		return nil, &Error{Op: "New", Kind: ErrInvalidRequest, Cause: err}
 	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = defaultMaxAttempts
@@ -119,6 +123,12 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 				})
 			})
 		}),
+		// The SDK prints its own warnings ("falling back to IMDSv1") to
+		// stderr, where they would break the one line a failed mount
+		// prints; they go to the log, at debug level.
+		config.WithLogger(logging.LoggerFunc(func(c logging.Classification, format string, v ...any) {
+			s.log.Debug("aws sdk: "+fmt.Sprintf(format, v...), "class", string(c))
+		})),
 		// Checksums cost CPU on every byte; S3 does not need them and
 		// 2-core hosts feel it.
 		config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),

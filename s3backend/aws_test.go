@@ -1032,12 +1032,27 @@ func TestStoreBucketAndCredentialErrors(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "unknown-key")
 	wantKind(t, "check access with an unknown key", newStore(t, srv.Endpoint, bucket).CheckAccess(ctx), ErrInvalidCredentials)
 
+	if errors.Is(err, ErrNoCredentials) {
+		t.Errorf("an unknown key is reported as no credentials: %v", err)
+	}
 	os.Unsetenv("AWS_ACCESS_KEY_ID")
 	os.Unsetenv("AWS_SECRET_ACCESS_KEY")
-	e = wantKind(t, "check access without credentials", newStore(t, srv.Endpoint, bucket).CheckAccess(ctx), ErrInvalidCredentials)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	err = newStore(t, srv.Endpoint, bucket).CheckAccess(ctx)
+	e = wantKind(t, "check access without credentials", err, ErrInvalidCredentials)
 	if e.Status != 0 {
 		t.Errorf("credential chain failure reported HTTP %d", e.Status)
 	}
+	if !errors.Is(err, ErrNoCredentials) {
+		t.Errorf("check access without credentials: %v does not say ErrNoCredentials", err)
+	}
+	// Instance metadata that never answers: the deadline ends the search,
+	// and the error is still about credentials, not an unreachable S3.
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "false")
+	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://"+silentListener(t))
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	wantKind(t, "check access while instance metadata is silent", newStore(t, srv.Endpoint, bucket).CheckAccess(dctx), ErrInvalidCredentials)
 
 	err = newStore(t, srv.Endpoint, bucket, func(c *Config) { c.NoSignRequest = true }).CheckAccess(ctx)
 	wantKind(t, "anonymous check access to a private bucket", err, ErrAccessDenied)
@@ -1059,13 +1074,21 @@ func TestStoreCheckAccessUnreachable(t *testing.T) {
 	if cause := err.(*Error).Cause; !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(cause.Error(), "refused") {
 		t.Errorf("cause %v: want the deadline and the refused connection", cause)
 	}
+	if r := NetworkReason(err); r != "connection refused" {
+		t.Errorf("NetworkReason = %q, want connection refused", r)
+	}
+	if h := RequestHost(err); h != fmt.Sprintf("http://127.0.0.1:%d", port) {
+		t.Errorf("RequestHost = %q", h)
+	}
 	if _, retries := s.obs.snapshot(); len(retries) == 0 || len(s.log.warnings()) != len(retries) {
 		t.Errorf("%d retries, %d warnings: want one warning per retry", len(retries), len(s.log.warnings()))
 	}
 }
 
-func TestStoreCheckAccessHangingServer(t *testing.T) {
-	useServerCreds(t, &harness.Server{AccessKey: harness.AccessKey, SecretKey: harness.SecretKey, Region: harness.Region})
+// silentListener accepts connections on a loopback port and never answers
+// on them; it is closed at cleanup.
+func silentListener(t *testing.T) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -1091,11 +1114,16 @@ func TestStoreCheckAccessHangingServer(t *testing.T) {
 		}
 		mu.Unlock()
 	})
-	s := newStore(t, "http://"+l.Addr().String(), "b")
+	return l.Addr().String()
+}
+
+func TestStoreCheckAccessHangingServer(t *testing.T) {
+	useServerCreds(t, &harness.Server{AccessKey: harness.AccessKey, SecretKey: harness.SecretKey, Region: harness.Region})
+	s := newStore(t, "http://"+silentListener(t), "b")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	start := time.Now()
-	err = s.CheckAccess(ctx)
+	err := s.CheckAccess(ctx)
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("CheckAccess took %v with a 2s deadline", d)
 	}
@@ -1163,6 +1191,35 @@ func TestStoreCABundle(t *testing.T) {
 			t.Fatal("New ignored an unreadable AWS_CA_BUNDLE")
 		}
 	})
+}
+
+func TestCheckEndpoint(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                       "",
+		"http://127.0.0.1:9000":  "",
+		"https://s3.example.com": "",
+		"HTTP://h:1/base":        "",
+		"127.0.0.1:9000":         "no scheme: write http://127.0.0.1:9000",
+		"localhost:9000":         "no scheme: write http://localhost:9000",
+		"minio":                  "no scheme",
+		"ftp://h":                "must be http or https",
+		"http://":                "no host",
+		"http://user:pw@h:1":     "do not go in the URL",
+		"user:secret@h:1":        "no scheme",
+	} {
+		err := CheckEndpoint(in)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("CheckEndpoint(%q) = %v, want nil", in, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("CheckEndpoint(%q) = %v, want %q", in, err, want)
+		case err != nil && strings.Contains(err.Error(), "secret") || err != nil && strings.Contains(err.Error(), ":pw"):
+			t.Errorf("CheckEndpoint(%q) shows the secret: %v", in, err)
+		}
+	}
+	if _, err := New(context.Background(), Config{Bucket: "b", Endpoint: "127.0.0.1:9000"}); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("New with an endpoint without scheme: %v, want ErrInvalidRequest", err)
+	}
 }
 
 func TestNormalizePrefix(t *testing.T) {

@@ -44,13 +44,15 @@ func classify(op, key string, err error) *Error {
 	}
 	var cred *credentialsError
 	switch {
-	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-		e.Kind = ErrUnavailable
 	case errors.As(err, &cred):
 		// The credential chain's own HTTP errors (STS, IMDS) say nothing
-		// about S3.
+		// about S3. A chain cut off by the deadline (instance metadata
+		// that never answers) found no credentials in time: that, not
+		// an unreachable S3, is the news.
 		e.Status, e.RequestID, e.Code = 0, "", ""
 		e.Kind = ErrInvalidCredentials
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		e.Kind = ErrUnavailable
 	default:
 		e.Kind = kindOf(e.Status, e.Code)
 	}
@@ -132,3 +134,16 @@ type credentialsError struct{ err error }
 
 func (e *credentialsError) Error() string { return "retrieve credentials: " + e.err.Error() }
 func (e *credentialsError) Unwrap() error { return e.err }
+
+// Is makes a chain that ended at instance metadata ErrNoCredentials: the
+// SDK asks IMDS last, once the environment, the shared files, web identity
+// and the ECS endpoint had nothing, so its failure (no role, IMDS disabled
+// or refusing) means no credentials anywhere. A chain cut off by a
+// deadline says only that the context ended, so it is not this.
+func (e *credentialsError) Is(target error) bool {
+	if target != ErrNoCredentials {
+		return false
+	}
+	var op *smithy.OperationError
+	return errors.As(e.err, &op) && op.ServiceID == "ec2imds"
+}

@@ -1,7 +1,10 @@
 package s3backend
 
 import (
+	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"time"
 )
 
@@ -33,4 +36,30 @@ type Config struct {
 
 	Observer Observer     // may be nil
 	Logger   *slog.Logger // may be nil (slog.Default())
+}
+
+// CheckEndpoint says what is wrong with an endpoint URL, or nil. The SDK
+// takes "127.0.0.1:9000" and fails later with an error about endpoint
+// rules; users get the fix instead.
+func CheckEndpoint(endpoint string) error {
+	if endpoint == "" {
+		return nil
+	}
+	shown := endpoint
+	if strings.Contains(endpoint, "@") { // user:secret@host must not be echoed
+		shown = "(not shown: it holds user information)"
+	}
+	u, err := url.Parse(endpoint)
+	switch {
+	case err != nil || u.Scheme == "" || u.Opaque != "":
+		// "host:9000" parses as the scheme "host" and the opaque "9000".
+		return fmt.Errorf("endpoint %q has no scheme: write http://%s or https://%s", shown, shown, shown)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("endpoint %q: the scheme must be http or https, not %q", shown, u.Scheme)
+	case u.Host == "":
+		return fmt.Errorf("endpoint %q has no host", shown)
+	case u.User != nil:
+		return fmt.Errorf("endpoint %q: credentials do not go in the URL; use the AWS environment or a profile", u.Redacted())
+	}
+	return nil
 }

@@ -54,6 +54,10 @@
 // are never logged. A failure to find or refresh credentials, and the S3
 // codes for a bad key, signature or token, are ErrInvalidCredentials, so
 // that a mount can tell "fix your credentials" from "fix your bucket policy"
-// (ErrAccessDenied). AWS_CA_BUNDLE and Config.CABundle are honoured for
-// endpoints with a private CA.
+// (ErrAccessDenied); when the chain found no credentials at all, the error
+// is also ErrNoCredentials. NetworkReason and RequestHost turn a request
+// that got no answer into the few words a user needs ("connection
+// refused", the address it went to). AWS_CA_BUNDLE and Config.CABundle are
+// honoured for endpoints with a private CA. The SDK's own log lines go to
+// Config.Logger at debug level, never to stderr.
 package s3backend

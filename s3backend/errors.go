@@ -23,6 +23,12 @@ var (
 	// not match, the token expired, or no credentials could be found.
 	ErrInvalidCredentials = errors.New("invalid or missing credentials")
 
+	// ErrNoCredentials: the credential chain found no credentials at all
+	// (environment, shared files, web identity, ECS, instance metadata).
+	// It comes with Kind ErrInvalidCredentials and says more: tell the
+	// user to provide credentials, not that S3 rejected theirs.
+	ErrNoCredentials = errors.New("no credentials found")
+
 	// ErrPrecondition: a conditional request found the object in another
 	// state (HTTP 412). The caller's view is stale: revalidate, or take the
 	// conflict path for uploads.

@@ -17,6 +17,14 @@ import (
 // (ErrNoSuchBucket, ErrInvalidCredentials, ErrAccessDenied, ErrUnavailable)
 // instead of on the first file access. Retries stop at ctx's deadline.
 func (s *Store) CheckAccess(ctx context.Context) error {
+	// Credentials first, once: inside the listing each attempt would
+	// walk the whole chain again (twice as long when instance metadata
+	// is slow), and the news is the same.
+	if creds := s.client.Options().Credentials; creds != nil {
+		if _, err := creds.Retrieve(ctx); err != nil {
+			return s.wrap(ctx, nil, "RetrieveCredentials", "", err)
+		}
+	}
 	ctx, c := s.track(ctx, "", 0)
 	_, err := s.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{
 		Bucket: &s.bucket, Prefix: optional(s.prefix), MaxKeys: aws.Int32(1), RequestPayer: s.payer,

@@ -190,11 +190,15 @@ func controlClient(mnt string) (*http.Client, error) {
 	}}, nil
 }
 
-// controlPath asks the mount at mnt for its control socket.
+// errNotKeelfs: the directory is not the root of a keelfs mount.
+var errNotKeelfs = errors.New("not a keelfs mount")
+
+// controlPath asks the mount at mnt for its control socket. The errno of a
+// failed open or ioctl is kept for errors.Is (ENOTCONN: the daemon died).
 func controlPath(mnt string) (string, error) {
 	fd, err := unix.Open(mnt, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", withCode(exitMountPoint, fmt.Errorf("%s: %v", mnt, err))
+		return "", withCode(exitMountPoint, fmt.Errorf("%s: %w", mnt, err))
 	}
 	defer unix.Close(fd)
 	buf := make([]byte, 4096)
@@ -202,13 +206,13 @@ func controlPath(mnt string) (string, error) {
 	switch errno {
 	case 0:
 	case unix.ENOTTY, unix.ENOTSUP, unix.EINVAL, unix.ENOSYS:
-		return "", withCode(exitMountPoint, fmt.Errorf("%s is not a keelfs mount", mnt))
+		return "", withCode(exitMountPoint, fmt.Errorf("%s is %w", mnt, errNotKeelfs))
 	default:
-		return "", withCode(exitMountPoint, fmt.Errorf("%s: %v", mnt, errno))
+		return "", withCode(exitMountPoint, fmt.Errorf("%s: %w", mnt, errno))
 	}
 	n := bytes.IndexByte(buf, 0)
 	if n <= 0 {
-		return "", withCode(exitMountPoint, fmt.Errorf("%s is not a keelfs mount (no control socket)", mnt))
+		return "", withCode(exitMountPoint, fmt.Errorf("%s is %w (no control socket)", mnt, errNotKeelfs))
 	}
 	return string(buf[:n]), nil
 }

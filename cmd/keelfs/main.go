@@ -19,8 +19,8 @@ const (
 	exitOK         = 0
 	exitError      = 1 // anything not below
 	exitUsage      = 2 // bad command line
-	exitMountPoint = 3 // mount point missing, not a directory, or busy
-	exitAccess     = 4 // credentials rejected or access denied
+	exitMountPoint = 3 // mount point missing, not a directory, or a live keelfs there
+	exitAccess     = 4 // no credentials, credentials rejected, or access denied
 	exitBucket     = 5 // bucket missing or endpoint unreachable
 	exitCache      = 6 // cache directory unusable or in use by another mount
 	exitPending    = 7 // stopped with uploads still pending
@@ -51,10 +51,13 @@ const usage = `keelfs mounts an S3 bucket or prefix as a POSIX directory.
 
 Usage:
   keelfs mount BUCKET[/PREFIX] MOUNTPOINT [flags]   mount (also s3://BUCKET/PREFIX, BUCKET:/PREFIX)
+  keelfs run [flags] BUCKET[/PREFIX] MOUNTPOINT -- COMMAND [ARGS...]
+                                                    mount, run the app, stop it, upload, unmount
   keelfs unmount MOUNTPOINT                         upload everything pending, then unmount
   keelfs flush MOUNTPOINT                           wait until every change is in S3
   keelfs status MOUNTPOINT                          show uploads pending, cache use, errors
   keelfs warm PATH...                               read files into the cache
+  keelfs health [MOUNTPOINT...]                     exit 0 if the mounts' daemons answer (health checks)
   keelfs version                                    print the version
 
 Run 'keelfs COMMAND --help' for the flags of a command.
@@ -80,6 +83,8 @@ func run(args []string) int {
 		switch args[1] {
 		case "mount":
 			err = mountCmd(args[2:])
+		case "run":
+			err = runAppCmd(args[2:])
 		case "unmount", "umount":
 			err = unmountCmd(args[2:])
 		case "flush":
@@ -88,6 +93,8 @@ func run(args []string) int {
 			err = statusCmd(args[2:])
 		case "warm":
 			err = warmCmd(args[2:])
+		case "health":
+			err = healthCmd(args[2:])
 		case "version", "--version":
 			fmt.Println("keelfs", version())
 		case "help", "-h", "--help":
@@ -117,7 +124,16 @@ func run(args []string) int {
 
 var errHelpShown = errors.New("help shown")
 
+// buildVersion is stamped by the Makefile: go build -ldflags
+// "-X main.buildVersion=$(git describe --tags --always --dirty)".
+var buildVersion string
+
+// version is the stamped version, else the module version that `go
+// install ...@vX.Y.Z` records, else "(devel)".
 func version() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		v := bi.Main.Version
 		for _, s := range bi.Settings {

@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/pflag"
 
 	"github.com/keelfs/keelfs/cache"
@@ -47,50 +48,64 @@ Flags:
 `
 
 func mountCmd(args []string) error {
+	cfg, err := parseMountArgs("mount", args, mountUsage, nil)
+	if err != nil {
+		return err
+	}
+	if !cfg.Foreground && os.Getenv("KEELFS_READY_FD") == "" {
+		return daemonize(args)
+	}
+	return serve(cfg)
+}
+
+// parseMountArgs parses the flags, -o options, KEELFS_* variables and the
+// two positional arguments (source and mount point) that `keelfs mount`
+// and `keelfs run` share. extra adds a command's own flags.
+func parseMountArgs(cmd string, args []string, usage string, extra func(*pflag.FlagSet)) (*mountConfig, error) {
 	cfg := &mountConfig{}
 	flags := newMountFlags(cfg)
 	var opts []string
 	flags.StringSliceVarP(&opts, "options", "o", nil, "mount options, as in fstab: opt,opt=value")
+	if extra != nil {
+		extra(flags)
+	}
 	flags.Usage = func() {
-		fmt.Fprint(os.Stderr, mountUsage)
+		fmt.Fprint(os.Stderr, usage)
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			return errHelpShown
+			return nil, errHelpShown
 		}
-		return usageErr("%v (see keelfs mount --help)", err)
+		return nil, usageErr("%v (see keelfs %s --help)", err, cmd)
 	}
 	for _, o := range opts {
 		if err := applyOption(flags, o); err != nil {
-			return usageErr("%v", err)
+			return nil, usageErr("%v", err)
 		}
 	}
 	if err := applyEnv(flags); err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
 	pos := flags.Args()
 	if len(pos) != 2 {
-		return usageErr("mount needs BUCKET[/PREFIX] and MOUNTPOINT (see keelfs mount --help)")
+		return nil, usageErr("%s needs BUCKET[/PREFIX] and MOUNTPOINT (see keelfs %s --help)", cmd, cmd)
 	}
 	bucket, prefix, err := parseBucket(pos[0])
 	if err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
 	if cfg.Prefix != "" {
 		prefix = strings.Trim(strings.Trim(prefix, "/")+"/"+strings.Trim(cfg.Prefix, "/"), "/")
 	}
 	cfg.Bucket, cfg.Prefix = bucket, prefix
 	if cfg.MountPoint, err = filepath.Abs(pos[1]); err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
 	if err := validate(cfg); err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
-	if !cfg.Foreground && os.Getenv("KEELFS_READY_FD") == "" {
-		return daemonize(args)
-	}
-	return serve(cfg)
+	return cfg, nil
 }
 
 // standardOptions are mount(8) options that mean nothing to keelfs or
@@ -159,6 +174,9 @@ func validate(cfg *mountConfig) error {
 	}
 	if cfg.WriteBackDelay < 0 || cfg.ShutdownTimeout < 0 {
 		return fmt.Errorf("durations must not be negative")
+	}
+	if err := s3backend.CheckEndpoint(cfg.Endpoint); err != nil {
+		return fmt.Errorf("--%v", err)
 	}
 	switch cfg.SSE {
 	case "", "AES256", "aws:kms", "aws:kms:dsse":
@@ -276,7 +294,6 @@ func (p *readyPipe) fail(err error) error {
 
 var errReported = errors.New("reported to the parent")
 
-// serve mounts and runs until unmounted or stopped by a signal.
 // defaultMemoryLimit is the Go runtime's soft memory limit for the daemon
 // unless GOMEMLIMIT sets one. Reads allocate a block buffer per MiB
 // fetched; with the default GC pacing a cold 1 GiB read peaked at 140 MiB
@@ -285,10 +302,19 @@ var errReported = errors.New("reported to the parent")
 // entries) gets it, and the GC works harder meanwhile.
 const defaultMemoryLimit = 80 << 20
 
-func serve(cfg *mountConfig) error {
+func setMemoryLimit() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
+}
+
+// serve mounts and runs until unmounted or stopped by a signal.
+func serve(cfg *mountConfig) error {
+	setMemoryLimit()
+	// From here on SIGTERM starts a drain instead of killing the process:
+	// one that arrives while the mount starts is handled once it is up.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	ready := openReady()
 	if ready != nil && cfg.LogFile == "" {
 		// In the background nobody reads our stderr (and holding the
@@ -307,7 +333,16 @@ func serve(cfg *mountConfig) error {
 		return ready.fail(err)
 	}
 	ready.ok()
-	return m.run()
+	notifySystemd(log, daemon.SdNotifyReady+"\nSTATUS=serving "+cfg.MountPoint)
+	return m.run(sigs)
+}
+
+// notifySystemd tells systemd (Type=notify units) about the daemon's state.
+// Without NOTIFY_SOCKET it does nothing.
+func notifySystemd(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("could not notify systemd", "state", state, "err", err)
+	}
 }
 
 type mount struct {
@@ -341,16 +376,23 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 		where += " at " + cfg.Endpoint
 	}
 	// The access check runs on a store that does not log its retries: its
-	// outcome is the one line the user needs.
-	quiet, err := s3backend.New(ctx, storeConfig(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	// outcome is the one line the user needs. It tries twice, and so does
+	// the instance metadata client of its credential chain (which takes
+	// the store's retry settings): on a host where instance metadata
+	// never answers, the chain then ends in about 2.5 s with "no
+	// credentials", within accessCheckTimeout, rather than being cut off
+	// by it with no reason to give.
+	qcfg := storeConfig(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	qcfg.MaxAttempts, qcfg.MaxBackoff = 2, 500*time.Millisecond
+	quiet, err := s3backend.New(ctx, qcfg)
 	if err != nil {
 		return nil, withCode(exitAccess, fmt.Errorf("s3 client: %w", err))
 	}
-	cctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, accessCheckTimeout)
 	err = quiet.CheckAccess(cctx)
 	cancel()
 	if err != nil {
-		return nil, accessError(where, err)
+		return nil, accessError(cfg, err)
 	}
 	conditional := false
 	if !cfg.ReadOnly {
@@ -445,70 +487,77 @@ func storeConfig(cfg *mountConfig, log *slog.Logger) s3backend.Config {
 	}
 }
 
+// accessCheckTimeout bounds the access check of a mount: connecting,
+// finding credentials and one listing.
+const accessCheckTimeout = 3500 * time.Millisecond
+
 // accessError turns a failed access check into one clear line and an exit
-// code.
-func accessError(where string, err error) error {
+// code: what is wrong, with which bucket or endpoint, and the cause in a
+// few words, never the SDK's retry report.
+func accessError(cfg *mountConfig, err error) error {
+	where := fmt.Sprintf("s3://%s/%s", cfg.Bucket, cfg.Prefix)
+	endpoint := cfg.Endpoint
+	if endpoint == "" {
+		if endpoint = s3backend.RequestHost(err); endpoint == "" {
+			endpoint = "S3"
+		}
+	}
 	switch {
-	case errors.Is(err, s3backend.ErrNoSuchBucket):
-		return withCode(exitBucket, fmt.Errorf("bucket does not exist: %s", where))
+	case errors.Is(err, s3backend.ErrNoCredentials):
+		return withCode(exitAccess, fmt.Errorf("no AWS credentials found for %s: none in the environment or the shared files, no role from web identity, ECS or instance metadata (%s); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE, give the instance, task or pod a role, or use --no-sign-request for a public bucket",
+			where, credentialsCause(err)))
+	case errors.Is(err, s3backend.ErrInvalidCredentials) && isChainError(err):
+		return withCode(exitAccess, fmt.Errorf("could not get AWS credentials for %s from the credential chain (profile, web identity, ECS task role, instance metadata): %s", where, credentialsCause(err)))
 	case errors.Is(err, s3backend.ErrInvalidCredentials):
-		return withCode(exitAccess, fmt.Errorf("credentials rejected by %s: %v", where, err))
+		return withCode(exitAccess, fmt.Errorf("credentials rejected by %s for %s: %v", endpoint, where, err))
+	case errors.Is(err, s3backend.ErrNoSuchBucket):
+		return withCode(exitBucket, fmt.Errorf("bucket does not exist: %s at %s", where, endpoint))
 	case errors.Is(err, s3backend.ErrAccessDenied):
-		return withCode(exitAccess, fmt.Errorf("access denied to %s: %v", where, err))
-	case errors.Is(err, s3backend.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		return withCode(exitBucket, fmt.Errorf("cannot reach %s: %v", where, err))
+		return withCode(exitAccess, fmt.Errorf("access denied to %s by %s: %v", where, endpoint, err))
 	}
-	return withCode(exitBucket, fmt.Errorf("cannot use %s: %v", where, err))
+	var se *s3backend.Error
+	if errors.As(err, &se) && se.Status != 0 {
+		// An answer, but not one a mount can use (a 5xx, a redirect).
+		return withCode(exitBucket, fmt.Errorf("cannot use %s at %s: %v", where, endpoint, err))
+	}
+	reason := s3backend.NetworkReason(err)
+	switch {
+	case reason == "no answer in time":
+		reason = fmt.Sprintf("no answer within %v", accessCheckTimeout)
+	case reason == "":
+		reason = err.Error()
+	}
+	return withCode(exitBucket, fmt.Errorf("cannot reach %s (for %s): %s", endpoint, where, reason))
 }
 
-// checkMountPoint makes sure dir can be mounted on. A FUSE mount left by a
-// dead process (ENOTCONN) is detached first.
-func checkMountPoint(dir string, log *slog.Logger) error {
-	st, err := os.Stat(dir)
-	if errors.Is(err, syscall.ENOTCONN) {
-		log.Warn("mount point has a stale mount from a process that died; detaching it", "mountpoint", dir)
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			if out, ferr := exec.Command("fusermount3", "-u", "-z", dir).CombinedOutput(); ferr != nil {
-				return withCode(exitMountPoint, fmt.Errorf("mount point %s has a stale mount that could not be detached: %v %s", dir, err, out))
-			}
-		}
-		st, err = os.Stat(dir)
-	}
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return withCode(exitMountPoint, fmt.Errorf("mount point %s does not exist", dir))
-		}
-		return withCode(exitMountPoint, fmt.Errorf("mount point %s: %v", dir, err))
-	}
-	if !st.IsDir() {
-		return withCode(exitMountPoint, fmt.Errorf("mount point %s is not a directory", dir))
-	}
-	if mounted, _ := isMountPoint(dir); mounted {
-		return withCode(exitMountPoint, fmt.Errorf("%s is already a mount point", dir))
-	}
-	return nil
+// isChainError reports whether err came from the credential chain (a
+// profile's role that could not be assumed, an unreadable web identity
+// token) rather than from S3.
+func isChainError(err error) bool {
+	var se *s3backend.Error
+	return errors.As(err, &se) && se.Status == 0 && se.Code == ""
 }
 
-// isMountPoint reports whether dir is a mount point, from mountinfo.
-func isMountPoint(dir string) (bool, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && unescapeMount(f[4]) == dir {
-			return true, nil
+// credentialsCause is the innermost message of a credential chain error:
+// "request to EC2 IMDS failed", not the chain's retelling of it.
+func credentialsCause(err error) string {
+	if r := s3backend.NetworkReason(err); r != "" {
+		if r == "no answer in time" {
+			return fmt.Sprintf("no answer within %v", accessCheckTimeout)
 		}
+		return r
 	}
-	return false, nil
-}
-
-func unescapeMount(s string) string {
-	return regexp.MustCompile(`\\([0-7]{3})`).ReplaceAllStringFunc(s, func(m string) string {
-		n, _ := strconv.ParseUint(m[1:], 8, 8)
-		return string(rune(n))
-	})
+	var se *s3backend.Error
+	if errors.As(err, &se) && se.Cause != nil {
+		err = se.Cause
+	}
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err.Error()
+		}
+		err = next
+	}
 }
 
 // resolveCacheDir returns the cache directory of this bucket and prefix:
@@ -561,9 +610,7 @@ func readKeyFile(path string) ([]byte, error) {
 }
 
 // run serves until the filesystem is unmounted or a signal stops it.
-func (m *mount) run() error {
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+func (m *mount) run(sigs chan os.Signal) error {
 	done := make(chan struct{})
 	go func() {
 		m.fsys.Wait()
@@ -572,26 +619,39 @@ func (m *mount) run() error {
 	select {
 	case <-done:
 		m.log.Info("unmounted; finishing pending uploads")
-		return m.finish(sigs, false)
+		return m.finish(sigs, false, false)
 	case sig := <-sigs:
 		m.log.Info("stopping: uploading everything pending, then unmounting", "signal", sig.String(),
 			"timeout", m.cfg.ShutdownTimeout.String())
-		return m.finish(sigs, true)
+		return m.finish(sigs, true, true)
 	}
 }
 
-// finish drains the journal within the shutdown timeout (a second signal
-// cuts it short), unmounts and closes the cache. Whatever is still pending
-// stays in the cache for the next mount, and the exit status says so.
-func (m *mount) finish(sigs chan os.Signal, unmount bool) error {
+// finish drains the journal within the shutdown timeout, unmounts and
+// closes the cache. Whatever is still pending stays in the cache for the
+// next mount, and the exit status says so. A signal cuts the drain short
+// if a signal started it (signalled); otherwise (an unmount, an app that
+// exited) the first signal is what a stop would do anyway, so only the
+// second one cuts it: systemd's SIGTERM after an umount must not.
+func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
+	notifySystemd(m.log, daemon.SdNotifyStopping+"\nSTATUS=uploading what is pending, then unmounting")
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
 	defer cancel()
 	go func() {
-		select {
-		case sig := <-sigs:
-			m.log.Warn("second signal: stopping now", "signal", sig.String())
-			cancel()
-		case <-ctx.Done():
+		for {
+			select {
+			case sig := <-sigs:
+				if !signalled {
+					signalled = true
+					m.log.Info("already stopping: uploading everything pending; a second signal stops now", "signal", sig.String())
+					continue
+				}
+				m.log.Warn("second signal: stopping now", "signal", sig.String())
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
 	left, _ := m.cache.Drain(ctx)

@@ -498,7 +498,7 @@ func TestOpsCLI(t *testing.T) {
 		t.Errorf("keelfs version: %d %q", code, out)
 	}
 	for _, cmd := range [][]string{{"--help"}, {"mount", "--help"}, {"status", "--help"}, {"flush", "--help"},
-		{"unmount", "--help"}, {"warm", "--help"}} {
+		{"unmount", "--help"}, {"warm", "--help"}, {"run", "--help"}, {"health", "--help"}} {
 		code, out := run(cmd...)
 		if code != 0 || !strings.Contains(out, "Usage:") || !strings.Contains(out, "Example") {
 			t.Errorf("keelfs %s: exit %d, want 0 with usage and examples:\n%s", strings.Join(cmd, " "), code, out)
