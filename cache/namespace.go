@@ -513,12 +513,12 @@ func (c *Cache) hasChildren(ino uint64) (bool, error) {
 
 // Mkdir creates a directory; its marker object follows by write-back.
 func (c *Cache) Mkdir(ctx context.Context, parent uint64, name string, perm, uid, gid uint32) (Attr, error) {
-	return c.createEntry(parent, name, KindDir, perm, uid, gid, "")
+	return c.createEntry(parent, name, KindDir, perm, uid, gid, entryExtra{})
 }
 
 // Create creates an empty file; an empty object follows by write-back.
 func (c *Cache) Create(ctx context.Context, parent uint64, name string, perm, uid, gid uint32) (Attr, error) {
-	return c.createEntry(parent, name, KindFile, perm, uid, gid, "")
+	return c.createEntry(parent, name, KindFile, perm, uid, gid, entryExtra{})
 }
 
 // Symlink creates a symbolic link, stored as s3fs does: an object whose
@@ -527,10 +527,10 @@ func (c *Cache) Symlink(ctx context.Context, parent uint64, name, target string,
 	if target == "" || len(target) > 4095 {
 		return Attr{}, ErrInvalid
 	}
-	return c.createEntry(parent, name, KindSymlink, 0o777, uid, gid, target)
+	return c.createEntry(parent, name, KindSymlink, 0o777, uid, gid, entryExtra{Target: target})
 }
 
-func (c *Cache) createEntry(parent uint64, name string, kind Kind, perm, uid, gid uint32, target string) (Attr, error) {
+func (c *Cache) createEntry(parent uint64, name string, kind Kind, perm, uid, gid uint32, ex entryExtra) (Attr, error) {
 	if c.opt.ReadOnly {
 		return Attr{}, ErrReadOnly
 	}
@@ -568,7 +568,8 @@ func (c *Cache) createEntry(parent uint64, name string, kind Kind, perm, uid, gi
 	}
 	now := c.now()
 	rec := &Inode{Ino: ino, Gen: c.nextSeq(), Parent: parent, Name: name, Path: path, Kind: kind,
-		Perm: perm & 0o7777, UID: uid, GID: gid, Mtime: now, Ctime: now, Target: target, AttrsKnown: true}
+		Perm: perm & 0o7777, UID: uid, GID: gid, Mtime: now, Ctime: now, Atime: now, Target: ex.Target, Rdev: ex.Rdev, AttrsKnown: true}
+	inheritGroup(dir, rec)
 	switch kind {
 	case KindDir:
 		rec.Pending = pendMarker
@@ -915,7 +916,7 @@ type SetAttr struct {
 
 // Setattr changes attributes. Size changes truncate or extend the file.
 func (c *Cache) Setattr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) {
-	if c.opt.ReadOnly && (in.Mode != nil || in.UID != nil || in.GID != nil || in.Size != nil || in.Mtime != nil) {
+	if c.opt.ReadOnly && (in.Mode != nil || in.UID != nil || in.GID != nil || in.Size != nil || in.Mtime != nil || in.Atime != nil) {
 		return Attr{}, ErrReadOnly
 	}
 	if in.Size != nil {
@@ -923,7 +924,7 @@ func (c *Cache) Setattr(ctx context.Context, ino uint64, in SetAttr) (Attr, erro
 			return Attr{}, err
 		}
 	}
-	if in.Mode == nil && in.UID == nil && in.GID == nil && in.Mtime == nil {
+	if in.Mode == nil && in.UID == nil && in.GID == nil && in.Mtime == nil && in.Atime == nil {
 		return c.Getattr(ctx, ino)
 	}
 	st, err := c.acquire(ino)
@@ -949,6 +950,9 @@ func (c *Cache) Setattr(ctx context.Context, ino uint64, in SetAttr) (Attr, erro
 	}
 	if in.Mtime != nil {
 		n.Mtime = in.Mtime.UnixNano()
+	}
+	if in.Atime != nil {
+		n.Atime = in.Atime.UnixNano()
 	}
 	n.Ctime = c.now()
 	n.MetaVer++

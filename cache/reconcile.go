@@ -268,6 +268,9 @@ func (c *Cache) push(ctx context.Context, st *inodeState, p *uploadPlan) (string
 	case snap.Kind == KindDir:
 		return c.store.Put(ctx, s3backend.PutInput{Key: p.target, Body: strings.NewReader(""), Metadata: meta,
 			ContentType: s3backend.DirContentType, Cond: p.cond})
+	case snap.Kind.isSpecial():
+		return c.store.Put(ctx, s3backend.PutInput{Key: p.target, Body: strings.NewReader(""), Metadata: meta,
+			ContentType: s3backend.FileContentType, Cond: p.cond})
 	case snap.Kind == KindSymlink:
 		target, err := c.symlinkTarget(ctx, snap)
 		if err != nil {
@@ -310,6 +313,11 @@ func (c *Cache) copyObject(ctx context.Context, p *uploadPlan, meta s3backend.Me
 		// Keep the source's own attribute headers; only mark the copy.
 		merged[metaUpload] = p.token
 	} else {
+		// keelfs's own headers are replaced whole: one that is gone
+		// (the last extended attribute removed) must not survive.
+		for _, k := range ownedHeaders {
+			delete(merged, k)
+		}
 		for k, v := range meta {
 			merged[k] = v
 		}
@@ -699,7 +707,7 @@ func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan,
 			st.dirtySince = time.Time{}
 		}
 	}
-	if rec.Kind == KindSymlink {
+	if rec.Kind == KindSymlink || rec.Kind.isSpecial() {
 		rec.RemoteSize = int64(len(rec.Target))
 		rec.Pending &^= pendData
 	}
@@ -854,10 +862,12 @@ func (c *Cache) adoptChangedSource(st *inodeState, p *uploadPlan, info s3backend
 		c.log.Warn("object changed in s3 before a rename or attribute change reached it; applying the change to the new version",
 			"key", rec.RemoteKey)
 		perm, uid, gid, mtime := rec.Perm, rec.UID, rec.GID, rec.Mtime
+		atime, xattrs := rec.Atime, rec.Xattrs
 		e := s3backend.ListEntry{Key: rec.RemoteKey, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
 		c.newVersionLocked(t, rec, rec.RemoteKey, e, &info)
 		if rec.Pending&pendMeta != 0 {
 			rec.Perm, rec.UID, rec.GID, rec.Mtime = perm, uid, gid, mtime
+			rec.Atime, rec.Xattrs = atime, xattrs
 		}
 	}
 	if err := t.commit(); err != nil {
