@@ -122,6 +122,20 @@ func FuzzXattrHeader(f *testing.F) {
 	})
 }
 
+func TestDropSetID(t *testing.T) {
+	for _, c := range []struct{ in, want uint32 }{
+		{0o6755, 0o755},  // both go: group execute is set
+		{0o6745, 0o2745}, // set-group-ID without group execute marks locking: it stays
+		{0o4700, 0o700},
+		{0o1777, 0o1777}, // sticky is not a set-ID bit
+		{0o644, 0o644},
+	} {
+		if got := dropSetID(c.in); got != c.want {
+			t.Errorf("dropSetID(%o) = %o, want %o", c.in, got, c.want)
+		}
+	}
+}
+
 // Special files are zero-byte objects whose mode carries their type, as
 // s3fs stores them; a device keeps its number. They survive a cache lost
 // (a new cache on the same bucket) and a rename.
