@@ -154,6 +154,7 @@ type Cache struct {
 	namesMu  sync.Mutex
 	namesSeq uint64            // guarded by namesMu
 	namesVer map[uint64]uint64 // directory ino -> namesSeq of its last change; guarded by namesMu
+	nlinks   nlinkCache        // directories' link counts, see dirNlink
 
 	up     *uploader
 	bufMem *bufferBudget
@@ -588,7 +589,7 @@ func (c *Cache) attrOf(n *Inode) Attr {
 		a.Size = int64(len(n.Target))
 	case KindDir:
 		a.Size = 4096
-		a.Nlink = 2
+		a.Nlink = c.dirNlink(n)
 	}
 	if n.Unlinked {
 		a.Nlink = 0

@@ -388,3 +388,36 @@ func TestAtime(t *testing.T) {
 		t.Fatalf("x-amz-meta-atime after the next upload %q, want %q", info.Metadata[metaAtime], formatUnixTime(now.UnixNano()))
 	}
 }
+
+// A directory's link count is 2 plus its subdirectories.
+func TestDirNlink(t *testing.T) {
+	e := newEnv(t, nil)
+	d, err := e.c.Mkdir(ctx, RootIno, "d", 0o755, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Nlink != 2 {
+		t.Fatalf("new dir nlink %d", d.Nlink)
+	}
+	for _, n := range []string{"a", "b"} {
+		if _, err := e.c.Mkdir(ctx, d.Ino, n, 0o755, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.write("d/file", 0, nil)
+	if a := e.mustLookup("d"); a.Nlink != 4 {
+		t.Fatalf("nlink with two subdirs and a file: %d", a.Nlink)
+	}
+	if err := e.c.Rename(ctx, d.Ino, "a", RootIno, "a", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Rmdir(ctx, d.Ino, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if a := e.mustLookup("d"); a.Nlink != 2 {
+		t.Fatalf("nlink after the subdirs went: %d", a.Nlink)
+	}
+	if a := e.mustLookup(""); a.Nlink != 4 { // d and a
+		t.Fatalf("root nlink %d", a.Nlink)
+	}
+}

@@ -1,0 +1,84 @@
+package cache
+
+import (
+	"sync"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// A directory's link count is 2 plus its subdirectories (each one's ".."
+// links back to it), as on a local file system. keelfs keeps no count: it
+// counts the subdirectory entries the cache holds when asked, and keeps
+// the answer for as long as the directory's names do not change (see
+// DirVersion). A directory with more entries than nlinkCountLimit reports
+// 1, the Linux convention for "not counted" that find(1) and fts(3)
+// understand, so that a stat never costs a walk of a huge directory.
+
+const nlinkCountLimit = 10000
+
+// nlinkCache remembers counted link counts by directory.
+type nlinkCache struct {
+	mu sync.Mutex
+	m  map[uint64]nlinkEntry // guarded by mu
+}
+
+type nlinkEntry struct {
+	gen   uint64 // Inode.Gen: inode numbers are reused
+	ver   uint64 // DirVersion the count was made at
+	nlink uint32
+}
+
+// dirNlink returns the link count of directory n.
+func (c *Cache) dirNlink(n *Inode) uint32 {
+	if n.Entries > nlinkCountLimit {
+		return 1
+	}
+	ver := c.DirVersion(n.Ino) // before counting: a change meanwhile makes the count stale
+	c.nlinks.mu.Lock()
+	e, ok := c.nlinks.m[n.Ino]
+	c.nlinks.mu.Unlock()
+	if ok && e.gen == n.Gen && e.ver == ver {
+		return e.nlink
+	}
+	nlink, err := c.countNlink(n.Ino)
+	if err != nil {
+		c.log.Warn("cache: count subdirectories", "path", n.Path, "err", err)
+		return 1
+	}
+	c.nlinks.mu.Lock()
+	if c.nlinks.m == nil || len(c.nlinks.m) > 100000 {
+		c.nlinks.m = make(map[uint64]nlinkEntry)
+	}
+	c.nlinks.m[n.Ino] = nlinkEntry{gen: n.Gen, ver: ver, nlink: nlink}
+	c.nlinks.mu.Unlock()
+	return nlink
+}
+
+// countNlink counts the subdirectory entries of ino: 2 plus their number,
+// or 1 past nlinkCountLimit entries.
+func (c *Cache) countNlink(ino uint64) (uint32, error) {
+	nlink := uint32(2)
+	err := c.db.View(func(txn *badger.Txn) error {
+		prefix := dentryPrefix(ino)
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 256, Prefix: prefix})
+		defer it.Close()
+		seen := 0
+		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+			if seen++; seen > nlinkCountLimit {
+				nlink = 1
+				return nil
+			}
+			if err := it.Item().Value(func(v []byte) error {
+				d, err := unmarshalDentry(v)
+				if err == nil && d.Kind == KindDir {
+					nlink++
+				}
+				return err
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return nlink, err
+}
