@@ -234,7 +234,8 @@ func fillAttr(a cache.Attr, out *fuse.Attr) {
 	out.Blocks = uint64(a.Blocks)
 	out.Nlink = a.Nlink
 	out.Owner = fuse.Owner{Uid: a.UID, Gid: a.GID}
+	out.Rdev = a.Rdev
 	out.Blksize = 1 << 20
-	mt, ct := a.Mtime, a.Ctime
-	out.SetTimes(&mt, &mt, &ct)
+	at, mt, ct := a.Atime, a.Mtime, a.Ctime
+	out.SetTimes(&at, &mt, &ct)
 }

@@ -219,15 +219,13 @@ func (n *Node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 
 var _ = (gofs.NodeMknoder)((*Node)(nil))
 
-// Mknod makes a regular file as creat(2) would: mknod(2) of S_IFREG
-// reaches a FUSE filesystem as MKNOD, not CREATE. It fails for devices,
-// FIFOs and sockets, which S3 cannot hold.
+// Mknod makes a regular file as creat(2) would (mknod(2) of S_IFREG
+// reaches a FUSE filesystem as MKNOD, not CREATE), or a FIFO, socket or
+// device node, stored as s3fs stores them. Binding a UNIX socket on the
+// mount comes here too.
 func (n *Node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if mode&syscall.S_IFMT != syscall.S_IFREG {
-		return nil, syscall.EPERM
-	}
 	uid, gid := callerIDs(ctx)
-	a, err := n.fsys.c.Create(ctx, n.ino(), name, mode, uid, gid)
+	a, err := n.fsys.c.Mknod(ctx, n.ino(), name, mode, dev, uid, gid)
 	if err != nil {
 		return nil, toErrno("mknod", err)
 	}

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -205,8 +206,9 @@ func (c *countingFS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.
 func (c *countingFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
 	t := time.Now()
 	n, st := c.RawFileSystem.GetXAttr(nil, h, attr, dest)
-	// ENODATA and ERANGE are ordinary answers to getxattr.
-	c.obs("getxattr", st == fuse.OK || st == fuse.ENODATA || st == fuse.ERANGE, time.Since(t))
+	// ENODATA, ERANGE and ENOTSUP (a namespace keelfs does not store)
+	// are ordinary answers to getxattr.
+	c.obs("getxattr", st == fuse.OK || st == fuse.ENODATA || st == fuse.ERANGE || st == fuse.Status(syscall.ENOTSUP), time.Since(t))
 	return n, st
 }
 
