@@ -110,6 +110,13 @@ func (f *FS) Mount(dir string) error {
 			// cannot span mounts (S3 has no locks).
 			EnableLocks: false,
 			Options:     []string{"default_permissions"},
+			// keelfs clears set-ID bits itself on write, truncate and
+			// chown, as the kernel asks (cache.DropSetID). In return the
+			// kernel checks a file for security.capability once per
+			// attribute refresh rather than with a GETXATTR before every
+			// write(2), which FUSE's nosec-less default costs a mount that
+			// answers getxattr.
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
 		},
 	}
 	if f.opt.ReadOnly {

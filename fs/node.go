@@ -91,6 +91,12 @@ func (n *Node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 		}
 		sa.Atime = &t
 	}
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
+		// A chown, or a truncate by a user without CAP_FSETID.
+		if err := n.fsys.c.DropSetID(ctx, n.ino()); err != nil {
+			return toErrno("setattr", err)
+		}
+	}
 	a, err := n.fsys.c.Setattr(ctx, n.ino(), sa)
 	if err != nil {
 		return toErrno("setattr", err)

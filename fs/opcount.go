@@ -132,16 +132,31 @@ func (c *countingFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (
 
 func (c *countingFS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
 	t := time.Now()
-	n, st := c.RawFileSystem.Write(nil, in, data)
+	n, st := c.RawFileSystem.Write(writeMark(in), in, data)
 	c.done("write", st, t)
 	return n, st
+}
+
+// killSetID marks a WRITE whose writer lacks CAP_FSETID, so that the
+// file's set-ID bits must go (FUSE_WRITE_KILL_SUIDGID, see
+// the ExtraCapabilities note in FS.Mount). go-fuse gives a file's Write nothing of
+// the request but the caller and the cancel channel, so the mark travels
+// as that channel: the context's Done. It is never closed, which to Write
+// is the same as the nil channel every other request gets.
+var killSetID <-chan struct{} = make(chan struct{})
+
+func writeMark(in *fuse.WriteIn) <-chan struct{} {
+	if in.WriteFlags&fuse.WRITE_KILL_SUIDGID != 0 {
+		return killSetID
+	}
+	return nil
 }
 
 // Writev is what the server calls first for WRITE; ENOSYS makes it fall
 // back to Write, which counts then.
 func (c *countingFS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
 	t := time.Now()
-	n, st := c.RawFileSystem.Writev(nil, in, data)
+	n, st := c.RawFileSystem.Writev(writeMark(in), in, data)
 	if st != fuse.ENOSYS {
 		c.done("write", st, t)
 	}
