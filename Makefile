@@ -15,7 +15,7 @@ TEST_TIMEOUT ?= 18m
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all build test unit demo bench bench-tools stress install tools fuse vet clean
+.PHONY: all build test unit demo bench bench-tools stress install tools fuse s3fs vet clean
 
 all: build
 
@@ -32,11 +32,20 @@ fuse:
 	fi
 	@test -e /dev/fuse || { echo "FATAL: /dev/fuse is missing: this machine (or container) cannot mount FUSE filesystems"; exit 1; }
 
+# s3fs (Debian's package) is the other tool test/e2e's interoperability
+# test mounts the same bucket with.
+s3fs:
+	@if ! command -v s3fs >/dev/null; then \
+	  echo "installing s3fs with apt"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get install -y s3fs >/dev/null 2>&1 || { $$SUDO apt-get update -q && $$SUDO apt-get install -y s3fs; }; \
+	fi
+
 $(VERSITYGW):
 	@echo "installing versitygw $(VERSITYGW_VERSION) into $(TOOLS) (takes a few minutes the first time)"
 	GOBIN=$(TOOLS) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
-tools: fuse $(VERSITYGW)
+tools: fuse s3fs $(VERSITYGW)
 
 vet:
 	@fmt=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.tools/*')); \
