@@ -26,12 +26,13 @@ type nsTx struct {
 	blockGC []*Inode        // inodes whose blocks go once committed
 	heads   []headJob       // HEADs to run once committed (without nsMu)
 	names   map[uint64]bool // directories whose names change, see DirVersion
+	subdirs map[uint64]bool // directories whose subdirectories change, see dirNlink
 }
 
 func (c *Cache) beginNS() *nsTx {
 	return &nsTx{c: c, held: make(map[uint64]*inodeState), olds: make(map[uint64]*Inode),
 		gone: make(map[uint64]bool), sets: make(map[string][]byte), dels: make(map[string]bool),
-		notify: make(map[uint64]bool), names: make(map[uint64]bool)}
+		notify: make(map[uint64]bool), names: make(map[uint64]bool), subdirs: make(map[uint64]bool)}
 }
 
 // get returns the live record of ino for modification.
@@ -89,6 +90,9 @@ func (t *nsTx) del(k []byte) {
 func (t *nsTx) setDentry(parent uint64, name string, d dentry) {
 	t.set(dentryKey(parent, name), d.marshal())
 	t.names[parent] = true
+	if d.Kind == KindDir {
+		t.subdirs[parent] = true
+	}
 }
 
 // seenDentry rewrites an entry that a listing confirmed, the same name
@@ -98,6 +102,9 @@ func (t *nsTx) seenDentry(parent uint64, name string, d dentry) {
 }
 
 func (t *nsTx) delDentry(parent uint64, name string) {
+	if d, ok, err := t.dentry(parent, name); err != nil || ok && d.Kind == KindDir {
+		t.subdirs[parent] = true // unreadable: count again to be sure
+	}
 	t.del(dentryKey(parent, name))
 	t.names[parent] = true
 }
@@ -172,6 +179,7 @@ func (t *nsTx) commit() error {
 		return fmt.Errorf("cache commit: %w", err)
 	}
 	t.c.namesChanged(t.names, t.gone)
+	t.c.subdirsChanged(t.subdirs, t.gone)
 	now := time.Now()
 	for ino, st := range t.held {
 		if t.gone[ino] {

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"syscall"
@@ -419,5 +420,43 @@ func TestDirNlink(t *testing.T) {
 	}
 	if a := e.mustLookup(""); a.Nlink != 4 { // d and a
 		t.Fatalf("root nlink %d", a.Nlink)
+	}
+}
+
+// Files coming and going in a directory do not make its link count be
+// counted again: the kernel asks for a directory's attributes after every
+// create in it, and a walk each time made bulk creates quadratic.
+func TestDirNlinkNotRecountedForFiles(t *testing.T) {
+	e := newEnv(t, nil)
+	d, err := e.c.Mkdir(ctx, RootIno, "d", 0o755, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	walks := func() int {
+		e.c.nlinks.mu.Lock()
+		defer e.c.nlinks.mu.Unlock()
+		return e.c.nlinks.counts
+	}
+	e.mustLookup("d")
+	before := walks()
+	for i := 0; i < 50; i++ {
+		if _, err := e.c.Create(ctx, d.Ino, fmt.Sprintf("f%d", i), 0o644, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		if a, err := e.c.Getattr(ctx, d.Ino); err != nil || a.Nlink != 2 {
+			t.Fatalf("nlink %d %v", a.Nlink, err)
+		}
+	}
+	if err := e.c.Unlink(ctx, d.Ino, "f3"); err != nil {
+		t.Fatal(err)
+	}
+	if a := e.mustLookup("d"); a.Nlink != 2 || walks() != before {
+		t.Fatalf("nlink %d after %d walks for 50 creates and an unlink, want none", a.Nlink, walks()-before)
+	}
+	if _, err := e.c.Mkdir(ctx, d.Ino, "sub", 0o755, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if a := e.mustLookup("d"); a.Nlink != 3 {
+		t.Fatalf("after mkdir: nlink %d", a.Nlink)
 	}
 }
