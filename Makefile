@@ -37,7 +37,7 @@ DIST         := $(CURDIR)/dist
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all build test unit demo bench bench-tools stress install tools fuse docker image release version vet clean
+.PHONY: all build test unit demo bench bench-tools stress install tools fuse s3fs docker image release version vet clean
 
 all: build
 
@@ -77,11 +77,20 @@ docker:
 	fi; \
 	docker info >/dev/null 2>&1 || echo "WARNING: docker does not work on this machine (see /var/log/keelfs-dockerd.log); the container tests will run in unshare namespaces instead"
 
+# s3fs (Debian's package) is the other tool test/e2e's interoperability
+# test mounts the same bucket with.
+s3fs:
+	@if ! command -v s3fs >/dev/null; then \
+	  echo "installing s3fs with apt"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get install -y s3fs >/dev/null 2>&1 || { $$SUDO apt-get update -q && $$SUDO apt-get install -y s3fs; }; \
+	fi
+
 $(VERSITYGW):
 	@echo "installing versitygw $(VERSITYGW_VERSION) into $(TOOLS) (takes a few minutes the first time)"
 	GOBIN=$(TOOLS) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
-tools: fuse $(VERSITYGW)
+tools: fuse s3fs $(VERSITYGW)
 
 vet:
 	@fmt=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.tools/*')); \

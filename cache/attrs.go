@@ -17,8 +17,13 @@ import (
 //	x-amz-meta-mtime  seconds since the epoch, "123" or "123.000000456"
 //	x-amz-meta-ctime  likewise
 //	x-amz-meta-atime  likewise
+//	x-amz-meta-xattr  extended attributes, s3fs's encoding (see xattr.go)
+//	x-amz-meta-rdev   device number of a device node, decimal (keelfs's own:
+//	                  s3fs keeps none)
 //
 // Symlinks are objects whose body is the target and whose mode has S_IFLNK.
+// FIFOs, sockets and device nodes are zero-byte objects whose mode has
+// their type (see special.go).
 const (
 	metaMode  = "mode"
 	metaUID   = "uid"
@@ -26,24 +31,35 @@ const (
 	metaMtime = "mtime"
 	metaCtime = "ctime"
 	metaAtime = "atime"
+	metaXattr = "xattr"
+	metaRdev  = "rdev"
 	// metaUpload is keelfs's own: a random token per upload, so that after a
 	// crash, or a 412 on a retried request, the mount can tell its own
 	// object from another writer's.
 	metaUpload = "keelfs-upload"
 )
 
+// ownedHeaders are the headers keelfs writes for an inode's attributes.
+var ownedHeaders = []string{metaMode, metaUID, metaGID, metaMtime, metaCtime, metaAtime, metaXattr, metaRdev}
+
 // headerAttrs are the attributes found in an object's user metadata. A
 // field whose has-flag is false was absent or unparseable.
 type headerAttrs struct {
-	Mode             uint32 // full st_mode
-	UID, GID         uint32
-	Mtime, Ctime     int64 // Unix ns
-	HasMode          bool
-	HasUID, HasGID   bool
-	HasMtime         bool
-	HasCtime         bool
-	UploadToken      string
-	IsSymlink, IsDir bool
+	Mode                uint32 // full st_mode
+	UID, GID            uint32
+	Mtime, Ctime, Atime int64 // Unix ns
+	Rdev                uint32
+	Xattrs              map[string]string
+	HasMode             bool
+	HasUID, HasGID      bool
+	HasMtime            bool
+	HasCtime            bool
+	HasAtime            bool
+	HasRdev             bool
+	UploadToken         string
+	// Kind is the type the mode names when it is one an object of
+	// content can have (symlink, FIFO, socket, device); 0 otherwise.
+	Kind Kind
 }
 
 func parseHeaders(m s3backend.Metadata) headerAttrs {
@@ -51,12 +67,7 @@ func parseHeaders(m s3backend.Metadata) headerAttrs {
 	if v, ok := m[metaMode]; ok {
 		if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
 			a.Mode, a.HasMode = uint32(n), true
-			switch a.Mode & syscall.S_IFMT {
-			case syscall.S_IFLNK:
-				a.IsSymlink = true
-			case syscall.S_IFDIR:
-				a.IsDir = true
-			}
+			a.Kind = objectKind(a.Mode)
 		}
 	}
 	if v, ok := m[metaUID]; ok {
@@ -74,6 +85,17 @@ func parseHeaders(m s3backend.Metadata) headerAttrs {
 	}
 	if v, ok := m[metaCtime]; ok {
 		a.Ctime, a.HasCtime = parseUnixTime(v)
+	}
+	if v, ok := m[metaAtime]; ok {
+		a.Atime, a.HasAtime = parseUnixTime(v)
+	}
+	if v, ok := m[metaRdev]; ok {
+		if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
+			a.Rdev, a.HasRdev = uint32(n), true
+		}
+	}
+	if v, ok := m[metaXattr]; ok {
+		a.Xattrs = decodeXattrs(v)
 	}
 	a.UploadToken = m[metaUpload]
 	return a
@@ -144,8 +166,34 @@ func modeBits(k Kind) uint32 {
 		return syscall.S_IFDIR
 	case KindSymlink:
 		return syscall.S_IFLNK
+	case KindFIFO:
+		return syscall.S_IFIFO
+	case KindSocket:
+		return syscall.S_IFSOCK
+	case KindCharDev:
+		return syscall.S_IFCHR
+	case KindBlockDev:
+		return syscall.S_IFBLK
 	}
 	return syscall.S_IFREG
+}
+
+// objectKind is the kind an object's mode header names, when it is a
+// kind that a (non-directory) object can be other than a regular file.
+func objectKind(mode uint32) Kind {
+	switch mode & syscall.S_IFMT {
+	case syscall.S_IFLNK:
+		return KindSymlink
+	case syscall.S_IFIFO:
+		return KindFIFO
+	case syscall.S_IFSOCK:
+		return KindSocket
+	case syscall.S_IFCHR:
+		return KindCharDev
+	case syscall.S_IFBLK:
+		return KindBlockDev
+	}
+	return 0
 }
 
 // headersOf builds the user metadata that records n's attributes.
@@ -156,7 +204,13 @@ func headersOf(n *Inode, token string) s3backend.Metadata {
 		metaGID:   strconv.FormatUint(uint64(n.GID), 10),
 		metaMtime: formatUnixTime(n.Mtime),
 		metaCtime: formatUnixTime(n.Ctime),
-		metaAtime: formatUnixTime(n.Mtime),
+		metaAtime: formatUnixTime(n.Atime),
+	}
+	if n.Kind.isDevice() {
+		m[metaRdev] = strconv.FormatUint(uint64(n.Rdev), 10)
+	}
+	if len(n.Xattrs) > 0 {
+		m[metaXattr] = encodeXattrs(n.Xattrs)
 	}
 	if token != "" {
 		m[metaUpload] = token

@@ -46,6 +46,7 @@ type Options struct {
 	MetadataTTL    time.Duration // default 1s
 	WriteBackDelay time.Duration // default 1s; negative means 0
 	SyncOnClose    bool
+	NoAtime        bool  // reads never move atime (the noatime mount option)
 	PartSize       int64 // multipart part size; default 16 MiB, grown for huge files
 	MaxUploads     int   // files uploading at once; default 4
 	MaxParts       int   // parts in flight per file; default 4
@@ -228,6 +229,7 @@ type namespace struct {
 	namesMu  sync.Mutex
 	namesSeq uint64            // guarded by namesMu
 	namesVer map[uint64]uint64 // directory ino -> namesSeq of its last change; guarded by namesMu
+	nlinks   nlinkCache        // directories' link counts, see dirNlink
 }
 
 // Open opens (creating if needed) the cache in opt.Dir and resumes the
@@ -373,7 +375,7 @@ func (c *Cache) ensureRoot() error {
 		}
 		now := c.now()
 		root := &Inode{Ino: RootIno, Gen: 1, Kind: KindDir, Perm: c.opt.DirMode, UID: c.opt.UID, GID: c.opt.GID,
-			Mtime: now, Ctime: now}
+			Mtime: now, Ctime: now, Atime: now}
 		return txn.Set(inodeKey(RootIno), root.marshal())
 	})
 }
@@ -642,19 +644,20 @@ func hashIno(path string, probe int) uint64 {
 
 // Attr is what stat shows for an inode.
 type Attr struct {
-	Ino          uint64
-	Gen          uint64
-	Mode         uint32 // type bits and permissions
-	Size         int64
-	Blocks       int64 // 512-byte units
-	Nlink        uint32
-	UID, GID     uint32
-	Mtime, Ctime time.Time
+	Ino                 uint64
+	Gen                 uint64
+	Mode                uint32 // type bits and permissions
+	Size                int64
+	Blocks              int64 // 512-byte units
+	Nlink               uint32
+	UID, GID            uint32
+	Rdev                uint32 // devices
+	Mtime, Ctime, Atime time.Time
 }
 
 func (c *Cache) attrOf(n *Inode) Attr {
-	a := Attr{Ino: n.Ino, Gen: n.Gen, Mode: modeBits(n.Kind) | n.Perm, UID: n.UID, GID: n.GID,
-		Mtime: time.Unix(0, n.Mtime), Ctime: time.Unix(0, n.Ctime), Nlink: 1}
+	a := Attr{Ino: n.Ino, Gen: n.Gen, Mode: modeBits(n.Kind) | n.Perm, UID: n.UID, GID: n.GID, Rdev: n.Rdev,
+		Mtime: time.Unix(0, n.Mtime), Ctime: time.Unix(0, n.Ctime), Atime: time.Unix(0, n.Atime), Nlink: 1}
 	switch n.Kind {
 	case KindFile:
 		a.Size = n.Size
@@ -662,7 +665,7 @@ func (c *Cache) attrOf(n *Inode) Attr {
 		a.Size = int64(len(n.Target))
 	case KindDir:
 		a.Size = 4096
-		a.Nlink = 2
+		a.Nlink = c.dirNlink(n)
 	}
 	if n.Unlinked {
 		a.Nlink = 0

@@ -223,10 +223,12 @@ func (c *Cache) adoptChangedSource(st *inodeState, p *uploadPlan, info s3backend
 			c.log.Warn("object changed in s3 before a rename or attribute change reached it; applying the change to the new version",
 				"key", rec.RemoteKey)
 			perm, uid, gid, mtime := rec.Perm, rec.UID, rec.GID, rec.Mtime
+			atime, xattrs := rec.Atime, rec.Xattrs
 			e := s3backend.ListEntry{Key: rec.RemoteKey, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
 			c.newVersionLocked(t, rec, rec.RemoteKey, e, &info)
 			if rec.Pending&pendMeta != 0 {
 				rec.Perm, rec.UID, rec.GID, rec.Mtime = perm, uid, gid, mtime
+				rec.Atime, rec.Xattrs = atime, xattrs
 			}
 		}
 		return nil

@@ -29,4 +29,15 @@ var (
 	// safe in the cache and the upload is retried in the background.
 	ErrUploadFailed = errors.New("upload to s3 failed")
 	ErrClosed       = errors.New("cache closed")
+	// ErrNoAttr: no extended attribute of that name.
+	ErrNoAttr = errors.New("no such attribute")
+	// ErrNotSupported: an extended attribute outside the user namespace,
+	// which keelfs does not store.
+	ErrNotSupported = errors.New("operation not supported")
+	// ErrXattrNoRoom: the extended attributes would not fit beside the
+	// others in S3's 2 KB of user metadata; remove some first.
+	ErrXattrNoRoom = errors.New("no room left in the object's 2 KB of s3 metadata")
+	// ErrXattrTooBig: the attribute alone would not fit in S3's 2 KB of
+	// user metadata.
+	ErrXattrTooBig = errors.New("attribute larger than the object's 2 KB of s3 metadata allow")
 )

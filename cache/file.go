@@ -153,6 +153,7 @@ func (h *Handle) Read(ctx context.Context, dest []byte, off int64) (int, error) 
 		return 0, nil
 	}
 	end := min(off+int64(len(dest)), size)
+	c.noteRead(st)
 	c.readAheadFor(st, src, off, end)
 	n := 0
 	for pos := off; pos < end; {

@@ -263,7 +263,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 	rec := &Inode{Ino: ino, Gen: c.nextSeq(), Parent: dir.Ino, Name: name, Path: path,
 		UID: c.opt.UID, GID: c.opt.GID, Ctime: now, RemoteKey: key, SyncedSeq: 0}
 	if e.IsPrefix {
-		rec.Kind, rec.Perm, rec.Mtime = KindDir, c.opt.DirMode, now
+		rec.Kind, rec.Perm, rec.Mtime, rec.Atime = KindDir, c.opt.DirMode, now, now
 		if !c.opt.SkipHeaders {
 			t.head(ino, key, "")
 		} else {
@@ -292,6 +292,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 // comes from the object until written.
 func (c *Cache) setVersion(n *Inode, etag string, size, mtime int64) {
 	n.ETag, n.RemoteSize, n.Size, n.Mtime = etag, size, size, mtime
+	n.Atime, n.Rdev, n.Xattrs = mtime, 0, nil // until the headers are read
 	n.AttrsKnown = false
 	gen := c.newGen()
 	n.Runs = nil
@@ -334,8 +335,8 @@ func (c *Cache) applyHeaders(n *Inode, info *s3backend.ObjectInfo) {
 	h := parseHeaders(info.Metadata)
 	if h.HasMode {
 		n.Perm = h.Mode & 0o7777
-		if h.IsSymlink && n.Kind == KindFile {
-			n.Kind = KindSymlink
+		if h.Kind != 0 && n.Kind == KindFile {
+			n.Kind = h.Kind
 		}
 	}
 	if h.HasUID {
@@ -352,6 +353,15 @@ func (c *Cache) applyHeaders(n *Inode, info *s3backend.ObjectInfo) {
 	if h.HasCtime {
 		n.Ctime = h.Ctime
 	}
+	n.Atime = n.Mtime
+	if h.HasAtime {
+		n.Atime = h.Atime
+	}
+	n.Rdev = 0
+	if h.HasRdev && n.Kind.isDevice() {
+		n.Rdev = h.Rdev
+	}
+	n.Xattrs = h.Xattrs
 }
 
 // claimed reports whether an object key is held by an inode that moved
@@ -653,12 +663,13 @@ func (c *Cache) applyHead(j headJob, info s3backend.ObjectInfo, err error) {
 		} else {
 			c.applyHeaders(n, &info)
 		}
-		if n.Kind == KindSymlink && n.Parent != 0 {
+		if n.Kind != KindFile && n.Parent != 0 {
+			// The headers made a symlink or a special file of the object.
 			d, _, err := t.dentry(n.Parent, n.Name)
 			if err != nil {
 				return err
 			}
-			t.setDentry(n.Parent, n.Name, dentry{Ino: n.Ino, Kind: KindSymlink, Epoch: d.Epoch})
+			t.setDentry(n.Parent, n.Name, dentry{Ino: n.Ino, Kind: n.Kind, Epoch: d.Epoch})
 		}
 		return nil
 	})

@@ -133,8 +133,8 @@ func FuzzParseHeaders(f *testing.F) {
 		if a.HasMode && strconv.FormatUint(uint64(a.Mode), 10) != strings.TrimLeft(strings.TrimSpace(mode), "0") && a.Mode != 0 {
 			t.Fatalf("mode %q parsed as %d", mode, a.Mode)
 		}
-		if a.IsDir && a.IsSymlink {
-			t.Fatalf("mode %q is both a directory and a symlink", mode)
+		if a.Kind == KindDir || a.Kind == KindFile {
+			t.Fatalf("mode %q gives an object kind %v", mode, a.Kind)
 		}
 		if a.UploadToken != token {
 			t.Fatalf("token %q read as %q", token, a.UploadToken)
@@ -145,16 +145,29 @@ func FuzzParseHeaders(f *testing.F) {
 		if mt > limit || mt < -limit || ct > limit || ct < -limit {
 			return
 		}
-		n := &Inode{Kind: Kind(kind%3) + KindFile, Perm: perm & 0o7777, UID: u, GID: g, Mtime: mt, Ctime: ct}
+		n := &Inode{Kind: Kind(kind%uint8(kindMax)) + KindFile, Perm: perm & 0o7777, UID: u, GID: g, Mtime: mt, Ctime: ct, Atime: ct ^ mt}
+		if n.Kind.isDevice() {
+			n.Rdev = u ^ g
+		}
+		if n.Atime > limit || n.Atime < -limit {
+			n.Atime = mt
+		}
 		b := parseHeaders(headersOf(n, token))
-		if !b.HasMode || !b.HasUID || !b.HasGID || !b.HasMtime || !b.HasCtime {
+		if !b.HasMode || !b.HasUID || !b.HasGID || !b.HasMtime || !b.HasCtime || !b.HasAtime {
 			t.Fatalf("headers of %+v parse incompletely: %+v", n, b)
 		}
 		if b.Mode != modeBits(n.Kind)|n.Perm || b.UID != n.UID || b.GID != n.GID || b.Mtime != n.Mtime || b.Ctime != n.Ctime {
 			t.Fatalf("headers of %+v parse as %+v", n, b)
 		}
-		if b.IsDir != (n.Kind == KindDir) || b.IsSymlink != (n.Kind == KindSymlink) || b.Mode&syscall.S_IFMT != modeBits(n.Kind) {
-			t.Fatalf("kind %v parses as dir %v symlink %v", n.Kind, b.IsDir, b.IsSymlink)
+		wantKind := n.Kind
+		if n.Kind == KindDir || n.Kind == KindFile {
+			wantKind = 0
+		}
+		if b.Kind != wantKind || b.Mode&syscall.S_IFMT != modeBits(n.Kind) {
+			t.Fatalf("kind %v parses as %v (mode %o)", n.Kind, b.Kind, b.Mode)
+		}
+		if b.Atime != n.Atime || b.HasRdev != n.Kind.isDevice() || b.Rdev != n.Rdev {
+			t.Fatalf("atime %d rdev %d parse as %d %d (%v)", n.Atime, n.Rdev, b.Atime, b.Rdev, b.HasRdev)
 		}
 		if b.UploadToken != token {
 			t.Fatalf("token %q read back as %q", token, b.UploadToken)

@@ -30,12 +30,13 @@ type nsTx struct {
 	blockGC []*Inode        // inodes whose blocks go once committed
 	heads   []headJob       // HEADs to run once committed (without nsMu)
 	names   map[uint64]bool // directories whose names change, see DirVersion
+	subdirs map[uint64]bool // directories whose subdirectories change, see dirNlink
 }
 
 func (c *Cache) beginNS() *nsTx {
 	return &nsTx{c: c, held: make(map[uint64]*inodeState), olds: make(map[uint64]*Inode),
 		gone: make(map[uint64]bool), sets: make(map[string][]byte), dels: make(map[string]bool),
-		notify: make(map[uint64]bool), names: make(map[uint64]bool)}
+		notify: make(map[uint64]bool), names: make(map[uint64]bool), subdirs: make(map[uint64]bool)}
 }
 
 // get returns the live record of ino for modification.
@@ -93,6 +94,9 @@ func (t *nsTx) del(k []byte) {
 func (t *nsTx) setDentry(parent uint64, name string, d dentry) {
 	t.set(dentryKey(parent, name), d.marshal())
 	t.names[parent] = true
+	if d.Kind == KindDir {
+		t.subdirs[parent] = true
+	}
 }
 
 // seenDentry rewrites an entry that a listing confirmed, the same name
@@ -102,6 +106,9 @@ func (t *nsTx) seenDentry(parent uint64, name string, d dentry) {
 }
 
 func (t *nsTx) delDentry(parent uint64, name string) {
+	if d, ok, err := t.dentry(parent, name); err != nil || ok && d.Kind == KindDir {
+		t.subdirs[parent] = true // unreadable: count again to be sure
+	}
 	t.del(dentryKey(parent, name))
 	t.names[parent] = true
 }
@@ -194,6 +201,7 @@ func (t *nsTx) commit() error {
 		return fmt.Errorf("cache commit: %w", err)
 	}
 	t.c.namesChanged(t.names, t.gone)
+	t.c.subdirsChanged(t.subdirs, t.gone)
 	if t.kind == txChange {
 		for _, p := range puts {
 			if p.rec.needsWork() {
@@ -580,12 +588,12 @@ func (c *Cache) hasChildren(ino uint64) (bool, error) {
 
 // Mkdir creates a directory; its marker object follows by write-back.
 func (c *Cache) Mkdir(ctx context.Context, parent uint64, name string, perm, uid, gid uint32) (Attr, error) {
-	return c.createEntry(parent, name, KindDir, perm, uid, gid, "")
+	return c.createEntry(parent, name, KindDir, perm, uid, gid, entryExtra{})
 }
 
 // Create creates an empty file; an empty object follows by write-back.
 func (c *Cache) Create(ctx context.Context, parent uint64, name string, perm, uid, gid uint32) (Attr, error) {
-	return c.createEntry(parent, name, KindFile, perm, uid, gid, "")
+	return c.createEntry(parent, name, KindFile, perm, uid, gid, entryExtra{})
 }
 
 // Symlink creates a symbolic link, stored as s3fs does: an object whose
@@ -594,10 +602,10 @@ func (c *Cache) Symlink(ctx context.Context, parent uint64, name, target string,
 	if target == "" || len(target) > 4095 {
 		return Attr{}, ErrInvalid
 	}
-	return c.createEntry(parent, name, KindSymlink, 0o777, uid, gid, target)
+	return c.createEntry(parent, name, KindSymlink, 0o777, uid, gid, entryExtra{Target: target})
 }
 
-func (c *Cache) createEntry(parent uint64, name string, kind Kind, perm, uid, gid uint32, target string) (Attr, error) {
+func (c *Cache) createEntry(parent uint64, name string, kind Kind, perm, uid, gid uint32, ex entryExtra) (Attr, error) {
 	if c.opt.ReadOnly {
 		return Attr{}, ErrReadOnly
 	}
@@ -631,7 +639,8 @@ func (c *Cache) createEntry(parent uint64, name string, kind Kind, perm, uid, gi
 		}
 		now := c.now()
 		rec := &Inode{Ino: ino, Gen: c.nextSeq(), Parent: parent, Name: name, Path: path, Kind: kind,
-			Perm: perm & 0o7777, UID: uid, GID: gid, Mtime: now, Ctime: now, Target: target, AttrsKnown: true}
+			Perm: perm & 0o7777, UID: uid, GID: gid, Mtime: now, Ctime: now, Atime: now, Target: ex.Target, Rdev: ex.Rdev, AttrsKnown: true}
+		inheritGroup(dir, rec)
 		switch kind {
 		case KindDir:
 			rec.Pending = pendMarker
@@ -1017,7 +1026,7 @@ type SetAttr struct {
 
 // Setattr changes attributes. Size changes truncate or extend the file.
 func (c *Cache) Setattr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) {
-	if c.opt.ReadOnly && (in.Mode != nil || in.UID != nil || in.GID != nil || in.Size != nil || in.Mtime != nil) {
+	if c.opt.ReadOnly && (in.Mode != nil || in.UID != nil || in.GID != nil || in.Size != nil || in.Mtime != nil || in.Atime != nil) {
 		return Attr{}, ErrReadOnly
 	}
 	if in.Size != nil {
@@ -1025,7 +1034,7 @@ func (c *Cache) Setattr(ctx context.Context, ino uint64, in SetAttr) (Attr, erro
 			return Attr{}, err
 		}
 	}
-	if in.Mode == nil && in.UID == nil && in.GID == nil && in.Mtime == nil {
+	if in.Mode == nil && in.UID == nil && in.GID == nil && in.Mtime == nil && in.Atime == nil {
 		return c.Getattr(ctx, ino)
 	}
 	st, err := c.acquire(ino)
@@ -1051,6 +1060,9 @@ func (c *Cache) Setattr(ctx context.Context, ino uint64, in SetAttr) (Attr, erro
 	}
 	if in.Mtime != nil {
 		n.Mtime = in.Mtime.UnixNano()
+	}
+	if in.Atime != nil {
+		n.Atime = in.Atime.UnixNano()
 	}
 	n.Ctime = c.now()
 	n.MetaVer++

@@ -25,6 +25,9 @@ func (c *Cache) push(ctx context.Context, st *inodeState, p *uploadPlan) (string
 	case snap.Kind == KindDir:
 		return c.store.Put(ctx, s3backend.PutInput{Key: p.target, Body: strings.NewReader(""), Metadata: meta,
 			ContentType: s3backend.DirContentType, Cond: p.cond})
+	case snap.Kind.isSpecial():
+		return c.store.Put(ctx, s3backend.PutInput{Key: p.target, Body: strings.NewReader(""), Metadata: meta,
+			ContentType: s3backend.FileContentType, Cond: p.cond})
 	case snap.Kind == KindSymlink:
 		target, err := c.symlinkTarget(ctx, snap)
 		if err != nil {
@@ -70,6 +73,11 @@ func (c *Cache) copyObject(ctx context.Context, p *uploadPlan, meta s3backend.Me
 		// Keep the source's own attribute headers; only mark the copy.
 		merged[metaUpload] = p.token
 	} else {
+		// keelfs's own headers are replaced whole: one that is gone
+		// (the last extended attribute removed) must not survive.
+		for _, k := range ownedHeaders {
+			delete(merged, k)
+		}
 		for k, v := range meta {
 			merged[k] = v
 		}

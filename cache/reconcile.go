@@ -556,7 +556,7 @@ func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan,
 		ino := rec.Ino
 		t.after = append(t.after, func() { c.blocks.unpin(ino) })
 	}
-	if rec.Kind == KindSymlink {
+	if rec.Kind == KindSymlink || rec.Kind.isSpecial() {
 		rec.RemoteSize = int64(len(rec.Target))
 		rec.Pending &^= pendData
 	}

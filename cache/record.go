@@ -13,6 +13,14 @@ const (
 	KindFile Kind = iota + 1
 	KindDir
 	KindSymlink
+	// Special files: zero-byte objects whose x-amz-meta-mode carries the
+	// type, as s3fs stores them (see special.go).
+	KindFIFO
+	KindSocket
+	KindCharDev
+	KindBlockDev
+
+	kindMax = KindBlockDev
 )
 
 func (k Kind) String() string {
@@ -23,6 +31,14 @@ func (k Kind) String() string {
 		return "dir"
 	case KindSymlink:
 		return "symlink"
+	case KindFIFO:
+		return "fifo"
+	case KindSocket:
+		return "socket"
+	case KindCharDev:
+		return "char device"
+	case KindBlockDev:
+		return "block device"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -97,6 +113,14 @@ type Inode struct {
 	ListedUntil int64  // listing fresh until (Unix ns)
 	FillEpoch   uint64 // epoch of the last listing merged into this directory
 	Entries     uint32 // children seen in the last listing
+
+	// Added in record version 2.
+	Rdev  uint32 // device number of a character or block device (FUSE's encoding)
+	Atime int64  // Unix nanoseconds
+	// Xattrs are the extended attributes, name to value, as stored in
+	// x-amz-meta-xattr (see xattr.go). The map is never changed in place:
+	// a change installs a new one, so clones may share it.
+	Xattrs map[string]string
 }
 
 // Run maps the blocks [Start, End) of a file to a content generation.
@@ -147,7 +171,13 @@ func (n *Inode) clone() *Inode {
 	return &c
 }
 
-const recordVersion = 1
+// recordVersion 2 appended Rdev, Atime and Xattrs to version 1's fields.
+// Version 1 records (written by the previous release) still decode: their
+// atime is their mtime, as that release reported it.
+const (
+	recordVersion   = 2
+	recordVersionV1 = 1
+)
 
 func (n *Inode) marshal() []byte {
 	var e encoder
@@ -193,13 +223,20 @@ func (n *Inode) marshal() []byte {
 	e.i(n.ListedUntil)
 	e.u(n.FillEpoch)
 	e.u(uint64(n.Entries))
+	e.u(uint64(n.Rdev))
+	e.i(n.Atime)
+	e.u(uint64(len(n.Xattrs)))
+	for _, name := range sortedNames(n.Xattrs) {
+		e.s(name)
+		e.s(n.Xattrs[name])
+	}
 	return e.b
 }
 
 var errCorruptRecord = errors.New("corrupt inode record")
 
 func unmarshalInode(b []byte) (*Inode, error) {
-	if len(b) == 0 || b[0] != recordVersion {
+	if len(b) == 0 || (b[0] != recordVersion && b[0] != recordVersionV1) {
 		return nil, errCorruptRecord
 	}
 	d := decoder{b: b[1:]}
@@ -251,7 +288,27 @@ func unmarshalInode(b []byte) (*Inode, error) {
 	n.ListedUntil = d.i()
 	n.FillEpoch = d.u()
 	n.Entries = uint32(d.u())
-	if d.err != nil || n.Kind < KindFile || n.Kind > KindSymlink {
+	if b[0] == recordVersionV1 {
+		n.Atime = n.Mtime
+		if d.err != nil || n.Kind < KindFile || n.Kind > KindSymlink {
+			return nil, errCorruptRecord
+		}
+		return n, nil
+	}
+	n.Rdev = uint32(d.u())
+	n.Atime = d.i()
+	nx := d.u()
+	if nx > uint64(len(b)) {
+		return nil, errCorruptRecord
+	}
+	if nx > 0 {
+		n.Xattrs = make(map[string]string, nx)
+		for range nx {
+			name := d.s()
+			n.Xattrs[name] = d.s()
+		}
+	}
+	if d.err != nil || n.Kind < KindFile || n.Kind > kindMax {
 		return nil, errCorruptRecord
 	}
 	return n, nil

@@ -24,8 +24,14 @@ type Options struct {
 	ReadOnly   bool
 	AllowOther bool
 	AllowRoot  bool
-	TTL        time.Duration // entry, attribute and negative-entry timeouts
-	MaxWrite   int           // bytes per READ/WRITE request; default 1 MiB
+	// Suid and Dev lift the kernel's nosuid and nodev, which a FUSE mount
+	// has by default; NoExec adds noexec. They need root.
+	Suid, Dev, NoExec bool
+	// DirSync makes every create, delete and rename wait until the
+	// change is durable (Cache.SyncDir of the directories it changed).
+	DirSync  bool
+	TTL      time.Duration // entry, attribute and negative-entry timeouts
+	MaxWrite int           // bytes per READ/WRITE request; default 1 MiB
 	// KernelReadAhead is the kernel's read-ahead for the mount, in bytes
 	// (default 4 MiB; negative leaves the kernel's own, 128 KiB).
 	KernelReadAhead int
@@ -110,6 +116,13 @@ func (f *FS) Mount(dir string) error {
 			// cannot span mounts (S3 has no locks).
 			EnableLocks: false,
 			Options:     []string{"default_permissions"},
+			// keelfs clears set-ID bits itself on write, truncate and
+			// chown, as the kernel asks (cache.DropSetID). In return the
+			// kernel checks a file for security.capability once per
+			// attribute refresh rather than with a GETXATTR before every
+			// write(2), which FUSE's nosec-less default costs a mount that
+			// answers getxattr.
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
 		},
 	}
 	if f.opt.ReadOnly {
@@ -118,6 +131,7 @@ func (f *FS) Mount(dir string) error {
 	if f.opt.AllowRoot && !f.opt.AllowOther {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "allow_root")
 	}
+	opts.MountOptions.Options = append(opts.MountOptions.Options, kernelFlags(f.opt)...)
 	if f.opt.Debug {
 		opts.MountOptions.Logger = log.New(slogWriter{f.log}, "", 0)
 	}
@@ -147,6 +161,30 @@ func (f *FS) Mount(dir string) error {
 		}
 	}
 	return nil
+}
+
+// kernelFlags are the mount(8) flags the kernel applies to the mount. go-fuse
+// (and fusermount3, for a mount by another user) turns suid, dev and
+// noexec into mount flags on top of FUSE's own nosuid and nodev. dirsync
+// is shown in the mount table; keelfs itself does what it asks (see
+// syncDirs). The sync option is not passed on: the kernel would send an
+// fsync, that is an upload, after every write(2); keelfs's sync-on-close
+// makes close wait instead.
+func kernelFlags(o Options) []string {
+	var flags []string
+	if o.Suid {
+		flags = append(flags, "suid")
+	}
+	if o.Dev {
+		flags = append(flags, "dev")
+	}
+	if o.NoExec {
+		flags = append(flags, "noexec")
+	}
+	if o.DirSync {
+		flags = append(flags, "dirsync")
+	}
+	return flags
 }
 
 // setReadAhead sets the kernel's read-ahead for the filesystem mounted at
@@ -234,7 +272,8 @@ func fillAttr(a cache.Attr, out *fuse.Attr) {
 	out.Blocks = uint64(a.Blocks)
 	out.Nlink = a.Nlink
 	out.Owner = fuse.Owner{Uid: a.UID, Gid: a.GID}
+	out.Rdev = a.Rdev
 	out.Blksize = 1 << 20
-	mt, ct := a.Mtime, a.Ctime
-	out.SetTimes(&mt, &mt, &ct)
+	at, mt, ct := a.Atime, a.Mtime, a.Ctime
+	out.SetTimes(&at, &mt, &ct)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -75,8 +76,26 @@ func (n *Node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 		size := int64(s)
 		sa.Size = &size
 	}
+	// utimensat(UTIME_NOW) reaches keelfs as "now" flags: both times
+	// take one clock reading.
+	now := time.Now()
 	if t, ok := in.GetMTime(); ok {
+		if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
+			t = now
+		}
 		sa.Mtime = &t
+	}
+	if t, ok := in.GetATime(); ok {
+		if in.Valid&fuse.FATTR_ATIME_NOW != 0 {
+			t = now
+		}
+		sa.Atime = &t
+	}
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
+		// A chown, or a truncate by a user without CAP_FSETID.
+		if err := n.fsys.c.DropSetID(ctx, n.ino()); err != nil {
+			return toErrno("setattr", err)
+		}
 	}
 	a, err := n.fsys.c.Setattr(ctx, n.ino(), sa)
 	if err != nil {
@@ -106,17 +125,6 @@ func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
-// Extended attributes are not stored (S3 user metadata is taken by the
-// attributes). getxattr answers ENOSYS: the kernel then stops asking for
-// the life of the mount and fails every getxattr with EOPNOTSUPP itself.
-// Otherwise `ls -l` costs two extra requests per file (security.selinux and
-// system.posix_acl_access), a third of a warm `ls -l` of 2 000 files.
-var _ = (gofs.NodeGetxattrer)((*Node)(nil))
-
-func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return 0, syscall.ENOSYS
-}
-
 // ControlIoctl is the ioctl on a mount's root directory that returns the
 // path of the daemon's control socket (NUL-terminated), so that `keelfs
 // status MOUNTPOINT` can find it. It is _IOR('k', 1, [4096]byte): the
@@ -139,22 +147,4 @@ func (n *Node) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, arg uin
 	copy(output, v)
 	output[len(v)] = 0
 	return 0, 0
-}
-
-var _ = (gofs.NodeListxattrer)((*Node)(nil))
-
-func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	return 0, 0
-}
-
-var _ = (gofs.NodeSetxattrer)((*Node)(nil))
-
-func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return syscall.ENOTSUP
-}
-
-var _ = (gofs.NodeRemovexattrer)((*Node)(nil))
-
-func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	return syscall.ENODATA
 }

@@ -140,6 +140,9 @@ func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if err != nil {
 		return nil, toErrno("mkdir", err)
 	}
+	if errno := n.syncDirs(ctx, "mkdir", n.ino()); errno != 0 {
+		return nil, errno
+	}
 	fillAttr(a, &out.Attr)
 	return n.newChild(ctx, a), 0
 }
@@ -151,6 +154,9 @@ func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	a, err := n.fsys.c.Symlink(ctx, n.ino(), name, target, uid, gid)
 	if err != nil {
 		return nil, toErrno("symlink", err)
+	}
+	if errno := n.syncDirs(ctx, "symlink", n.ino()); errno != 0 {
+		return nil, errno
 	}
 	fillAttr(a, &out.Attr)
 	return n.newChild(ctx, a), 0
@@ -173,6 +179,9 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, toErrno("create", err)
 	}
+	if errno := n.syncDirs(ctx, "create", n.ino()); errno != 0 {
+		return nil, nil, 0, errno
+	}
 	child := n.newChild(ctx, a)
 	fh, fuseFlags, errno := child.Operations().(*Node).open(ctx, flags)
 	if errno != 0 {
@@ -191,13 +200,19 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 var _ = (gofs.NodeUnlinker)((*Node)(nil))
 
 func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
-	return toErrno("unlink", n.fsys.c.Unlink(ctx, n.ino(), name))
+	if err := n.fsys.c.Unlink(ctx, n.ino(), name); err != nil {
+		return toErrno("unlink", err)
+	}
+	return n.syncDirs(ctx, "unlink", n.ino())
 }
 
 var _ = (gofs.NodeRmdirer)((*Node)(nil))
 
 func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	return toErrno("rmdir", n.fsys.c.Rmdir(ctx, n.ino(), name))
+	if err := n.fsys.c.Rmdir(ctx, n.ino(), name); err != nil {
+		return toErrno("rmdir", err)
+	}
+	return n.syncDirs(ctx, "rmdir", n.ino())
 }
 
 var _ = (gofs.NodeRenamer)((*Node)(nil))
@@ -207,7 +222,29 @@ func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !ok {
 		return syscall.EXDEV
 	}
-	return toErrno("rename", n.fsys.c.Rename(ctx, n.ino(), name, np.ino(), newName, flags))
+	if err := n.fsys.c.Rename(ctx, n.ino(), name, np.ino(), newName, flags); err != nil {
+		return toErrno("rename", err)
+	}
+	if np.ino() == n.ino() {
+		return n.syncDirs(ctx, "rename", n.ino())
+	}
+	return n.syncDirs(ctx, "rename", n.ino(), np.ino())
+}
+
+// syncDirs makes a namespace change durable before the call returns, on
+// a mount with the dirsync option. The change itself is made either way;
+// if it cannot be made durable the call fails, as it does on a local file
+// system whose dirsync write fails.
+func (n *Node) syncDirs(ctx context.Context, op string, dirs ...uint64) syscall.Errno {
+	if !n.fsys.opt.DirSync {
+		return 0
+	}
+	for _, d := range dirs {
+		if err := n.fsys.c.SyncDir(ctx, d); err != nil {
+			return toErrno(op, err)
+		}
+	}
+	return 0
 }
 
 var _ = (gofs.NodeLinker)((*Node)(nil))
@@ -219,17 +256,18 @@ func (n *Node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 
 var _ = (gofs.NodeMknoder)((*Node)(nil))
 
-// Mknod makes a regular file as creat(2) would: mknod(2) of S_IFREG
-// reaches a FUSE filesystem as MKNOD, not CREATE. It fails for devices,
-// FIFOs and sockets, which S3 cannot hold.
+// Mknod makes a regular file as creat(2) would (mknod(2) of S_IFREG
+// reaches a FUSE filesystem as MKNOD, not CREATE), or a FIFO, socket or
+// device node, stored as s3fs stores them. Binding a UNIX socket on the
+// mount comes here too.
 func (n *Node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if mode&syscall.S_IFMT != syscall.S_IFREG {
-		return nil, syscall.EPERM
-	}
 	uid, gid := callerIDs(ctx)
-	a, err := n.fsys.c.Create(ctx, n.ino(), name, mode, uid, gid)
+	a, err := n.fsys.c.Mknod(ctx, n.ino(), name, mode, dev, uid, gid)
 	if err != nil {
 		return nil, toErrno("mknod", err)
+	}
+	if errno := n.syncDirs(ctx, "mknod", n.ino()); errno != 0 {
+		return nil, errno
 	}
 	fillAttr(a, &out.Attr)
 	return n.newChild(ctx, a), 0

@@ -106,6 +106,11 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 var _ = (gofs.FileWriter)((*fileHandle)(nil))
 
 func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if fc, ok := ctx.(*fuse.Context); ok && fc.Cancel == killSetID {
+		if err := f.h.DropSetID(); err != nil {
+			return 0, toErrno("write", err)
+		}
+	}
 	n, err := f.h.Write(ctx, data, off)
 	if err != nil && n == 0 {
 		return 0, toErrno("write", err)

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -131,16 +132,31 @@ func (c *countingFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (
 
 func (c *countingFS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
 	t := time.Now()
-	n, st := c.RawFileSystem.Write(nil, in, data)
+	n, st := c.RawFileSystem.Write(writeMark(in), in, data)
 	c.done("write", st, t)
 	return n, st
+}
+
+// killSetID marks a WRITE whose writer lacks CAP_FSETID, so that the
+// file's set-ID bits must go (FUSE_WRITE_KILL_SUIDGID, see
+// the ExtraCapabilities note in FS.Mount). go-fuse gives a file's Write nothing of
+// the request but the caller and the cancel channel, so the mark travels
+// as that channel: the context's Done. It is never closed, which to Write
+// is the same as the nil channel every other request gets.
+var killSetID <-chan struct{} = make(chan struct{})
+
+func writeMark(in *fuse.WriteIn) <-chan struct{} {
+	if in.WriteFlags&fuse.WRITE_KILL_SUIDGID != 0 {
+		return killSetID
+	}
+	return nil
 }
 
 // Writev is what the server calls first for WRITE; ENOSYS makes it fall
 // back to Write, which counts then.
 func (c *countingFS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
 	t := time.Now()
-	n, st := c.RawFileSystem.Writev(nil, in, data)
+	n, st := c.RawFileSystem.Writev(writeMark(in), in, data)
 	if st != fuse.ENOSYS {
 		c.done("write", st, t)
 	}
@@ -205,8 +221,9 @@ func (c *countingFS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.
 func (c *countingFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
 	t := time.Now()
 	n, st := c.RawFileSystem.GetXAttr(nil, h, attr, dest)
-	// ENODATA and ERANGE are ordinary answers to getxattr.
-	c.obs("getxattr", st == fuse.OK || st == fuse.ENODATA || st == fuse.ERANGE, time.Since(t))
+	// ENODATA, ERANGE and ENOTSUP (a namespace keelfs does not store)
+	// are ordinary answers to getxattr.
+	c.obs("getxattr", st == fuse.OK || st == fuse.ENODATA || st == fuse.ERANGE || st == fuse.Status(syscall.ENOTSUP), time.Since(t))
 	return n, st
 }
 

@@ -36,6 +36,8 @@ type mountConfig struct {
 	WriteBackDelay  time.Duration
 	ShutdownTimeout time.Duration
 	SyncOnClose     bool
+	DirSync         bool
+	NoAtime         bool
 	MaxUploads      int
 	SkipHeaders     bool
 	Conflict        string
@@ -46,6 +48,7 @@ type mountConfig struct {
 	ReadOnly          bool
 	AllowOther        bool
 	AllowRoot         bool
+	Suid, Dev, Exec   bool
 	Foreground        bool
 
 	LogFormat   string
@@ -95,7 +98,9 @@ func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
 	fs.Var(&cfg.MetadataTTL, "metadata-ttl", "how long names and attributes are trusted before S3 is asked again: a duration (1s, 5m), seconds (as mount-s3), minimal (1s) or indefinite")
 	fs.DurationVar(&cfg.WriteBackDelay, "write-back-delay", time.Second, "how long after close (or after writes stop) the upload starts")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "on SIGTERM, how long to wait for pending uploads before exiting")
-	fs.BoolVar(&cfg.SyncOnClose, "sync-on-close", false, "make close(2) wait until the file is in S3")
+	fs.BoolVar(&cfg.SyncOnClose, "sync-on-close", false, "make close(2) wait until the file is in S3 (the sync mount option)")
+	fs.BoolVar(&cfg.DirSync, "dirsync", false, "make creates, deletes and renames wait until the change is durable (the dirsync mount option)")
+	fs.BoolVar(&cfg.NoAtime, "noatime", false, "reads never move the access time (default: as relatime)")
 	fs.IntVar(&cfg.MaxUploads, "max-uploads", 4, "files uploaded at once")
 	fs.BoolVar(&cfg.SkipHeaders, "skip-headers", false, "never read x-amz-meta-* attributes (no HEAD per object); every object gets the defaults")
 	fs.StringVar(&cfg.Conflict, "conflict", "copy", "when another writer changed a file first: copy (keep both) or overwrite (last writer wins)")
@@ -110,6 +115,9 @@ func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
 	fs.BoolVar(&cfg.ReadOnly, "read-only", false, "mount read-only")
 	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users access the mount (needs user_allow_other for non-root)")
 	fs.BoolVar(&cfg.AllowRoot, "allow-root", false, "let root access the mount")
+	fs.BoolVar(&cfg.Suid, "suid", false, "honour set-user-ID and set-group-ID bits on exec (root only; the nosuid option turns it off)")
+	fs.BoolVar(&cfg.Dev, "dev", false, "let device nodes on the mount be opened (root only; the nodev option turns it off)")
+	fs.BoolVar(&cfg.Exec, "exec", true, "let programs on the mount be executed (the noexec option turns it off)")
 	fs.BoolVarP(&cfg.Foreground, "foreground", "f", false, "stay in the foreground (containers, systemd)")
 
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")

@@ -46,6 +46,17 @@ func TestMountpointFlags(t *testing.T) {
 			return c.AllowOther && c.UID == 7 && time.Duration(c.MetadataTTL) == time.Second && c.CacheSize == 64<<20 && !c.ReadOnly
 		}},
 		{[]string{"-o", "ro,cache_dir=/c,endpoint=http://e"}, func(c *mountConfig) bool { return c.ReadOnly && c.CacheDir == "/c" && c.Endpoint == "http://e" }},
+		// The standard options mount(8) passes: none was dropped.
+		{[]string{}, func(c *mountConfig) bool {
+			return !c.Suid && !c.Dev && c.Exec && !c.SyncOnClose && !c.DirSync && !c.NoAtime
+		}},
+		{[]string{"-o", "suid,dev,exec,sync,dirsync,noatime"}, func(c *mountConfig) bool {
+			return c.Suid && c.Dev && c.Exec && c.SyncOnClose && c.DirSync && c.NoAtime
+		}},
+		{[]string{"-o", "suid,dev,nosuid,nodev,noexec,noatime,atime,async,relatime"}, func(c *mountConfig) bool {
+			return !c.Suid && !c.Dev && !c.Exec && !c.SyncOnClose && !c.NoAtime
+		}},
+		{[]string{"--dirsync", "--suid", "--dev", "--exec=false"}, func(c *mountConfig) bool { return c.DirSync && c.Suid && c.Dev && !c.Exec }},
 	}
 	for _, c := range cases {
 		cfg, err := parse(t, c.args...)

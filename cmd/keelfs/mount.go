@@ -108,9 +108,21 @@ func parseMountArgs(cmd string, args []string, usage string, extra func(*pflag.F
 	return cfg, nil
 }
 
-// standardOptions are mount(8) options that mean nothing to keelfs or
-// that the kernel and mount(8) handle themselves.
-var ignoredOptions = regexp.MustCompile(`^(defaults|_netdev|auto|noauto|nofail|user|users|nouser|owner|group|rw|suid|nosuid|dev|nodev|exec|noexec|atime|noatime|relatime|norelatime|strictatime|diratime|nodiratime|lazytime|sync|async|dirsync|remount|bind|comment=.*|x-.*|fsname=.*|subtype=.*|default_permissions|allow-delete|allow_delete|allow-overwrite|allow_overwrite)$`)
+// ignoredOptions are mount(8) options that mean nothing to keelfs or
+// that mount(8) handles itself.
+var ignoredOptions = regexp.MustCompile(`^(defaults|_netdev|auto|noauto|nofail|user|users|nouser|owner|group|rw|relatime|norelatime|strictatime|diratime|nodiratime|lazytime|async|remount|bind|comment=.*|x-.*|fsname=.*|subtype=.*|default_permissions|allow-delete|allow_delete|allow-overwrite|allow_overwrite)$`)
+
+// optionFlags are the standard mount options that set a keelfs flag:
+// sync is --sync-on-close (the kernel's own sync would turn every write
+// into an fsync, that is an upload), the no- forms turn a flag off.
+var optionFlags = map[string][2]string{
+	"sync":    {"sync-on-close", "true"},
+	"nosuid":  {"suid", "false"},
+	"nodev":   {"dev", "false"},
+	"noexec":  {"exec", "false"},
+	"atime":   {"noatime", "false"},
+	"noatime": {"noatime", "true"},
+}
 
 // applyOption sets one -o option: a keelfs flag (with _ or -), or a
 // standard mount option.
@@ -124,6 +136,8 @@ func applyOption(flags *pflag.FlagSet, opts string) error {
 		switch {
 		case ignoredOptions.MatchString(full) || ignoredOptions.MatchString(k):
 			continue
+		case v == "" && optionFlags[k] != [2]string{}:
+			k, v = optionFlags[k][0], optionFlags[k][1]
 		case k == "ro":
 			k, v = "read-only", "true"
 		case k == "foreground":
@@ -419,6 +433,7 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	fsys := kfs.New(kfs.Options{
 		FsName: "keelfs:" + strings.TrimSuffix(cfg.Bucket+"/"+cfg.Prefix, "/"), ReadOnly: cfg.ReadOnly,
 		AllowOther: cfg.AllowOther, AllowRoot: cfg.AllowRoot, TTL: cfg.MetadataTTL.duration(), Debug: cfg.Debug, Logger: log,
+		Suid: cfg.Suid, Dev: cfg.Dev, NoExec: !cfg.Exec, DirSync: cfg.DirSync,
 		Ops: met.fuseOp,
 	})
 	conflict := cache.ConflictCopy
@@ -428,7 +443,7 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	c, err := cache.Open(ctx, cache.Options{
 		Dir: cacheDir, Store: store, ReadOnly: cfg.ReadOnly, BlockSize: int64(cfg.BlockSize),
 		CacheSize: int64(cfg.CacheSize), MetadataTTL: cfg.MetadataTTL.duration(), WriteBackDelay: cfg.WriteBackDelay,
-		SyncOnClose: cfg.SyncOnClose, PartSize: int64(cfg.PartSize), MaxUploads: cfg.MaxUploads,
+		SyncOnClose: cfg.SyncOnClose, NoAtime: cfg.NoAtime, PartSize: int64(cfg.PartSize), MaxUploads: cfg.MaxUploads,
 		SkipHeaders: cfg.SkipHeaders, Conflict: conflict, ConditionalWrites: conditional,
 		UID: cfg.UID, GID: cfg.GID, FileMode: uint32(cfg.FileMode), DirMode: uint32(cfg.DirMode),
 		MaxKeyLen:     maxKeyLen(cfg.Prefix),

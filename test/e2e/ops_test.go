@@ -287,27 +287,9 @@ func TestOpsFstab(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
 	srv.Put(t, b, "app/existing.txt", []byte("from s3"), nil)
-	helper := "/sbin/mount.keelfs"
-	if cur, err := os.Readlink(helper); err == nil {
-		t.Cleanup(func() { os.Remove(helper); os.Symlink(cur, helper) })
-	} else if _, err := os.Lstat(helper); err == nil {
-		t.Fatalf("%s exists and is not a symlink; not replacing it", helper)
-	} else {
-		t.Cleanup(func() { os.Remove(helper) })
-	}
-	os.Remove(helper)
-	if err := os.Symlink(harness.Binary(t), helper); err != nil {
-		t.Fatalf("install %s: %v", helper, err)
-	}
+	installMountHelper(t)
 	dir, cacheDir := t.TempDir(), t.TempDir()
-	t.Cleanup(func() {
-		if pid := daemonFor(dir); pid != 0 {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if harness.IsMounted(dir) {
-			syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
-	})
+	cleanupFstabMount(t, dir)
 	fstab := filepath.Join(t.TempDir(), "fstab")
 	line := fmt.Sprintf("s3://%s/app/ %s keelfs _netdev,nosuid,nodev,nofail,rw,allow-other,uid=7,endpoint-url=%s,force-path-style,cache=%s,metadata-ttl=1 0 0\n",
 		b, dir, srv.Endpoint, cacheDir)
@@ -390,6 +372,165 @@ func TestOpsFstab(t *testing.T) {
 	}
 	if harness.IsMounted(dir) {
 		t.Errorf("a failed mount left %s mounted", dir)
+	}
+}
+
+// installMountHelper makes /sbin/mount.keelfs the binary under test for
+// the test's duration, as `make install` would.
+func installMountHelper(t *testing.T) {
+	t.Helper()
+	helper := "/sbin/mount.keelfs"
+	if cur, err := os.Readlink(helper); err == nil {
+		t.Cleanup(func() { os.Remove(helper); os.Symlink(cur, helper) })
+	} else if _, err := os.Lstat(helper); err == nil {
+		t.Fatalf("%s exists and is not a symlink; not replacing it", helper)
+	} else {
+		t.Cleanup(func() { os.Remove(helper) })
+	}
+	os.Remove(helper)
+	if err := os.Symlink(harness.Binary(t), helper); err != nil {
+		t.Fatalf("install %s: %v", helper, err)
+	}
+}
+
+// cleanupFstabMount stops the daemon that mount(8) started at dir and
+// detaches the mount, whatever the test left.
+func cleanupFstabMount(t *testing.T, dir string) {
+	t.Cleanup(func() {
+		if pid := daemonFor(dir); pid != 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if harness.IsMounted(dir) {
+			syscall.Unmount(dir, syscall.MNT_DETACH)
+		}
+	})
+}
+
+// mountinfoOf returns the per-mount options and the superblock options of
+// the mount at dir, from /proc/self/mountinfo.
+func mountinfoOf(t *testing.T, dir string) (mountOpts, superOpts []string) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 10 || f[4] != dir {
+			continue
+		}
+		for i, x := range f {
+			if x == "-" && i+3 < len(f) {
+				return strings.Split(f[5], ","), strings.Split(f[i+3], ",")
+			}
+		}
+	}
+	t.Fatalf("%s is not in /proc/self/mountinfo", dir)
+	return nil, nil
+}
+
+func hasOpt(opts []string, o string) bool {
+	for _, x := range opts {
+		if x == o {
+			return true
+		}
+	}
+	return false
+}
+
+// TestOpsFstabMountOptions: the standard options mount(8) passes from an
+// fstab line reach the mount. noexec, suid and dev are the kernel's (FUSE
+// mounts nosuid,nodev unless told otherwise); sync makes close wait for
+// S3; dirsync shows in the mount table and makes namespace changes wait
+// (Cache.SyncDir); noatime keeps reads from moving atime.
+func TestOpsFstabMountOptions(t *testing.T) {
+	harness.RequireFUSE(t)
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	installMountHelper(t)
+	dir, cacheDir := t.TempDir(), t.TempDir()
+	cleanupFstabMount(t, dir)
+	fstab := filepath.Join(t.TempDir(), "fstab")
+	// A write-back delay of an hour: only sync can bring a closed file to
+	// S3 at once. mount(8) hands a helper no bare suid or dev (they are a
+	// disk file system's defaults, so it drops them): in fstab they are
+	// written suid=true and dev=true.
+	line := fmt.Sprintf("%s:/opts %s keelfs noexec,suid=true,dev=true,sync,dirsync,noatime,write-back-delay=1h,endpoint=%s,force-path-style,cache-dir=%s 0 0\n",
+		b, dir, srv.Endpoint, cacheDir)
+	if err := os.WriteFile(fstab, []byte(line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("mount", "-a", "-T", fstab)
+	cmd.Env = append(os.Environ(), srv.Env()...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mount -a -T %s: %v\n%s", fstab, err, out)
+	}
+	mopts, sopts := mountinfoOf(t, dir)
+	if !hasOpt(mopts, "noexec") || hasOpt(mopts, "nosuid") || hasOpt(mopts, "nodev") {
+		t.Errorf("mount options %v: want noexec, and neither nosuid nor nodev", mopts)
+	}
+	if !hasOpt(sopts, "dirsync") || hasOpt(sopts, "sync") {
+		t.Errorf("superblock options %v: want dirsync (and not the kernel's sync, which would upload at every write)", sopts)
+	}
+
+	// noexec: the kernel refuses to run a program from the mount.
+	script := filepath.Join(dir, "prog.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho ran\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(script).CombinedOutput(); !errors.Is(err, syscall.EACCES) {
+		t.Errorf("exec on a noexec mount: %v %q, want EACCES", err, out)
+	}
+	// sync: close returned, so the file is in S3 (the write-back delay is
+	// an hour).
+	if got, ok := srv.Get(t, b, "opts/prog.sh"); !ok || !strings.Contains(string(got), "echo ran") {
+		t.Errorf("after close on a sync mount, S3 has %q %v", got, ok)
+	}
+	// dev: a device node on the mount opens (/dev/null's numbers).
+	null := filepath.Join(dir, "null")
+	if err := syscall.Mknod(null, syscall.S_IFCHR|0o666, int(1<<8|3)); err != nil {
+		t.Fatalf("mknod: %v", err)
+	}
+	if fd, err := syscall.Open(null, syscall.O_WRONLY|syscall.O_CLOEXEC, 0); err != nil {
+		t.Errorf("open a device on a dev mount: %v", err)
+	} else {
+		if n, err := syscall.Write(fd, []byte("into the void")); err != nil || n != 13 {
+			t.Errorf("write to the null device: %d %v", n, err)
+		}
+		syscall.Close(fd)
+	}
+	// dirsync: namespace changes return once made durable.
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Errorf("mkdir on a dirsync mount: %v", err)
+	}
+	if err := os.Rename(filepath.Join(dir, "sub"), filepath.Join(dir, "sub2")); err != nil {
+		t.Errorf("rename on a dirsync mount: %v", err)
+	}
+	// noatime: a read leaves atime alone.
+	data := filepath.Join(dir, "data")
+	if err := os.WriteFile(data, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Unix(1_000_000_000, 0)
+	if err := os.Chtimes(data, old, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Open(data, syscall.O_RDONLY|syscall.O_DIRECT|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rerr := syscall.Read(fd, make([]byte, 4096))
+	syscall.Close(fd)
+	if rerr != nil {
+		t.Fatalf("read: %v", rerr)
+	}
+	time.Sleep(1100 * time.Millisecond) // the kernel's attribute cache, one metadata TTL
+	var st syscall.Stat_t
+	if err := syscall.Stat(data, &st); err != nil || st.Atim.Sec != old.Unix() {
+		t.Errorf("atime after a read on a noatime mount: %d %v, want %d", st.Atim.Sec, err, old.Unix())
+	}
+	if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v %s", err, out)
 	}
 }
 

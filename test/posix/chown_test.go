@@ -3,6 +3,7 @@ package posix
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 )
@@ -115,10 +116,9 @@ func TestChown(t *testing.T) {
 	})
 
 	// Linux (BSD semantics, allowed by POSIX): in a set-group-ID
-	// directory a new entry takes the directory's group, and a new
-	// subdirectory inherits set-group-ID. In FUSE the file system must do
-	// this; keelfs does not, and gives the creator's egid (see
-	// EXPECTED_FAILURES.md, "set-group-ID directories").
+	// directory a new entry takes the directory's group, whoever makes
+	// it, and a new subdirectory inherits set-group-ID. Under FUSE the
+	// file system does this; S3 keeps the group in x-amz-meta-gid.
 	t.Run("SetgidDirectory", func(t *testing.T) {
 		d := f.dir(t)
 		must(t, os.Chown(d, 0, 4321), "chgrp")
@@ -126,11 +126,69 @@ func TestChown(t *testing.T) {
 		p := filepath.Join(d, "f")
 		writeFile(t, p, nil)
 		must(t, os.Mkdir(filepath.Join(d, "sub"), 0o755), "mkdir")
-		if st := lstat(t, p); st.Gid != 0 {
-			t.Fatalf("file gid %d; keelfs gave the creator's group so far (EXPECTED_FAILURES.md: set-group-ID directories)", st.Gid)
+		if st := lstat(t, p); st.Gid != 4321 || st.Mode&syscall.S_ISGID != 0 {
+			t.Fatalf("file: gid %d mode %o, want the directory's group 4321", st.Gid, st.Mode)
 		}
-		if st := lstat(t, filepath.Join(d, "sub")); st.Gid != 0 || st.Mode&syscall.S_ISGID != 0 {
-			t.Fatalf("subdir gid %d mode %o (EXPECTED_FAILURES.md: set-group-ID directories)", st.Gid, st.Mode)
+		if st := lstat(t, filepath.Join(d, "sub")); st.Gid != 4321 || st.Mode != syscall.S_IFDIR|syscall.S_ISGID|0o755&^uint32(umask()) {
+			t.Fatalf("subdir: gid %d mode %o, want gid 4321 and set-group-ID", st.Gid, st.Mode)
+		}
+		// Someone outside the group gets the directory's group too.
+		theirs := filepath.Join(d, "theirs")
+		must(t, asNobody(t, userOp{Op: "create", Path: theirs, Mode: 0o644}), "create as uid 65534")
+		if st := lstat(t, theirs); st.Uid != nobody || st.Gid != 4321 {
+			t.Fatalf("file of uid 65534: uid %d gid %d, want gid 4321", st.Uid, st.Gid)
+		}
+		f.m.Flush()
+		if h := f.srv.Head(t, f.bucket, f.key(t, theirs)); h["gid"] != "4321" {
+			t.Fatalf("x-amz-meta-gid %q", h["gid"])
+		}
+		if h := f.srv.Head(t, f.bucket, f.key(t, filepath.Join(d, "sub"))+"/"); h["mode"] != strconv.Itoa(syscall.S_IFDIR|syscall.S_ISGID|0o755&^umask()) {
+			t.Fatalf("subdir marker mode %q", h["mode"])
 		}
 	})
+
+	// Linux: a write or a truncate by a user without CAP_FSETID clears
+	// set-user-ID, and set-group-ID when group execute is set; root's
+	// write keeps them (POSIX: "may" clear, Linux does not for root).
+	t.Run("WriteClearsSetID", func(t *testing.T) {
+		d := f.dir(t)
+		p := filepath.Join(d, "f")
+		writeFile(t, p, []byte("x"))
+		must(t, syscall.Chmod(p, 0o6777), "chmod ug+s")
+		writeAt(t, p, []byte("root"))
+		if st := lstat(t, p); st.Mode != syscall.S_IFREG|0o6777 {
+			t.Fatalf("mode after root's write %o", st.Mode)
+		}
+		must(t, asNobody(t, userOp{Op: "write", Path: p, Data: []byte("nobody")}), "write as uid 65534")
+		if st := lstat(t, p); st.Mode != syscall.S_IFREG|0o777 {
+			t.Fatalf("mode after uid 65534's write %o, want %o", st.Mode, syscall.S_IFREG|0o777)
+		}
+		f.m.Flush()
+		if h := f.srv.Head(t, f.bucket, f.key(t, p)); h["mode"] != strconv.Itoa(syscall.S_IFREG|0o777) {
+			t.Fatalf("x-amz-meta-mode %q", h["mode"])
+		}
+		must(t, syscall.Chmod(p, 0o4777), "chmod u+s")
+		must(t, asNobody(t, userOp{Op: "truncate", Path: p, Size: 2}), "truncate as uid 65534")
+		if st := lstat(t, p); st.Mode != syscall.S_IFREG|0o777 || st.Size != 2 {
+			t.Fatalf("after uid 65534's truncate: mode %o size %d", st.Mode, st.Size)
+		}
+		// Set-group-ID without group execute marks mandatory locking: a
+		// write leaves it, as Linux's FUSE does.
+		must(t, syscall.Chmod(p, 0o2766), "chmod g+s g-x")
+		must(t, asNobody(t, userOp{Op: "write", Path: p, Data: []byte("n")}), "write as uid 65534")
+		if st := lstat(t, p); st.Mode != syscall.S_IFREG|0o2766 {
+			t.Fatalf("mode after a write to a locking-marked file %o", st.Mode)
+		}
+	})
+}
+
+// writeAt overwrites the start of p without truncating it.
+func writeAt(t *testing.T, p string, data []byte) {
+	t.Helper()
+	fd, err := sysOpen(p, syscall.O_WRONLY, 0)
+	must(t, err, "open "+p)
+	_, err = syscall.Write(fd, data)
+	cerr := syscall.Close(fd)
+	must(t, err, "write "+p)
+	must(t, cerr, "close "+p)
 }

@@ -48,15 +48,30 @@ func TestMkdirRmdir(t *testing.T) {
 		}
 	})
 
-	// POSIX: st_nlink of a directory; Linux file systems report 2 plus
-	// the number of subdirectories, and find(1) relies on it only as an
-	// optimisation. keelfs reports whatever the cache says; this pins that
-	// an empty directory has at least 2 (. and its name).
-	t.Run("NlinkOfEmptyDir", func(t *testing.T) {
+	// POSIX: st_nlink of a directory counts its links: its name, its "."
+	// and the ".." of each subdirectory, so 2 plus the subdirectories, as
+	// Linux file systems report; mkdir, rmdir and rename keep it.
+	t.Run("Nlink", func(t *testing.T) {
 		d := f.dir(t)
-		must(t, os.Mkdir(filepath.Join(d, "e"), 0o755), "mkdir")
-		if st := lstat(t, filepath.Join(d, "e")); st.Nlink < 2 {
-			t.Fatalf("nlink %d", st.Nlink)
+		e := filepath.Join(d, "e")
+		must(t, os.Mkdir(e, 0o755), "mkdir")
+		nlink := func(p string) uint64 { st := lstat(t, p); return uint64(st.Nlink) }
+		if n := nlink(e); n != 2 {
+			t.Fatalf("empty dir nlink %d", n)
+		}
+		must(t, os.Mkdir(filepath.Join(e, "a"), 0o755), "mkdir")
+		must(t, os.Mkdir(filepath.Join(e, "b"), 0o755), "mkdir")
+		writeFile(t, filepath.Join(e, "file"), nil)
+		if n := nlink(e); n != 4 {
+			t.Fatalf("nlink with two subdirs and a file: %d", n)
+		}
+		must(t, os.Rename(filepath.Join(e, "a"), filepath.Join(d, "a")), "rename out")
+		if n, m := nlink(e), nlink(d); n != 3 || m != 4 {
+			t.Fatalf("after moving a subdir out: %d and parent %d, want 3 and 4", n, m)
+		}
+		must(t, os.Remove(filepath.Join(e, "b")), "rmdir")
+		if n := nlink(e); n != 2 {
+			t.Fatalf("after rmdir: %d", n)
 		}
 	})
 

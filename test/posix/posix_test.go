@@ -141,6 +141,22 @@ func (f *fixture) object(t *testing.T, p string) ([]byte, bool) {
 	return f.srv.Get(t, f.bucket, f.key(t, p))
 }
 
+// fresh flushes the mount and mounts the same prefix again with an empty
+// cache of its own: what it shows is what S3 holds. It returns a function
+// that maps a path on the fixture's mount to the same path on the new one.
+func (f *fixture) fresh(t *testing.T) func(string) string {
+	t.Helper()
+	f.m.Flush()
+	m := f.srv.Mount(t, f.bucket+"/"+strings.TrimSuffix(prefix, "/"), harness.MountOptions{Args: fastArgs()})
+	return func(p string) string {
+		rel, err := filepath.Rel(f.m.Dir, p)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			t.Fatalf("%s is not on the mount", p)
+		}
+		return m.Path(rel)
+	}
+}
+
 // wantErrno fails unless err carries errno want.
 func wantErrno(t *testing.T, err error, want syscall.Errno, what string) {
 	t.Helper()
@@ -249,7 +265,7 @@ const nobody = 65534
 
 // userOp is one system call for the child process to make.
 type userOp struct {
-	Op    string // chmod chown utimes utimes-now write read create truncate unlink mkdir rename fcntl-lock
+	Op    string // chmod chown utimes utimes-now write read create truncate unlink mkdir rename fcntl-lock setxattr getxattr mknod
 	Path  string
 	To    string // rename target
 	Mode  uint32
@@ -259,6 +275,8 @@ type userOp struct {
 	Data  []byte
 	Atime int64 // Unix ns, for utimes
 	Mtime int64
+	Name  string // xattr name
+	Dev   int    // mknod's device number
 }
 
 const asUserEnv = "KEELFS_POSIX_USER_OP"
@@ -342,6 +360,13 @@ func (op userOp) do() error {
 		return syscall.Mkdir(op.Path, op.Mode)
 	case "rename":
 		return syscall.Rename(op.Path, op.To)
+	case "setxattr":
+		return syscall.Setxattr(op.Path, op.Name, op.Data, 0)
+	case "getxattr":
+		_, err := syscall.Getxattr(op.Path, op.Name, make([]byte, 4096))
+		return err
+	case "mknod":
+		return syscall.Mknod(op.Path, op.Mode, op.Dev)
 	case "fcntl-lock": // a read lock on the whole file, without waiting
 		fd, err := sysOpen(op.Path, syscall.O_RDONLY, 0)
 		if err != nil {
