@@ -83,9 +83,13 @@ func (ld *load) fail(op string, err error) {
 }
 
 func (ld *load) start() {
-	for _, w := range []func(){ld.newFiles, ld.appender, ld.renamer, ld.grower} {
+	for _, w := range []func(){ld.newFiles, ld.appender, ld.renamer} {
 		ld.wg.Add(1)
 		go func() { defer ld.wg.Done(); w() }()
+	}
+	for g := 0; g < 3; g++ {
+		ld.wg.Add(1)
+		go func() { defer ld.wg.Done(); ld.grower(g) }()
 	}
 }
 
@@ -204,10 +208,10 @@ func (ld *load) renamer() {
 	}
 }
 
-// grower writes a file it never closes, in small writes, with an fsync
-// every eight of them.
-func (ld *load) grower() {
-	name := fmt.Sprintf("grow/c%02d.bin", ld.cycle)
+// grower writes a file it never closes, in 16 KiB writes, with an fsync
+// every twelve of them (three 64 KiB blocks).
+func (ld *load) grower(g int) {
+	name := fmt.Sprintf("grow/c%02d-%d.bin", ld.cycle, g)
 	f, err := os.Create(ld.m.Path(name))
 	if err != nil {
 		ld.fail("create "+name, err)
@@ -227,7 +231,7 @@ func (ld *load) grower() {
 			ld.fail("write "+name, err)
 			return
 		}
-		if i%8 == 0 {
+		if i%12 == 0 {
 			if err := f.Sync(); err != nil {
 				ld.fail("fsync "+name, err)
 				return
@@ -263,10 +267,17 @@ func TestStressKill9MixedLoad(t *testing.T) {
 		}
 	}
 	l := &ledger{files: map[string][]byte{}, written: map[string]bool{}, grow: map[string]growAck{}}
+	// What each remount showed of the files of the cycle before it:
+	// nothing touches them again, so S3 must end up holding exactly that
+	// (a remount must not show what it will never upload).
+	shown := map[string][]byte{}
 	start := time.Now()
 	for c := 0; c < cycles; c++ {
 		if c > 0 {
 			m.Remount()
+			for k, v := range cycleFiles(t, m.Dir, c-1) {
+				shown[k] = v
+			}
 		}
 		ld := &load{t: t, m: m, l: l, cycle: c}
 		ld.start()
@@ -303,8 +314,12 @@ func TestStressKill9MixedLoad(t *testing.T) {
 
 	bucket := bucketFiles(t, srv, b)
 	checkAcknowledged(t, l, bucket)
-	mounted := mountFiles(t, m.Dir)
-	sameFiles(t, mounted, bucket)
+	checkShown(t, l, shown, bucket)
+	// The mount is the bucket's only writer: what it shows must not
+	// change once its metadata TTL (1s) is over and it asks S3 again.
+	sameFiles(t, l, "right after the flush", mountFiles(t, m.Dir), bucket)
+	time.Sleep(1500 * time.Millisecond)
+	sameFiles(t, l, "1.5s later", mountFiles(t, m.Dir), bucket)
 }
 
 // bucketFiles returns every object of the bucket but directory markers.
@@ -322,6 +337,39 @@ func bucketFiles(t *testing.T, srv *harness.Server, b string) map[string][]byte 
 		out[k] = data
 	}
 	return out
+}
+
+// cycleFiles reads the files that cycle c created, as the mount shows
+// them now.
+func cycleFiles(t *testing.T, dir string, c int) map[string][]byte {
+	t.Helper()
+	tag := fmt.Sprintf("c%02d", c)
+	out := map[string][]byte{}
+	for k, v := range mountFiles(t, dir) {
+		if strings.HasPrefix(filepath.Base(k), tag) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// checkShown: what a remount showed of files nobody touched afterwards is
+// what S3 holds at the end.
+func checkShown(t *testing.T, l *ledger, shown, bucket map[string][]byte) {
+	t.Helper()
+	bad := 0
+	for k, v := range shown {
+		got, ok := bucket[k]
+		if ok && bytes.Equal(got, v) {
+			continue
+		}
+		bad++
+		if bad <= 20 {
+			t.Errorf("a remount showed %s with %d bytes (sha256 %x), untouched since; after the flush the bucket holds %d (present %v)%s",
+				k, len(v), sha256.Sum256(v), len(got), ok, l.describe(k))
+		}
+	}
+	t.Logf("files shown by the remounts and untouched since: %d, %d not what the bucket holds", len(shown), bad)
 }
 
 // mountFiles reads every regular file under dir.
@@ -437,7 +485,7 @@ func checkAcknowledged(t *testing.T, l *ledger, bucket map[string][]byte) {
 }
 
 // sameFiles: after a flush, the mount shows the names and bytes S3 holds.
-func sameFiles(t *testing.T, mounted, bucket map[string][]byte) {
+func sameFiles(t *testing.T, l *ledger, when string, mounted, bucket map[string][]byte) {
 	t.Helper()
 	var names []string
 	for k := range mounted {
@@ -456,11 +504,12 @@ func sameFiles(t *testing.T, mounted, bucket map[string][]byte) {
 		var msg string
 		switch {
 		case !inMount:
-			msg = fmt.Sprintf("%s is in the bucket (%d bytes), not in the mount", k, len(s))
+			msg = fmt.Sprintf("%s: %s is in the bucket (%d bytes), not in the mount", when, k, len(s))
 		case !inBucket:
-			msg = fmt.Sprintf("%s is in the mount (%d bytes), not in the bucket", k, len(a))
+			msg = fmt.Sprintf("%s: %s is in the mount (%d bytes), not in the bucket", when, k, len(a))
 		case !bytes.Equal(a, s):
-			msg = fmt.Sprintf("%s: the mount shows %d bytes (sha256 %x), the bucket holds %d (sha256 %x)", k, len(a), sha256.Sum256(a), len(s), sha256.Sum256(s))
+			msg = fmt.Sprintf("%s: %s: the mount shows %d bytes (sha256 %x), the bucket holds %d (sha256 %x)%s",
+				when, k, len(a), sha256.Sum256(a), len(s), sha256.Sum256(s), l.describe(k))
 		default:
 			continue
 		}
@@ -472,7 +521,24 @@ func sameFiles(t *testing.T, mounted, bucket map[string][]byte) {
 	if diffs > 20 {
 		t.Errorf("... %d differences in all", diffs)
 	}
-	t.Logf("mount and bucket compared: %d files, %d differences", len(names), diffs)
+	t.Logf("mount and bucket compared %s: %d files, %d differences", when, len(names), diffs)
+}
+
+// describe says what the ledger knows of name, for a failure message.
+func (l *ledger) describe(name string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if g, ok := l.grow[name]; ok {
+		return fmt.Sprintf(" (never closed: %d bytes written, %d fsynced)", len(g.stream), g.acked)
+	}
+	if name == "logs/app.log" {
+		n := 0
+		for _, s := range l.lines {
+			n += len(s)
+		}
+		return fmt.Sprintf(" (%d lines fsynced, %d bytes; %d lines written)", len(l.lines), n, len(l.written))
+	}
+	return ""
 }
 
 func tail(s string, n int) string {
