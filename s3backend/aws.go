@@ -52,6 +52,7 @@ const (
 	defaultMaxAttempts    = 5
 	defaultMaxBackoff     = 4 * time.Second
 	defaultMaxConnections = 64
+	defaultIdleTimeout    = 2 * time.Minute
 	defaultRegion         = "us-east-1"
 
 	// copyParallelism bounds the UploadPartCopy requests of one multipart
@@ -76,6 +77,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = defaultMaxConnections
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = defaultIdleTimeout
 	}
 	s := &Store{
 		bucket:        cfg.Bucket,
@@ -110,6 +114,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
 		tr.MaxIdleConns = cfg.MaxConnections
 		tr.MaxIdleConnsPerHost = cfg.MaxConnections
+		if dial := tr.DialContext; dial != nil {
+			tr.DialContext = idleTimeoutDial(dial, cfg.IdleTimeout)
+		}
 	})
 	opts := []func(*config.LoadOptions) error{
 		config.WithHTTPClient(httpClient),

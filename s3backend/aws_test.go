@@ -80,6 +80,20 @@ func (l *logRecorder) warnings() []slog.Record {
 	return w
 }
 
+// retryLines returns the records that report a retry (at debug level:
+// a retry that works is no news).
+func (l *logRecorder) retryLines() []slog.Record {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var w []slog.Record
+	for _, r := range l.records {
+		if r.Message == "s3 request failed; retrying" {
+			w = append(w, r)
+		}
+	}
+	return w
+}
+
 func attrs(r slog.Record) map[string]string {
 	m := map[string]string{}
 	r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
@@ -854,13 +868,16 @@ func TestStoreRetriesThrottling(t *testing.T) {
 	if want := []int{503, 503, 503, 200}; !slices.Equal(statuses, want) {
 		t.Errorf("PutObject attempts seen with statuses %v, want %v", statuses, want)
 	}
-	warns := s.log.warnings()
-	if len(warns) != failures {
-		t.Fatalf("%d warnings, want one per retry", len(warns))
+	if warns := s.log.warnings(); len(warns) != 0 {
+		t.Fatalf("%d warnings for retries that worked", len(warns))
 	}
-	for i, w := range warns {
+	lines := s.log.retryLines()
+	if len(lines) != failures {
+		t.Fatalf("%d retry lines, want one per retry", len(lines))
+	}
+	for i, w := range lines {
 		a := attrs(w)
-		if w.Level != slog.LevelWarn || a["op"] != "PutObject" || a["key"] != "k" || a["request_id"] != fmt.Sprintf("slow-%d", i+1) ||
+		if w.Level != slog.LevelDebug || a["op"] != "PutObject" || a["key"] != "k" || a["request_id"] != fmt.Sprintf("slow-%d", i+1) ||
 			a["attempt"] != fmt.Sprint(i+1) || !strings.Contains(a["err"], "SlowDown") {
 			t.Errorf("warning %d: %s %v", i, w.Message, a)
 		}
@@ -1080,8 +1097,8 @@ func TestStoreCheckAccessUnreachable(t *testing.T) {
 	if h := RequestHost(err); h != fmt.Sprintf("http://127.0.0.1:%d", port) {
 		t.Errorf("RequestHost = %q", h)
 	}
-	if _, retries := s.obs.snapshot(); len(retries) == 0 || len(s.log.warnings()) != len(retries) {
-		t.Errorf("%d retries, %d warnings: want one warning per retry", len(retries), len(s.log.warnings()))
+	if _, retries := s.obs.snapshot(); len(retries) == 0 || len(s.log.retryLines()) != len(retries) {
+		t.Errorf("%d retries, %d retry lines: want one line per retry", len(retries), len(s.log.retryLines()))
 	}
 }
 
@@ -1337,4 +1354,28 @@ func TestNewRegionAndProfile(t *testing.T) {
 	}
 	_, err := New(ctx, Config{Bucket: bucket, Profile: "no-such-profile"})
 	wantKind(t, "New with a missing profile", err, ErrInvalidCredentials)
+}
+
+// TestStoreIdleTimeout: an upload into a peer that accepts the connection
+// and then never answers fails once the connection has been idle for
+// IdleTimeout, instead of waiting for ever with its upload job.
+func TestStoreIdleTimeout(t *testing.T) {
+	endpoint := "http://" + silentListener(t)
+	s := newStore(t, endpoint, "bucket", func(c *Config) {
+		c.IdleTimeout = 300 * time.Millisecond
+		c.MaxAttempts = 1
+		c.NoSignRequest = true
+	})
+	s.log.expected = true
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Put(context.Background(), PutInput{Key: "k", Body: strings.NewReader("data"), Size: 4})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		wantKind(t, "put into a black hole", err, ErrUnavailable)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a request into a black hole did not end with the idle timeout")
+	}
 }

@@ -30,6 +30,10 @@ type Config struct {
 	MaxAttempts    int           // per request, including the first; default 5 (the uploader retries on top, forever)
 	MaxBackoff     time.Duration // cap on the delay between attempts; default 4s
 	MaxConnections int           // idle connections kept per host; default 64
+	// IdleTimeout fails a request whose connection moves no byte either
+	// way for this long (a black hole, a dead peer); default 2m. It is
+	// generous: S3 keeps long server-side copies alive with whitespace.
+	IdleTimeout time.Duration
 	// UnsignedPayload skips hashing request bodies for the signature
 	// (the payload is still protected by TLS on https endpoints).
 	UnsignedPayload bool

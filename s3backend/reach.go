@@ -41,7 +41,14 @@ type Reach struct {
 	closed    bool
 	stop      chan struct{}
 	wg        sync.WaitGroup
+	// inflight cancels the requests under way. When S3 goes away, those
+	// that began before are cut short: into a black hole they would wait
+	// for the connection's idle timeout, holding their upload job.
+	inflight map[*inflightReq]struct{}
+	probeMu  sync.Mutex // one Probe at a time
 }
+
+type inflightReq struct{ cancel context.CancelCauseFunc }
 
 // ReachOptions configure a Reach. Zero values get the defaults noted.
 type ReachOptions struct {
@@ -55,8 +62,16 @@ type ReachOptions struct {
 	Clock      clockwork.Clock
 }
 
-// ErrUnreachable is the cause of the requests Reach fails at once.
+// ErrUnreachable is the cause of the requests Reach fails at once, or cuts
+// short because S3 stopped answering (errors.Is finds it).
 var ErrUnreachable = errors.New("s3 is unreachable")
+
+// unreachable is an ErrUnreachable that says more: it is the innermost
+// error, so the message users see is its own.
+type unreachable struct{ msg string }
+
+func (e unreachable) Error() string        { return e.msg }
+func (e unreachable) Is(target error) bool { return target == ErrUnreachable }
 
 // NewReach wraps store.
 func NewReach(store ObjectStore, opt ReachOptions) *Reach {
@@ -72,7 +87,23 @@ func NewReach(store ObjectStore, opt ReachOptions) *Reach {
 	if opt.Clock == nil {
 		opt.Clock = clockwork.NewRealClock()
 	}
-	return &Reach{ObjectStore: store, opt: opt, stop: make(chan struct{}), lastOK: opt.Clock.Now()}
+	return &Reach{ObjectStore: store, opt: opt, stop: make(chan struct{}), lastOK: opt.Clock.Now(),
+		inflight: make(map[*inflightReq]struct{})}
+}
+
+// track registers a request under way; done must be called when it ends.
+func (r *Reach) track(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	q := &inflightReq{cancel: cancel}
+	r.mu.Lock()
+	r.inflight[q] = struct{}{}
+	r.mu.Unlock()
+	return ctx, func() {
+		r.mu.Lock()
+		delete(r.inflight, q)
+		r.mu.Unlock()
+		cancel(nil)
+	}
 }
 
 // Close stops the probe.
@@ -84,6 +115,33 @@ func (r *Reach) Close() {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+}
+
+// Reachable reports whether S3 answers, as far as Reach knows.
+func (r *Reach) Reachable() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.down
+}
+
+// Probe asks S3 at once, while it counts as unreachable, whether it
+// answers again (a one-key LIST, within Wait), rather than leaving that
+// to the next periodic probe; it returns whether S3 is reachable. An fsync
+// or a flush, which exist to reach S3, call it. Concurrent callers share
+// one request.
+func (r *Reach) Probe(ctx context.Context) bool {
+	r.probeMu.Lock()
+	defer r.probeMu.Unlock()
+	if r.Reachable() {
+		return true
+	}
+	pctx, cancel := context.WithTimeout(ctx, r.opt.Wait)
+	err := r.ObjectStore.List(pctx, ListInput{MaxKeys: 1}, func(ListEntry) error { return nil })
+	cancel()
+	if err == nil || !(errors.Is(err, ErrUnavailable) || errors.Is(err, ErrThrottled)) {
+		r.up()
+	}
+	return r.Reachable()
 }
 
 // ReachState is what Reach knows of S3.
@@ -123,7 +181,7 @@ func (r *Reach) begin(op, key string) error {
 		return nil
 	}
 	return &Error{Op: op, Key: key, Kind: ErrUnavailable,
-		Cause: fmt.Errorf("%w since %s", ErrUnreachable, since.UTC().Format(time.RFC3339))}
+		Cause: unreachable{"s3 is unreachable since " + since.UTC().Format(time.RFC3339)}}
 }
 
 // end records what a request says about S3: any answer, even an error
@@ -162,6 +220,10 @@ func (r *Reach) fail(err error) {
 	r.down, r.downSince, r.lastErr = true, r.opt.Clock.Now(), err
 	start := !r.probing
 	r.probing = true
+	cut := unreachable{fmt.Sprintf("cut short when s3 stopped answering (%v)", err)}
+	for q := range r.inflight {
+		q.cancel(cut)
+	}
 	r.mu.Unlock()
 	r.opt.Logger.Warn("s3 is unreachable: serving what is cached, keeping writes in the cache until it answers again",
 		"err", err)
@@ -207,170 +269,197 @@ func (r *Reach) probe() {
 	}
 }
 
-// waitCtx is ctx with Wait for S3 to begin answering: the returned stop
-// must be called once it has (the rest may take longer), and timedOut
-// says whether Wait ran out first.
-func (r *Reach) waitCtx(ctx context.Context) (context.Context, func() bool, context.CancelFunc) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	t := r.opt.Clock.AfterFunc(r.opt.Wait, func() {
-		cancel(fmt.Errorf("%w: no answer within %s", ErrUnreachable, r.opt.Wait))
-	})
-	return ctx, t.Stop, func() { cancel(nil) }
+// request is one request under way through Reach.
+type request struct {
+	r      *Reach
+	op     string
+	key    string
+	outer  context.Context // the caller's
+	ctx    context.Context // cancelled by Wait running out or S3 going away
+	cancel context.CancelCauseFunc
+	done   func()
+	timer  clockwork.Timer
+	mu     sync.Mutex
 }
 
-// timedOut turns a failure caused by Wait running out into ErrUnavailable.
-func (r *Reach) timedOut(ctx context.Context, op, key string, err error) error {
-	if cause := context.Cause(ctx); err != nil && cause != nil && errors.Is(cause, ErrUnreachable) {
-		return &Error{Op: op, Key: key, Kind: ErrUnavailable, Cause: cause}
+// start begins a request: it fails at once while S3 is unreachable.
+func (r *Reach) start(ctx context.Context, op, key string) (*request, error) {
+	if err := r.begin(op, key); err != nil {
+		return nil, err
 	}
+	q := &request{r: r, op: op, key: key, outer: ctx}
+	q.ctx, q.done = r.track(ctx)
+	q.ctx, q.cancel = context.WithCancelCause(q.ctx)
+	return q, nil
+}
+
+// arm gives S3 Wait to begin answering (again, for each page of a list).
+func (q *request) arm() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.timer != nil {
+		q.timer.Stop()
+	}
+	q.timer = q.r.opt.Clock.AfterFunc(q.r.opt.Wait, func() {
+		q.cancel(unreachable{fmt.Sprintf("no answer from s3 within %s", q.r.opt.Wait)})
+	})
+}
+
+// answered stops the Wait; it reports false if Wait had run out.
+func (q *request) answered() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.timer == nil {
+		return true
+	}
+	return q.timer.Stop()
+}
+
+// finish records what the request said about S3 and returns its error,
+// made ErrUnavailable if Reach cut it short. release frees it (a GET's
+// body is read after finish).
+func (q *request) finish(err error) error {
+	if cause := context.Cause(q.ctx); err != nil && cause != nil && errors.Is(cause, ErrUnreachable) {
+		err = &Error{Op: q.op, Key: q.key, Kind: ErrUnavailable, Cause: cause}
+	}
+	q.r.end(q.outer, err)
 	return err
 }
 
+func (q *request) release() {
+	q.answered()
+	q.cancel(nil)
+	q.done()
+}
+
 func (r *Reach) Head(ctx context.Context, key string) (ObjectInfo, error) {
-	if err := r.begin("HeadObject", key); err != nil {
+	q, err := r.start(ctx, "HeadObject", key)
+	if err != nil {
 		return ObjectInfo{}, err
 	}
-	wctx, stop, cancel := r.waitCtx(ctx)
-	defer cancel()
-	info, err := r.ObjectStore.Head(wctx, key)
-	stop()
-	err = r.timedOut(wctx, "HeadObject", key, err)
-	r.end(ctx, err)
-	return info, err
+	defer q.release()
+	q.arm()
+	info, err := r.ObjectStore.Head(q.ctx, key)
+	q.answered()
+	return info, q.finish(err)
 }
 
 func (r *Reach) Get(ctx context.Context, key string, off, length int64, etag string) (io.ReadCloser, error) {
-	if err := r.begin("GetObject", key); err != nil {
+	q, err := r.start(ctx, "GetObject", key)
+	if err != nil {
 		return nil, err
 	}
-	wctx, stop, cancel := r.waitCtx(ctx)
-	body, err := r.ObjectStore.Get(wctx, key, off, length, etag)
-	stopped := stop()
-	err = r.timedOut(wctx, "GetObject", key, err)
-	r.end(ctx, err)
-	if err != nil || !stopped {
-		cancel()
-		if err == nil {
-			body.Close()
-			err = &Error{Op: "GetObject", Key: key, Kind: ErrUnavailable, Cause: context.Cause(wctx)}
-		}
+	q.arm()
+	body, err := r.ObjectStore.Get(q.ctx, key, off, length, etag)
+	inTime := q.answered()
+	if err == nil && !inTime {
+		body.Close()
+		err = context.Cause(q.ctx)
+	}
+	if err = q.finish(err); err != nil {
+		q.release()
 		return nil, err
 	}
-	return &cancelOnClose{ReadCloser: body, cancel: cancel}, nil
+	// The answer began in time; reading the body may take longer.
+	return &releaseOnClose{ReadCloser: body, release: q.release}, nil
 }
 
-// cancelOnClose releases a GET's context once its body is closed.
-type cancelOnClose struct {
+// releaseOnClose releases a GET's request once its body is closed.
+type releaseOnClose struct {
 	io.ReadCloser
-	cancel context.CancelFunc
+	release func()
+	once    sync.Once
 }
 
-func (c *cancelOnClose) Close() error {
-	err := c.ReadCloser.Close()
-	c.cancel()
+func (b *releaseOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.release)
 	return err
 }
 
 func (r *Reach) List(ctx context.Context, in ListInput, fn func(ListEntry) error) error {
-	if err := r.begin("ListObjectsV2", in.Prefix); err != nil {
+	q, err := r.start(ctx, "ListObjectsV2", in.Prefix)
+	if err != nil {
 		return err
 	}
+	defer q.release()
 	// Each page must begin within Wait; a long listing may take longer.
-	wctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var mu sync.Mutex
-	var t clockwork.Timer
-	arm := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if t != nil {
-			t.Stop()
-		}
-		t = r.opt.Clock.AfterFunc(r.opt.Wait, func() {
-			cancel(fmt.Errorf("%w: no answer within %s", ErrUnreachable, r.opt.Wait))
-		})
-	}
-	arm()
-	err := r.ObjectStore.List(wctx, in, func(e ListEntry) error {
-		arm()
+	q.arm()
+	err = r.ObjectStore.List(q.ctx, in, func(e ListEntry) error {
+		q.arm()
 		return fn(e)
 	})
-	mu.Lock()
-	t.Stop()
-	mu.Unlock()
-	err = r.timedOut(wctx, "ListObjectsV2", in.Prefix, err)
-	r.end(ctx, err)
-	return err
+	q.answered()
+	return q.finish(err)
 }
 
-func (r *Reach) Put(ctx context.Context, in PutInput) (string, error) {
-	if err := r.begin("PutObject", in.Key); err != nil {
-		return "", err
+// write runs a request that sends data: it has no Wait (the body takes
+// what it takes), but is cut short if S3 goes away meanwhile.
+func (r *Reach) write(ctx context.Context, op, key string, f func(ctx context.Context) error) error {
+	q, err := r.start(ctx, op, key)
+	if err != nil {
+		return err
 	}
-	etag, err := r.ObjectStore.Put(ctx, in)
-	r.end(ctx, err)
+	defer q.release()
+	return q.finish(f(q.ctx))
+}
+
+func (r *Reach) Put(ctx context.Context, in PutInput) (etag string, err error) {
+	err = r.write(ctx, "PutObject", in.Key, func(ctx context.Context) (err error) {
+		etag, err = r.ObjectStore.Put(ctx, in)
+		return err
+	})
 	return etag, err
 }
 
-func (r *Reach) Copy(ctx context.Context, in CopyInput) (string, error) {
-	if err := r.begin("CopyObject", in.Dst); err != nil {
-		return "", err
-	}
-	etag, err := r.ObjectStore.Copy(ctx, in)
-	r.end(ctx, err)
+func (r *Reach) Copy(ctx context.Context, in CopyInput) (etag string, err error) {
+	err = r.write(ctx, "CopyObject", in.Dst, func(ctx context.Context) (err error) {
+		etag, err = r.ObjectStore.Copy(ctx, in)
+		return err
+	})
 	return etag, err
 }
 
 func (r *Reach) Delete(ctx context.Context, key string, cond Condition) error {
-	if err := r.begin("DeleteObject", key); err != nil {
-		return err
-	}
-	err := r.ObjectStore.Delete(ctx, key, cond)
-	r.end(ctx, err)
-	return err
+	return r.write(ctx, "DeleteObject", key, func(ctx context.Context) error {
+		return r.ObjectStore.Delete(ctx, key, cond)
+	})
 }
 
-func (r *Reach) CreateMultipart(ctx context.Context, key string, meta Metadata, contentType string) (string, error) {
-	if err := r.begin("CreateMultipartUpload", key); err != nil {
-		return "", err
-	}
-	id, err := r.ObjectStore.CreateMultipart(ctx, key, meta, contentType)
-	r.end(ctx, err)
+func (r *Reach) CreateMultipart(ctx context.Context, key string, meta Metadata, contentType string) (id string, err error) {
+	err = r.write(ctx, "CreateMultipartUpload", key, func(ctx context.Context) (err error) {
+		id, err = r.ObjectStore.CreateMultipart(ctx, key, meta, contentType)
+		return err
+	})
 	return id, err
 }
 
-func (r *Reach) UploadPart(ctx context.Context, in UploadPartInput) (string, error) {
-	if err := r.begin("UploadPart", in.Key); err != nil {
-		return "", err
-	}
-	etag, err := r.ObjectStore.UploadPart(ctx, in)
-	r.end(ctx, err)
+func (r *Reach) UploadPart(ctx context.Context, in UploadPartInput) (etag string, err error) {
+	err = r.write(ctx, "UploadPart", in.Key, func(ctx context.Context) (err error) {
+		etag, err = r.ObjectStore.UploadPart(ctx, in)
+		return err
+	})
 	return etag, err
 }
 
-func (r *Reach) UploadPartCopy(ctx context.Context, in UploadPartCopyInput) (string, error) {
-	if err := r.begin("UploadPartCopy", in.Key); err != nil {
-		return "", err
-	}
-	etag, err := r.ObjectStore.UploadPartCopy(ctx, in)
-	r.end(ctx, err)
+func (r *Reach) UploadPartCopy(ctx context.Context, in UploadPartCopyInput) (etag string, err error) {
+	err = r.write(ctx, "UploadPartCopy", in.Key, func(ctx context.Context) (err error) {
+		etag, err = r.ObjectStore.UploadPartCopy(ctx, in)
+		return err
+	})
 	return etag, err
 }
 
-func (r *Reach) CompleteMultipart(ctx context.Context, key, uploadID string, parts []CompletedPart, cond Condition) (string, error) {
-	if err := r.begin("CompleteMultipartUpload", key); err != nil {
-		return "", err
-	}
-	etag, err := r.ObjectStore.CompleteMultipart(ctx, key, uploadID, parts, cond)
-	r.end(ctx, err)
+func (r *Reach) CompleteMultipart(ctx context.Context, key, uploadID string, parts []CompletedPart, cond Condition) (etag string, err error) {
+	err = r.write(ctx, "CompleteMultipartUpload", key, func(ctx context.Context) (err error) {
+		etag, err = r.ObjectStore.CompleteMultipart(ctx, key, uploadID, parts, cond)
+		return err
+	})
 	return etag, err
 }
 
 func (r *Reach) AbortMultipart(ctx context.Context, key, uploadID string) error {
-	if err := r.begin("AbortMultipartUpload", key); err != nil {
-		return err
-	}
-	err := r.ObjectStore.AbortMultipart(ctx, key, uploadID)
-	r.end(ctx, err)
-	return err
+	return r.write(ctx, "AbortMultipartUpload", key, func(ctx context.Context) error {
+		return r.ObjectStore.AbortMultipart(ctx, key, uploadID)
+	})
 }

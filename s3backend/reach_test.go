@@ -200,3 +200,47 @@ func TestReachGetBodyOutlivesTheWait(t *testing.T) {
 		t.Fatalf("read %d bytes: %v", len(b), err)
 	}
 }
+
+// hangingPut is a store whose PUTs hang until their context ends: an
+// upload under way into a black hole.
+type hangingPut struct {
+	s3backend.ObjectStore
+	started chan struct{}
+}
+
+func (h hangingPut) Put(ctx context.Context, in s3backend.PutInput) (string, error) {
+	h.started <- struct{}{}
+	<-ctx.Done()
+	return "", &s3backend.Error{Op: "PutObject", Key: in.Key, Kind: s3backend.ErrUnavailable, Cause: ctx.Err()}
+}
+
+func TestReachCutsRequestsUnderWayWhenS3GoesAway(t *testing.T) {
+	ctx := context.Background()
+	store := memstore.New()
+	var down atomic.Bool
+	store.SetHook(func(op, key string) error {
+		if down.Load() {
+			return &s3backend.Error{Op: op, Key: key, Kind: s3backend.ErrUnavailable, Cause: errors.New("connection refused")}
+		}
+		return nil
+	})
+	h := hangingPut{ObjectStore: store, started: make(chan struct{}, 1)}
+	r := s3backend.NewReach(h, s3backend.ReachOptions{Clock: clockwork.NewFakeClock(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer r.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Put(ctx, s3backend.PutInput{Key: "big", Body: bytes.NewReader(nil)})
+		done <- err
+	}()
+	<-h.started
+	down.Store(true)
+	r.Head(ctx, "other") // finds S3 gone
+	select {
+	case err := <-done:
+		if !errors.Is(err, s3backend.ErrUnavailable) || !errors.Is(err, s3backend.ErrUnreachable) {
+			t.Fatalf("the PUT under way: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an upload under way kept waiting after S3 went away")
+	}
+}

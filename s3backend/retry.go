@@ -74,5 +74,7 @@ func (m attemptObserver) HandleFinalize(ctx context.Context, in middleware.Final
 func (s *Store) retrying(op, key string, attempt int, err error) {
 	_, rid := responseOf(err)
 	s.obs.Retry(op, key, rid, attempt, classify(op, key, err))
-	s.log.Warn("s3 request failed; retrying", "op", op, "key", key, "request_id", rid, "attempt", attempt, "err", err)
+	// Debug: a retry that works is no news, and one that does not ends in
+	// an error its caller reports (or in Reach's one WARN for an outage).
+	s.log.Debug("s3 request failed; retrying", "op", op, "key", key, "request_id", rid, "attempt", attempt, "err", err)
 }
