@@ -126,8 +126,10 @@ type blockStore struct {
 	db        *badger.DB
 	evictions int64
 	// onPressure is called (without locks) when writers wait for dirty
-	// data to be uploaded.
+	// data to be uploaded; hopeless, if set, says that waiting is
+	// pointless (S3 does not answer, so no upload will make room).
 	onPressure func()
+	hopeless   func() bool
 	// goBackground starts a tracked goroutine (Cache.tasks); nil starts a
 	// plain one (tests of the block store alone).
 	goBackground func(func()) bool
@@ -676,7 +678,7 @@ func (bs *blockStore) reserve(ctx context.Context, n uint32, dirty bool, wait ti
 		if dirtyFits {
 			continue // eviction raced with another reader; try again
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || (bs.hopeless != nil && bs.hopeless()) {
 			return false, ErrNoSpace
 		}
 		if bs.onPressure != nil {

@@ -293,6 +293,7 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		},
 	})
 	c.blocks.onPressure = c.wb.Pressure
+	c.blocks.hopeless = c.s3Unreachable
 	if err := c.recover(ctx); err != nil {
 		c.wb.Stop()
 		c.tasks.close()
@@ -326,6 +327,25 @@ func (c *Cache) Close() error {
 		}
 	})
 	return err
+}
+
+// s3Unreachable reports whether the store knows S3 does not answer now
+// (it is an s3backend.Reach): then no upload can make room in the cache,
+// and a writer gets ENOSPC at once instead of waiting SpaceWait for it.
+func (c *Cache) s3Unreachable() bool {
+	r, ok := c.store.(interface{ Reachable() bool })
+	return ok && !r.Reachable()
+}
+
+// probeS3 asks S3 at once whether it answers again, when the store knows
+// it did not: an fsync or a flush exists to reach S3, and must not fail
+// just because the periodic probe has not run since S3 came back.
+func (c *Cache) probeS3(ctx context.Context) {
+	if r, ok := c.store.(interface{ Probe(context.Context) bool }); ok && c.s3Unreachable() {
+		if r.Probe(ctx) {
+			c.wb.Kick()
+		}
+	}
 }
 
 // minFreeFor works out Options.MinFreeDisk for the filesystem of dir: as

@@ -99,10 +99,8 @@ func (c *Cache) Open(ctx context.Context, ino uint64, write, trunc bool) (*Handl
 	if n.Kind == KindDir {
 		return nil, OpenResult{}, ErrIsDir
 	}
-	if n.Kind == KindFile && !c.fresh(n) {
-		if _, err := c.revalidate(ctx, ino); err != nil {
-			return nil, OpenResult{}, err
-		}
+	if _, err := c.revalidateOrStale(ctx, n); err != nil {
+		return nil, OpenResult{}, err
 	}
 	if trunc && write {
 		if err := c.Truncate(ctx, ino, 0); err != nil {

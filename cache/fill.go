@@ -643,7 +643,7 @@ func (c *Cache) applyHead(j headJob, info s3backend.ObjectInfo, err error) {
 			}
 			return // the object vanished after the listing; the next listing says so
 		}
-		if !errors.Is(err, context.Canceled) {
+		if !errors.Is(err, context.Canceled) && !errors.Is(err, s3backend.ErrUnreachable) {
 			c.log.Warn("cache: read attributes", "key", j.key, "err", err)
 		}
 		return
@@ -862,7 +862,7 @@ func (c *Cache) materialize(ctx context.Context, ino uint64) error {
 		if d.RemoteKey == "" && d.Pending&pendMarker != 0 && d.FillEpoch != 0 && !c.listingFresh(d) {
 			// Created here and never in S3: nothing remote to learn.
 		} else if !d.moved() && !c.listingFresh(d) {
-			if err := c.fill(ctx, d.Ino); err != nil {
+			if err := c.fillOrStale(ctx, d); err != nil {
 				return err
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/keelfs/keelfs/cache/writeback"
+	"github.com/keelfs/keelfs/s3backend"
 )
 
 // nsTx collects the record changes of one namespace operation and commits
@@ -388,9 +389,21 @@ func (c *Cache) Lookup(ctx context.Context, parent uint64, name string) (Attr, e
 		return Attr{}, ErrNotDir
 	}
 	if !c.listingFresh(dir) {
-		known, err := c.childOf(parent, name)
-		if err != nil || !c.fresh(known) {
+		known, kerr := c.childOf(parent, name)
+		if kerr != nil || !c.fresh(known) {
 			if err := c.refreshForLookup(ctx, dir, name); err != nil {
+				if !unavailable(err) {
+					return Attr{}, err
+				}
+				// S3 does not answer: what the cache knows stands, past
+				// the TTL (stale-if-error). A name the last listing did
+				// not show does not exist; one never listed is unknown.
+				switch {
+				case kerr == nil:
+					return c.attrOf(known), nil
+				case errors.Is(kerr, ErrNotExist) && dir.FillEpoch != 0:
+					return Attr{}, ErrNotExist
+				}
 				return Attr{}, err
 			}
 		}
@@ -399,13 +412,31 @@ func (c *Cache) Lookup(ctx context.Context, parent uint64, name string) (Attr, e
 	if err != nil {
 		return Attr{}, err
 	}
-	if child.Kind == KindFile && !c.fresh(child) {
-		child, err = c.revalidate(ctx, child.Ino)
-		if err != nil {
-			return Attr{}, err
-		}
+	if child, err = c.revalidateOrStale(ctx, child); err != nil {
+		return Attr{}, err
 	}
 	return c.attrOf(child), nil
+}
+
+// unavailable reports whether err says S3 did not answer (an outage, a
+// storm of throttling), as opposed to an answer about the request. The
+// cache then serves what it knows, however old (stale-if-error).
+func unavailable(err error) bool {
+	return errors.Is(err, s3backend.ErrUnavailable) || errors.Is(err, s3backend.ErrThrottled)
+}
+
+// revalidateOrStale returns a file's record after asking S3 whether it
+// changed, if its attributes are older than the TTL; while S3 does not
+// answer, the record as cached (stale-if-error).
+func (c *Cache) revalidateOrStale(ctx context.Context, n *Inode) (*Inode, error) {
+	if n.Kind != KindFile || c.fresh(n) {
+		return n, nil
+	}
+	fresh, err := c.revalidate(ctx, n.Ino)
+	if err != nil && unavailable(err) {
+		return n, nil
+	}
+	return fresh, err
 }
 
 func (c *Cache) listingFresh(dir *Inode) bool {
@@ -455,10 +486,8 @@ func (c *Cache) Getattr(ctx context.Context, ino uint64) (Attr, error) {
 	if err != nil {
 		return Attr{}, err
 	}
-	if n.Kind == KindFile && !c.fresh(n) {
-		if n, err = c.revalidate(ctx, ino); err != nil {
-			return Attr{}, err
-		}
+	if n, err = c.revalidateOrStale(ctx, n); err != nil {
+		return Attr{}, err
 	}
 	return c.attrOf(n), nil
 }
@@ -512,11 +541,22 @@ func (c *Cache) OpenDir(ctx context.Context, ino uint64) (*DirReader, error) {
 		return nil, ErrNotDir
 	}
 	if !c.listingFresh(dir) && !dir.Unlinked {
-		if err := c.fill(ctx, ino); err != nil {
+		if err := c.fillOrStale(ctx, dir); err != nil {
 			return nil, err
 		}
 	}
 	return &DirReader{c: c, ino: ino}, nil
+}
+
+// fillOrStale lists a directory in S3; while S3 does not answer, a
+// directory listed before keeps its last listing (stale-if-error), and
+// one never listed fails.
+func (c *Cache) fillOrStale(ctx context.Context, dir *Inode) error {
+	err := c.fill(ctx, dir.Ino)
+	if err != nil && unavailable(err) && dir.FillEpoch != 0 {
+		return nil
+	}
+	return err
 }
 
 // Reset starts the reader over from the first entry.
@@ -756,9 +796,10 @@ func (c *Cache) Rmdir(ctx context.Context, parent uint64, name string) error {
 		return ErrReadOnly
 	}
 	if child, err := c.childOf(parent, name); err == nil && child.Kind == KindDir && !child.needsWork() {
-		// Emptiness must be judged on a fresh listing.
+		// Emptiness is judged on a fresh listing (or, while S3 does not
+		// answer, on the last one).
 		if !c.listingFresh(child) {
-			if err := c.fill(ctx, child.Ino); err != nil {
+			if err := c.fillOrStale(ctx, child); err != nil {
 				return err
 			}
 		}
@@ -815,7 +856,7 @@ func (c *Cache) Rename(ctx context.Context, oldParent uint64, oldName string, ne
 		}
 	}
 	if tgt, err := c.childOf(newParent, newName); err == nil && tgt.Kind == KindDir && !c.listingFresh(tgt) && !tgt.needsWork() {
-		if err := c.fill(ctx, tgt.Ino); err != nil {
+		if err := c.fillOrStale(ctx, tgt); err != nil {
 			return err
 		}
 	}

@@ -43,8 +43,11 @@ func (c *Cache) push(ctx context.Context, st *inodeState, p *uploadPlan) (string
 		ct = s3backend.FileContentType
 	}
 	if snap.Size <= c.opt.PartSize {
-		body := c.newSnapReader(ctx, snap, 0, snap.Size)
-		etag, err := c.store.Put(ctx, s3backend.PutInput{Key: p.target, Body: body,
+		pctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		body := c.newSnapReader(pctx, snap, 0, snap.Size)
+		body.abort = cancel
+		etag, err := c.store.Put(pctx, s3backend.PutInput{Key: p.target, Body: body,
 			Size: snap.Size, Metadata: meta, ContentType: ct, Cond: p.cond})
 		return etag, body.baseErr(err)
 	}
@@ -182,6 +185,7 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 				}
 			} else {
 				body := c.newSnapReader(pctx, snap, off, l)
+				body.abort = func(error) { cancel() }
 				etag, err = c.store.UploadPart(pctx, s3backend.UploadPartInput{Key: p.target, UploadID: id,
 					Part: int32(i + 1), Body: body, Size: l})
 				err = body.baseErr(err)
@@ -287,6 +291,10 @@ type snapReader struct {
 	// the object it comes from changed in S3. The SDK may read the body on
 	// its own goroutine, hence atomic.
 	stale atomic.Bool
+	// abort, if set, ends the request the body belongs to when that
+	// happens: the SDK would take a body that broke off for a network
+	// error and send the request again, and again, for nothing.
+	abort context.CancelCauseFunc
 }
 
 // baseErr turns the failure of a request whose body was r into a
@@ -333,6 +341,9 @@ func (r *snapReader) Read(p []byte) (int, error) {
 		if err != nil {
 			if errors.Is(err, ErrStale) {
 				r.stale.Store(true)
+				if r.abort != nil {
+					r.abort(err)
+				}
 			}
 			return 0, err
 		}

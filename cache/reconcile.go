@@ -137,6 +137,9 @@ func (c *Cache) logResult(id writeback.ID, res writeback.Result) {
 		c.stats.UploadErrors.Add(1)
 		switch {
 		case errors.Is(res.Err, context.Canceled):
+		case errors.Is(res.Err, s3backend.ErrUnreachable):
+			// S3 is known to be down: that was said once, for all files.
+			c.log.Debug("upload waits for s3", "path", path, "err", res.Err)
 		case prev.Failures == 0:
 			c.log.Warn("upload failed; will retry with backoff", "path", path, "err", res.Err)
 		default:
@@ -147,7 +150,11 @@ func (c *Cache) logResult(id writeback.ID, res writeback.Result) {
 		c.log.Error("upload failed and is not retried until the file changes, a flush or a remount; the data stays in the cache",
 			"path", path, "err", res.Err)
 	case writeback.Done:
-		if prev.Failures > 0 {
+		switch {
+		case prev.Failures == 0:
+		case errors.Is(prev.Err, s3backend.ErrUnreachable):
+			c.log.Debug("upload succeeded after s3 came back", "path", path, "failed_attempts", prev.Failures)
+		default:
 			c.log.Info("upload succeeded after failed attempts", "path", path, "failed_attempts", prev.Failures)
 		}
 	}

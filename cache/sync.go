@@ -36,6 +36,7 @@ func uploadFailed(err error) error {
 // not in S3. work says whether the record needs work: a job is then made
 // if there is none, so that the wait cannot pass for want of one.
 func (c *Cache) syncJob(ctx context.Context, id writeback.ID, work bool) error {
+	c.probeS3(ctx)
 	if work {
 		if _, ok := c.wb.Job(id); !ok {
 			c.wb.AddNow(id)
@@ -169,6 +170,7 @@ func (c *Cache) Drain(ctx context.Context) ([]PendingItem, error) {
 	if err := c.blocks.sync(); err != nil {
 		return c.PendingItems(), err
 	}
+	c.probeS3(ctx)
 	done := c.wb.Flush()
 	defer done()
 	for round := 0; ; round++ {
@@ -304,3 +306,6 @@ func (c *Cache) PendingCount() (inodes, deletes int) {
 	}
 	return inodes, deletes
 }
+
+// Kick retries at once every upload that backs off: S3 answers again.
+func (c *Cache) Kick() { c.wb.Kick() }

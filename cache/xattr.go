@@ -145,7 +145,7 @@ func (c *Cache) attrsOf(ctx context.Context, ino uint64) (*Inode, error) {
 	}
 	switch {
 	case n.Kind == KindFile && !c.fresh(n):
-		return c.revalidate(ctx, ino)
+		return c.revalidateOrStale(ctx, n)
 	case n.Kind != KindDir && !n.AttrsKnown && !c.opt.SkipHeaders && n.RemoteKey != "" && !busy(n):
 		return c.recheck(ctx, ino, n)
 	}

@@ -46,7 +46,6 @@ var errnoTable = []struct {
 	{s3backend.ErrInvalidCredentials, syscall.EACCES},
 	{s3backend.ErrPrecondition, syscall.ESTALE},
 	{context.Canceled, syscall.EINTR},
-	{context.DeadlineExceeded, syscall.ETIMEDOUT},
 }
 
 var (
@@ -65,17 +64,20 @@ func toErrno(op string, err error) syscall.Errno {
 			return e.errno
 		}
 	}
-	var errno syscall.Errno
-	if errors.As(err, &errno) && errno != syscall.ENOSYS {
-		return errno
-	}
 	// S3 errors that are not about the file itself (outage, throttling,
 	// a missing bucket) surface as I/O errors, logged where they happened.
+	// They come before any errno wrapped inside them: a network errno
+	// (ECONNREFUSED, ECONNRESET, ETIMEDOUT) means nothing to a program
+	// reading a file.
 	if errors.Is(err, s3backend.ErrUnavailable) || errors.Is(err, s3backend.ErrThrottled) ||
 		errors.Is(err, s3backend.ErrNoSuchBucket) || errors.Is(err, s3backend.ErrConflict) ||
 		errors.Is(err, s3backend.ErrInvalidRequest) || errors.Is(err, s3backend.ErrNotImplemented) ||
-		errors.Is(err, s3backend.ErrInvalidRange) {
+		errors.Is(err, s3backend.ErrInvalidRange) || errors.Is(err, context.DeadlineExceeded) {
 		return syscall.EIO
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) && errno != syscall.ENOSYS {
+		return errno
 	}
 	key := fmt.Sprintf("%s %T", op, err)
 	unknownMu.Lock()

@@ -27,6 +27,14 @@ func TestToErrno(t *testing.T) {
 		{&s3backend.Error{Op: "PutObject", Kind: s3backend.ErrAccessDenied, Cause: errors.New("403")}, syscall.EACCES},
 		{&s3backend.Error{Op: "GetObject", Kind: s3backend.ErrUnavailable, Cause: errors.New("reset")}, syscall.EIO},
 		{wrap(context.Canceled), syscall.EINTR},
+		// An outage never leaks a network errno (it used to: the errno
+		// inside was found before the S3 error around it).
+		{&s3backend.Error{Op: "HeadObject", Kind: s3backend.ErrUnavailable,
+			Cause: fmt.Errorf("dial tcp: %w", syscall.ECONNREFUSED)}, syscall.EIO},
+		{&s3backend.Error{Op: "GetObject", Kind: s3backend.ErrUnavailable,
+			Cause: fmt.Errorf("read: %w", syscall.ECONNRESET)}, syscall.EIO},
+		{&s3backend.Error{Op: "ListObjectsV2", Kind: s3backend.ErrUnavailable,
+			Cause: fmt.Errorf("%w: %w", context.DeadlineExceeded, syscall.ETIMEDOUT)}, syscall.EIO},
 		{wrap(syscall.EBADF), syscall.EBADF},
 		// ENOSYS would tell the kernel the operation does not exist.
 		{syscall.ENOSYS, syscall.EIO},

@@ -125,6 +125,12 @@ func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
+// ControlXattr is the extended attribute of a mount's root directory
+// whose value is the path of the daemon's control socket. Unlike the
+// ioctl, getxattr needs no open of the directory, whose OPENDIR lists it
+// in S3 when its listing is stale: `keelfs status` must not wait for S3.
+const ControlXattr = "user.keelfs.control-socket"
+
 // ControlIoctl is the ioctl on a mount's root directory that returns the
 // path of the daemon's control socket (NUL-terminated), so that `keelfs
 // status MOUNTPOINT` can find it. It is _IOR('k', 1, [4096]byte): the

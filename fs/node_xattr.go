@@ -23,6 +23,13 @@ var _ = (gofs.NodeGetxattrer)((*Node)(nil))
 // Getxattr copies the value into dest, or answers ERANGE and the size
 // the value needs when dest is too small (size 0 asks for the size).
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if attr == ControlXattr && n.ino() == cache.RootIno && n.fsys.opt.ControlPath != "" {
+		v := n.fsys.opt.ControlPath
+		if len(v) > len(dest) {
+			return uint32(len(v)), syscall.ERANGE
+		}
+		return uint32(copy(dest, v)), 0
+	}
 	v, err := n.fsys.c.Getxattr(ctx, n.ino(), attr)
 	if err != nil {
 		return 0, toErrno("getxattr", err)

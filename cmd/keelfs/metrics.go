@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,7 +34,6 @@ type metrics struct {
 	// Totals for `keelfs status`, which has no Prometheus client.
 	requests, failures, retries atomic.Int64
 	bytesUp, bytesDown          atomic.Int64
-	lastOK, lastFail            atomic.Int64 // unix nanos of the last answered / failed attempt
 }
 
 func newMetrics() *metrics {
@@ -72,14 +70,8 @@ func (m *metrics) RequestDone(op string, status int, d time.Duration) {
 	m.s3Requests.WithLabelValues(op, strconv.Itoa(status)).Inc()
 	m.s3Latency.WithLabelValues(op).Observe(d.Seconds())
 	m.requests.Add(1)
-	now := time.Now().UnixNano()
-	// Any answer from S3, even a 404 or a 412, shows it is reachable; no
-	// answer or a 5xx does not.
 	if status == 0 || status >= 500 {
 		m.failures.Add(1)
-		m.lastFail.Store(now)
-	} else {
-		m.lastOK.Store(now)
 	}
 }
 
@@ -97,6 +89,21 @@ func (m *metrics) Transferred(up, down int64) {
 		m.s3Bytes.WithLabelValues("down").Add(float64(down))
 		m.bytesDown.Add(down)
 	}
+}
+
+// watchReach exports whether S3 answers and when it last did.
+func (m *metrics) watchReach(r *s3backend.Reach) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keelfs_s3_reachable",
+		Help: "1 while S3 answers, 0 while it does not (cached data is served and writes wait in the cache)."},
+		func() float64 {
+			if r.State().Reachable {
+				return 1
+			}
+			return 0
+		}))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keelfs_s3_last_success_timestamp_seconds",
+		Help: "When S3 last answered (Unix time)."},
+		func() float64 { return float64(r.State().LastOK.UnixNano()) / 1e9 }))
 }
 
 // fuseOp is the fs.OpObserver.
@@ -178,41 +185,23 @@ type collectorFunc struct {
 func (f collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- f.desc }
 func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f.collect(ch) }
 
-// health decides /healthz. S3 counts as reachable when it answered
-// recently and nothing failed since; otherwise (an idle mount, or recent
-// failures) a cheap LIST decides, at most every few seconds. Uploads are
-// stuck when the oldest pending change is older than stuckAfter.
+// health decides /healthz from what the daemon knows, without asking S3:
+// it must answer at once, also (above all) while S3 does not. It fails
+// while S3 is unreachable and when the oldest pending change is older
+// than stuckAfter.
 type health struct {
-	m          *metrics
 	c          *cache.Cache
-	store      *s3backend.Store
+	reach      *s3backend.Reach
 	stuckAfter time.Duration
-
-	mu      sync.Mutex
-	checked time.Time
-	probe   error
 }
 
 func (h *health) check(ctx context.Context) error {
+	if st := h.reach.State(); !st.Reachable {
+		return fmt.Errorf("S3 unreachable since %s: %v", st.DownSince.UTC().Format(time.RFC3339), st.Err)
+	}
 	if age := h.c.OldestPending(); age > h.stuckAfter {
 		files, deletes := h.c.PendingCount()
 		return fmt.Errorf("uploads stuck: oldest change waiting %s (%d files, %d deletes pending)", age.Round(time.Second), files, deletes)
-	}
-	// Recent answers and no failure since: healthy without a request.
-	lastOK, lastFail := h.m.lastOK.Load(), h.m.lastFail.Load()
-	if lastOK > lastFail && time.Since(time.Unix(0, lastOK)) < 10*time.Second {
-		return nil
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if time.Since(h.checked) > 5*time.Second {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		h.probe = h.store.CheckAccess(pctx)
-		cancel()
-		h.checked = time.Now()
-	}
-	if h.probe != nil {
-		return fmt.Errorf("S3 unreachable: %v", h.probe)
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -188,6 +189,9 @@ func validate(cfg *mountConfig) error {
 	}
 	if cfg.WriteBackDelay < 0 || cfg.ShutdownTimeout < 0 {
 		return fmt.Errorf("durations must not be negative")
+	}
+	if cfg.S3Timeout <= 0 {
+		return fmt.Errorf("--s3-timeout must be positive")
 	}
 	if err := s3backend.CheckEndpoint(cfg.Endpoint); err != nil {
 		return fmt.Errorf("--%v", err)
@@ -362,6 +366,7 @@ func notifySystemd(log *slog.Logger, state string) {
 type mount struct {
 	cfg     *mountConfig
 	log     *slog.Logger
+	reach   *s3backend.Reach // whether S3 answers; the cache's store
 	cache   *cache.Cache
 	fsys    *kfs.FS
 	control *controlServer
@@ -430,6 +435,16 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 			return nil, withCode(exitUsage, err)
 		}
 	}
+	// The cache talks to S3 through reach: while S3 does not answer, it
+	// fails requests at once, and its first answer again restarts the
+	// uploads that back off.
+	var kick atomic.Pointer[cache.Cache] // set once the cache is open
+	reach := s3backend.NewReach(store, s3backend.ReachOptions{Wait: cfg.S3Timeout, Logger: log,
+		OnChange: func(up bool) {
+			if c := kick.Load(); up && c != nil {
+				c.Kick()
+			}
+		}})
 	fsys := kfs.New(kfs.Options{
 		FsName: "keelfs:" + strings.TrimSuffix(cfg.Bucket+"/"+cfg.Prefix, "/"), ReadOnly: cfg.ReadOnly,
 		AllowOther: cfg.AllowOther, AllowRoot: cfg.AllowRoot, TTL: cfg.MetadataTTL.duration(), Debug: cfg.Debug, Logger: log,
@@ -441,7 +456,7 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 		conflict = cache.ConflictOverwrite
 	}
 	c, err := cache.Open(ctx, cache.Options{
-		Dir: cacheDir, Store: store, ReadOnly: cfg.ReadOnly, BlockSize: int64(cfg.BlockSize),
+		Dir: cacheDir, Store: reach, ReadOnly: cfg.ReadOnly, BlockSize: int64(cfg.BlockSize),
 		CacheSize: int64(cfg.CacheSize), MetadataTTL: cfg.MetadataTTL.duration(), WriteBackDelay: cfg.WriteBackDelay,
 		SyncOnClose: cfg.SyncOnClose, NoAtime: cfg.NoAtime, PartSize: int64(cfg.PartSize), MaxUploads: cfg.MaxUploads,
 		SkipHeaders: cfg.SkipHeaders, Conflict: conflict, ConditionalWrites: conditional,
@@ -450,12 +465,15 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 		EncryptionKey: key, Logger: log, Invalidate: fsys.Invalidate, InvalidateEntry: fsys.InvalidateEntry,
 	})
 	if err != nil {
+		reach.Close()
 		return nil, withCode(exitCache, err)
 	}
-	m := &mount{cfg: cfg, log: log, cache: c, fsys: fsys, metrics: met}
+	kick.Store(c)
+	m := &mount{cfg: cfg, log: log, reach: reach, cache: c, fsys: fsys, metrics: met}
 	met.watchCache(c, int64(cfg.CacheSize))
+	met.watchReach(reach)
 	if cfg.MetricsAddr != "" {
-		h := &health{m: met, c: c, store: store, stuckAfter: 2*time.Minute + cfg.WriteBackDelay}
+		h := &health{c: c, reach: reach, stuckAfter: 2*time.Minute + cfg.WriteBackDelay}
 		if m.metricsLn, err = serveMetrics(cfg.MetricsAddr, met, h, log); err != nil {
 			c.Close()
 			return nil, withCode(exitUsage, err)
@@ -669,7 +687,12 @@ func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
 			}
 		}
 	}()
-	left, _ := m.cache.Drain(ctx)
+	left, derr := m.cache.Drain(ctx)
+	if derr != nil && !errors.Is(derr, context.DeadlineExceeded) && !errors.Is(derr, context.Canceled) {
+		m.log.Error("draining the cache failed", "err", derr)
+	} else {
+		derr = nil
+	}
 	if unmount {
 		if err := m.fsys.Unmount(); err != nil {
 			m.log.Warn("unmount busy; detaching the mount", "err", err)
@@ -683,7 +706,8 @@ func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
 	if err := m.cache.Close(); err != nil {
 		m.log.Error("closing cache", "err", err)
 	}
-	if len(left) > 0 {
+	m.reach.Close()
+	if len(left) > 0 || derr != nil {
 		show := make([]string, 0, min(len(left), 20)+1)
 		for _, it := range left[:min(len(left), 20)] {
 			show = append(show, describePending(it))
@@ -691,8 +715,14 @@ func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
 		if len(left) > 20 {
 			show = append(show, fmt.Sprintf("... and %d more", len(left)-20))
 		}
-		return withCode(exitPending, fmt.Errorf("stopped with %d changes not yet in S3; they are safe in the cache and the next mount with the same --cache-dir uploads them:\n  %s",
-			len(left), strings.Join(show, "\n  ")))
+		if derr != nil {
+			show = append(show, "(the cache could not be made durable: "+derr.Error()+")")
+		}
+		err := fmt.Errorf("stopped with %d changes not yet in S3; they are safe in the cache and the next mount with the same --cache-dir uploads them:\n  %s",
+			len(left), strings.Join(show, "\n  "))
+		// In the background the log is what is read.
+		m.log.Error("stopped with changes not yet in S3", "pending", len(left), "files", strings.Join(show, "; "))
+		return withCode(exitPending, err)
 	}
 	m.log.Info("stopped; everything is in S3")
 	return nil

@@ -264,7 +264,7 @@ func TestBadInputCacheDiskFull(t *testing.T) {
 	px := srv.StartProxy(t)
 	m := srv.Mount(t, b, harness.MountOptions{Endpoint: px.Endpoint, CacheDir: cache,
 		Args: []string{"--write-back-delay", "100ms", "--cache-size", "1G"}})
-	m.AllowLog(`upload failed; will retry|s3 request failed; retrying|no space|cache full|ENOSPC|space`)
+	m.AllowLog(`upload failed; will retry|s3 request failed; retrying|no space|cache full|ENOSPC|space|s3 is unreachable`)
 	var refused atomic.Int64
 	px.SetFaults(func(op string, r *http.Request) harness.Fault {
 		switch op {

@@ -42,7 +42,7 @@ import (
 
 // faultLogs are the log lines the injected faults legitimately cause.
 const faultLogs = `s3 request failed; retrying|upload failed; will retry|read from s3 broke off; resuming|` +
-	`abort multipart upload|delete failed; will retry`
+	`abort multipart upload|delete failed; will retry|s3 is unreachable`
 
 func stress() bool { return os.Getenv("KEELFS_STRESS") != "" }
 

@@ -91,7 +91,7 @@ func TestOpsMetricsDuringCopy(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
 	m := srv.Mount(t, b, harness.MountOptions{Endpoint: proxy.Endpoint,
 		Args: []string{"--metrics-addr", addr, "--write-back-delay", "1h"}})
-	m.AllowLog(`s3 request failed|retrying|upload failed`)
+	m.AllowLog(`s3 request failed|retrying|upload failed|s3 is unreachable`)
 	url := "http://" + addr
 
 	before := scrape(t, url+"/metrics")

@@ -345,7 +345,7 @@ func TestFsyncEIOWhenS3Down(t *testing.T) {
 	b := srv.NewBucket(t)
 	px := srv.StartProxy(t)
 	m := srv.Mount(t, b, harness.MountOptions{Endpoint: px.Endpoint, Args: []string{"--write-back-delay", "1h"}})
-	m.AllowLog(`upload failed|s3 request failed|retrying`)
+	m.AllowLog(`upload failed|s3 request failed|retrying|s3 is unreachable`)
 	px.SetFault(func(op string, r *http.Request) (int, string, bool) {
 		if op == "PutObject" {
 			return 503, "ServiceUnavailable", false
