@@ -51,9 +51,14 @@ type Options struct {
 	MaxUploads     int   // files uploading at once; default 4
 	MaxParts       int   // parts in flight per file; default 4
 	MaxReadAhead   int64 // bytes; default 64 MiB
-	HeadWorkers    int   // HEADs in flight while filling a directory; default 32
-	SkipHeaders    bool  // never HEAD for x-amz-meta-* attributes
-	Conflict       ConflictMode
+	// ReadReorder is how far out of order the kernel's read-ahead
+	// requests may arrive: its read-ahead window and one request (fs sets
+	// the window to 4 MiB). Reads that far apart still count as one
+	// sequential run, never as a random reader. Default 8 MiB.
+	ReadReorder int64
+	HeadWorkers int  // HEADs in flight while filling a directory; default 32
+	SkipHeaders bool // never HEAD for x-amz-meta-* attributes
+	Conflict    ConflictMode
 	// ConditionalWrites says the endpoint enforces If-Match/If-None-Match.
 	// Without it uploads are last-writer-wins whatever Conflict says.
 	ConditionalWrites bool
@@ -127,6 +132,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxReadAhead <= 0 {
 		o.MaxReadAhead = 64 << 20
+	}
+	if o.ReadReorder <= 0 {
+		o.ReadReorder = 8 << 20
 	}
 	if o.HeadWorkers <= 0 {
 		o.HeadWorkers = 32

@@ -84,7 +84,8 @@ func newEnv(t *testing.T, mod func(*Options)) *env {
 	e.opt = Options{Dir: e.dir, Store: e.store, BlockSize: 64 << 10, CacheSize: 64 << 20, MetadataTTL: time.Second,
 		WriteBackDelay: 0, PartSize: 5 << 20, ConditionalWrites: true, Hostname: "testhost",
 		MinBackoff: 2 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, SpaceWait: 10 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelInfo})), Now: e.clock.Now}
+		ReadReorder: 256 << 10, // as the kernel's 4 MiB to 1 MiB blocks
+		Logger:      slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelInfo})), Now: e.clock.Now}
 	if mod != nil {
 		mod(&e.opt)
 	}

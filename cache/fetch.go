@@ -323,38 +323,56 @@ func (c *Cache) storeClean(id blockID, data []byte) {
 }
 
 // readAhead follows one file's access pattern: a window that doubles while
-// reads are sequential, up to MaxReadAhead, and drops to nothing at the
-// first random access.
+// reads are sequential, up to MaxReadAhead, and drops to nothing when the
+// reader jumps.
 type readAhead struct {
 	mu      sync.Mutex
-	next    int64  // where a sequential reader reads next
+	hi      int64  // the end of the furthest read of the current run
 	window  int64  // blocks
 	issued  int64  // blocks before this were prefetched
-	random  int    // random reads seen, see randomFillAfter
+	random  int    // jumps seen, see randomFillAfter
+	seqRun  int    // reads in sequence since the last jump
 	filling bool   // fillForRandom runs
 	filled  uint64 // the ContentVer fillForRandom last ran for, plus one
 }
+
+// seqSlack is how far from the furthest read so far a read may start and
+// still continue a sequential run: the kernel sends its read-ahead as
+// several requests at once, which arrive in any order, so a sequential
+// reader's reads land up to a read-ahead window behind or ahead of each
+// other (Options.ReadReorder).
+func (c *Cache) seqSlack() int64 { return max(2*c.opt.BlockSize, c.opt.ReadReorder) }
+
+// seqRunForgets is how many reads in sequence make earlier jumps forgotten:
+// the odd jump of a long sequential read (a seek to the end and back, as
+// tar and media players do) must not add up to a whole-file fetch.
+const seqRunForgets = 32
 
 func (c *Cache) readAheadFor(st *inodeState, rec *Inode, off, end int64) {
 	bs := c.opt.BlockSize
 	ra := &st.readAhead
 	ra.mu.Lock()
-	// Kernel read-ahead sends reads slightly out of order: tolerate that.
-	sequential := off <= ra.next+2*bs && off+2*bs >= ra.next
+	slack := c.seqSlack()
+	sequential := ra.hi > 0 && off >= ra.hi-slack && off <= ra.hi+slack
 	if sequential {
 		ra.window = min(max(ra.window*2, 2), max(1, c.opt.MaxReadAhead/bs))
+		ra.hi = max(ra.hi, end)
+		if ra.seqRun++; ra.seqRun >= seqRunForgets {
+			ra.random = 0
+		}
 	} else {
-		ra.window, ra.issued = 0, 0
-		ra.random++
+		first := ra.hi == 0 && off == 0
+		ra.window, ra.issued, ra.hi, ra.seqRun = 0, 0, end, 0
+		if first {
+			ra.window = 2 // a read from the start: read ahead at once
+		} else {
+			ra.random++
+		}
 		if ra.random >= randomFillAfter && !ra.filling && ra.filled != rec.ContentVer+1 &&
 			rec.Size <= min(randomFillMax, c.opt.CacheSize/4) {
 			ra.filling, ra.filled = true, rec.ContentVer+1
 			defer c.goBackground(func() { c.fillForRandom(st, rec) }) // after ra.mu is released
 		}
-	}
-	ra.next = max(end, off)
-	if !sequential {
-		ra.next = end
 	}
 	nblocks := (rec.Size + bs - 1) / bs
 	cur := (end - 1) / bs

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -93,5 +94,44 @@ func TestRandomReadsOfBigFileFetchBlocksOnly(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if got := e.store.Counts()["Get"]; got != n {
 		t.Fatalf("%d random reads of a file too big to fill cost %d GETs, want %d", n, got, n)
+	}
+}
+
+// TestSequentialReadOutOfOrderIsNotRandom: the kernel sends its read-ahead
+// as several requests at once (here a 256 KiB window of 64 KiB requests,
+// as 4 MiB of 1 MiB requests on a mount), and they arrive in any order.
+// Such a reader is sequential: it must never start the whole-file fetch
+// meant for random readers. It used to, after a few reordered requests,
+// and a cold sequential read then fetched the file twice at once.
+func TestSequentialReadOutOfOrderIsNotRandom(t *testing.T) {
+	e := newEnv(t, nil)
+	data := randBytes(12 << 20)
+	e.store.PutObject("movie", data, nil)
+	h, _, err := e.c.Open(ctx, e.mustLookup("movie").Ino, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Release(ctx)
+	const req, window = 64 << 10, 256 << 10
+	buf := make([]byte, req)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for base := int64(0); base < int64(len(data)); base += window {
+		offs := []int64{}
+		for off := base; off < base+window && off < int64(len(data)); off += req {
+			offs = append(offs, off)
+		}
+		rng.Shuffle(len(offs), func(a, b int) { offs[a], offs[b] = offs[b], offs[a] })
+		for _, off := range offs {
+			n, err := h.Read(ctx, buf, off)
+			if err != nil || !bytes.Equal(buf[:n], data[off:off+int64(n)]) {
+				t.Fatalf("read at %d: %v or wrong bytes", off, err)
+			}
+		}
+	}
+	ra := &h.st.readAhead
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	if ra.filled != 0 || ra.filling {
+		t.Fatalf("a sequential reader started the whole-file fetch for random readers (%d jumps counted)", ra.random)
 	}
 }
