@@ -439,6 +439,22 @@ func (ob *openBlock) closeIfUnused() {
 // one starts in the background.
 const syncAhead = 64 << 20
 
+// commit syncs in the background (the group commit): a failure is kept
+// for the next foreground sync to report, as syncInBackground does.
+func (bs *blockStore) commit() {
+	if err := bs.syncer.do(bs.syncAll); err != nil {
+		bs.mu.Lock()
+		first := bs.aheadErr == nil
+		if first {
+			bs.aheadErr = err
+		}
+		bs.mu.Unlock()
+		if first {
+			bs.log.Error("cache: group commit of written blocks failed; the next fsync reports it", "err", err)
+		}
+	}
+}
+
 // syncInBackground runs one sync ahead of the next close or fsync. A
 // failure puts the blocks back, and the next sync reports it (aheadErr).
 func (bs *blockStore) syncInBackground() {

@@ -93,6 +93,12 @@ type Options struct {
 	// MaxKeyLen is the longest object key, relative to the store's prefix,
 	// that a name may need (S3: 1024 bytes less the prefix); default 1024.
 	MaxKeyLen int
+	// CommitInterval is how often what closes wrote to the cache is made
+	// durable on its disk (block files and badger's log, fsynced
+	// together), as ext4's commit interval does: a power cut loses at
+	// most that much of what close acknowledged; a crash of the process
+	// loses none of it. Default 5s.
+	CommitInterval time.Duration
 	// SpaceWait is how long a writer waits for uploads to make room in a
 	// full cache before it gets ErrNoSpace; default 60s.
 	SpaceWait time.Duration
@@ -168,6 +174,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.SpaceWait <= 0 {
 		o.SpaceWait = 60 * time.Second
+	}
+	if o.CommitInterval <= 0 {
+		o.CommitInterval = 5 * time.Second
 	}
 	if o.FileMode == 0 {
 		o.FileMode = 0o644
@@ -315,7 +324,25 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		return nil, fmt.Errorf("cache recovery: %w", err)
 	}
 	c.tasks.Go(c.maintain)
+	c.tasks.Go(c.groupCommit)
 	return c, nil
+}
+
+// groupCommit makes the cache durable on its disk every CommitInterval,
+// for all the closes of the interval at once (see Handle.Flush). A
+// failure is kept for the next fsync or close of the cache to report
+// (blockStore.aheadErr), and logged.
+func (c *Cache) groupCommit() {
+	t := c.opt.Clock.NewTicker(c.opt.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.tasks.ctx.Done():
+			return
+		case <-t.Chan():
+			c.blocks.commit()
+		}
+	}
 }
 
 // Close stops background work and closes the store. Pending uploads stay

@@ -57,8 +57,10 @@
 // # Durability
 //
 // Writes go to a one-block buffer per file and then to the block store.
-// Flush (close) makes them durable in the cache (fsync of the block files
-// and badger's log); Fsync waits until the upload that contains them has
+// Flush (close) stores them in the block files and the journal, where a
+// crash of the process cannot lose them; every CommitInterval the group
+// commit fsyncs what the closes of the interval wrote (and badger's log),
+// against a power cut. Fsync waits until the upload that contains them has
 // landed; SyncDir (fsync of a directory) until the namespace changes in
 // the directory have. Uploads are conditional on the ETag the edit
 // started from (If-Match) or on absence (If-None-Match); a 412 from

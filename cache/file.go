@@ -723,7 +723,12 @@ func (h *Handle) Allocate(ctx context.Context, off, length int64, mode uint32) e
 }
 
 // Flush is called at every close of a descriptor. It returns once the
-// written data is durable in the cache; with SyncOnClose, once it is in S3.
+// written data is in the cache's block files and journal, where a crash
+// of the process (kill -9, an OOM kill) cannot lose it: the kernel holds
+// it and writes it back. It does not wait for the disk: the group commit
+// (Options.CommitInterval) makes it durable against a power cut, for all
+// the closes of an interval at once. With SyncOnClose, it returns once
+// the file is in S3.
 func (h *Handle) Flush(ctx context.Context) error {
 	if !h.write {
 		return nil
@@ -743,13 +748,7 @@ func (h *Handle) Flush(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if !dirty {
-		return nil
-	}
-	if err := c.blocks.sync(); err != nil {
-		return err
-	}
-	if c.opt.SyncOnClose {
+	if dirty && c.opt.SyncOnClose {
 		return c.syncFile(ctx, st)
 	}
 	return nil

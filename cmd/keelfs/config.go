@@ -36,6 +36,7 @@ type mountConfig struct {
 	WriteBackDelay  time.Duration
 	ShutdownTimeout time.Duration
 	S3Timeout       time.Duration
+	CommitInterval  time.Duration
 	SyncOnClose     bool
 	DirSync         bool
 	NoAtime         bool
@@ -99,6 +100,7 @@ func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
 	fs.Var(&cfg.MetadataTTL, "metadata-ttl", "how long names and attributes are trusted before S3 is asked again: a duration (1s, 5m), seconds (as mount-s3), minimal (1s) or indefinite")
 	fs.DurationVar(&cfg.WriteBackDelay, "write-back-delay", time.Second, "how long after close (or after writes stop) the upload starts")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "on SIGTERM, how long to wait for pending uploads before exiting")
+	fs.DurationVar(&cfg.CommitInterval, "commit-interval", 5*time.Second, "how often what close(2) wrote is made durable on the cache's disk, for all closes at once (a crash of the process loses nothing that close acknowledged; a power cut at most this much)")
 	fs.DurationVar(&cfg.S3Timeout, "s3-timeout", 5*time.Second, "the longest an operation that needs S3 waits for an answer before it fails with EIO and S3 counts as unreachable (cached data is served meanwhile)")
 	fs.BoolVar(&cfg.SyncOnClose, "sync-on-close", false, "make close(2) wait until the file is in S3 (the sync mount option)")
 	fs.BoolVar(&cfg.DirSync, "dirsync", false, "make creates, deletes and renames wait until the change is durable (the dirsync mount option)")

@@ -190,8 +190,8 @@ func validate(cfg *mountConfig) error {
 	if cfg.WriteBackDelay < 0 || cfg.ShutdownTimeout < 0 {
 		return fmt.Errorf("durations must not be negative")
 	}
-	if cfg.S3Timeout <= 0 {
-		return fmt.Errorf("--s3-timeout must be positive")
+	if cfg.S3Timeout <= 0 || cfg.CommitInterval <= 0 {
+		return fmt.Errorf("--s3-timeout and --commit-interval must be positive")
 	}
 	if err := s3backend.CheckEndpoint(cfg.Endpoint); err != nil {
 		return fmt.Errorf("--%v", err)
@@ -461,7 +461,7 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 		SyncOnClose: cfg.SyncOnClose, NoAtime: cfg.NoAtime, PartSize: int64(cfg.PartSize), MaxUploads: cfg.MaxUploads,
 		SkipHeaders: cfg.SkipHeaders, Conflict: conflict, ConditionalWrites: conditional,
 		UID: cfg.UID, GID: cfg.GID, FileMode: uint32(cfg.FileMode), DirMode: uint32(cfg.DirMode),
-		MaxKeyLen:     maxKeyLen(cfg.Prefix),
+		MaxKeyLen: maxKeyLen(cfg.Prefix), CommitInterval: cfg.CommitInterval,
 		EncryptionKey: key, Logger: log, Invalidate: fsys.Invalidate, InvalidateEntry: fsys.InvalidateEntry,
 	})
 	if err != nil {
