@@ -177,7 +177,7 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 			if !p.conflict && c.rangeClean(snap, off, l) {
 				etag, err = c.store.UploadPartCopy(pctx, s3backend.UploadPartCopyInput{Key: p.target, UploadID: id,
 					Part: int32(i + 1), Src: snap.RemoteKey, SrcETag: snap.ETag, Off: off, Length: l})
-				if sourceGone(err) {
+				if sourceGone(err) || c.rangeOutlived(pctx, snap, err) {
 					// The 412 (or 404) is the source's: the version the
 					// edit started from is gone. Never the target's, whose
 					// condition only CompleteMultipartUpload checks.
@@ -258,6 +258,25 @@ func sourceGone(err error) bool {
 	}
 	var se *s3backend.Error
 	return errors.As(err, &se) && errors.Is(err, s3backend.ErrNotFound) && se.Code != "NoSuchUpload"
+}
+
+// rangeOutlived reports whether a part copy refused as an invalid request
+// (400) was refused because its source version is gone. Some servers
+// (versitygw) check the range before x-amz-copy-source-if-match, so a copy
+// from a version replaced by a shorter object gets 400 InvalidArgument
+// rather than 412; taken at its word, that 400 would fail the upload for
+// good. One HEAD tells: a different ETag (or no object) means the base
+// changed, and the conflict path takes over. If the HEAD fails, the 400
+// stands.
+func (c *Cache) rangeOutlived(ctx context.Context, snap *Inode, err error) bool {
+	if err == nil || !(errors.Is(err, s3backend.ErrInvalidRequest) || errors.Is(err, s3backend.ErrInvalidRange)) {
+		return false
+	}
+	info, herr := c.store.Head(ctx, snap.RemoteKey)
+	if herr != nil {
+		return errors.Is(herr, s3backend.ErrNotFound)
+	}
+	return info.ETag != snap.ETag
 }
 
 // rangeClean reports whether bytes [off, off+l) of the file are unchanged

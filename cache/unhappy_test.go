@@ -740,3 +740,43 @@ func TestCloseLeavesTheDiskToTheGroupCommit(t *testing.T) {
 		t.Fatalf("log in S3: %d bytes", len(got))
 	}
 }
+
+// Case 1, fully cached, against a server that checks a part copy's range
+// before its source condition (versitygw): the other writer's shorter
+// object makes the copies past its end fail with 400 InvalidArgument, not
+// 412. Before: that 400 was taken as permanent, the upload failed for good
+// and B's whole version, which was in the cache, never reached S3.
+func TestConflictWhenPartCopyFailsOnRangeFirst(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.store.RangeFirst = true
+	e.logs.allow("conflict")
+	base := randBytes(12 << 20)
+	e.store.PutObject("big.log", base, nil)
+	if got := e.read("big.log"); !bytes.Equal(got, base) {
+		t.Fatal("read back")
+	}
+	h := e.openW("big.log")
+	tail := []byte("one more line\n")
+	if _, err := h.Write(ctx, tail, int64(len(base))); err != nil {
+		t.Fatal(err)
+	}
+	other := randBytes(1 << 20)
+	e.store.PutObject("big.log", other, nil)
+	if err := fsyncWithin(t, h, 10*time.Second); err != nil {
+		t.Fatalf("fsync: %v", err)
+	}
+	e.close(h)
+	e.drain()
+	if got := e.object("big.log"); !bytes.Equal(got, other) {
+		t.Fatal("the other writer's version is not under the name")
+	}
+	var copies []string
+	for _, k := range e.keys() {
+		if strings.HasPrefix(k, "big.log.conflict-testhost-") {
+			copies = append(copies, k)
+		}
+	}
+	if len(copies) != 1 || !bytes.Equal(e.object(copies[0]), append(base, tail...)) {
+		t.Fatalf("conflict copies %v (keys %v)", copies, e.keys())
+	}
+}

@@ -36,6 +36,12 @@ type Store struct {
 	// PageSize is how many entries one List page holds (S3: 1000). Tests
 	// lower it to exercise pagination; set it before the store is used.
 	PageSize int
+	// RangeFirst makes UploadPartCopy check the source range before the
+	// source's x-amz-copy-source-if-match, as versitygw does: a copy from
+	// a version that was replaced by a shorter one then fails with 400
+	// InvalidArgument rather than 412. S3 does not document the order.
+	// Set it before the store is used.
+	RangeFirst bool
 
 	mu      sync.Mutex
 	objects map[string]*object         // guarded by mu
@@ -546,10 +552,14 @@ func (s *Store) UploadPartCopy(ctx context.Context, in s3backend.UploadPartCopyI
 	if src == nil {
 		return "", notFound("UploadPartCopy", in.Src)
 	}
+	badRange := in.Off < 0 || in.Length <= 0 || in.Off+in.Length > int64(len(src.data))
+	if badRange && s.RangeFirst {
+		return "", invalid("UploadPartCopy", in.Key, "InvalidArgument", "range %d+%d of %d bytes", in.Off, in.Length, len(src.data))
+	}
 	if in.SrcETag != "" && !sameETag(in.SrcETag, src.etag) {
 		return "", precondition("UploadPartCopy", in.Key, "source %q has etag %s, not %s", in.Src, src.etag, in.SrcETag)
 	}
-	if in.Off < 0 || in.Length <= 0 || in.Off+in.Length > int64(len(src.data)) {
+	if badRange {
 		return "", invalid("UploadPartCopy", in.Key, "InvalidArgument", "range %d+%d of %d bytes", in.Off, in.Length, len(src.data))
 	}
 	data := src.data[in.Off : in.Off+in.Length]
