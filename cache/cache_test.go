@@ -661,23 +661,36 @@ func TestCrashResume(t *testing.T) {
 func TestUploadRetried(t *testing.T) {
 	e := newEnv(t, nil)
 	e.logs.allow("upload failed; will retry")
-	var fails atomic.Int32
-	fails.Store(3)
+	// S3 refuses every PUT until the fsync has seen the failure: a fixed
+	// number of failures could all be spent by background retries before
+	// the fsync starts, and the fsync would then rightly succeed.
+	var failing atomic.Bool
+	var puts atomic.Int32
+	failing.Store(true)
 	e.store.SetHook(func(op, key string) error {
-		if op == "Put" && fails.Add(-1) >= 0 {
-			return &s3backend.Error{Op: op, Key: key, Kind: s3backend.ErrUnavailable, Cause: errors.New("injected")}
+		if op == "Put" {
+			puts.Add(1)
+			if failing.Load() {
+				return &s3backend.Error{Op: op, Key: key, Kind: s3backend.ErrUnavailable, Cause: errors.New("injected")}
+			}
 		}
 		return nil
 	})
 	h := e.openW("f")
-	h.Write(ctx, []byte("data"), 0)
+	if _, err := h.Write(ctx, []byte("data"), 0); err != nil {
+		t.Fatal(err)
+	}
 	if err := h.Fsync(ctx); !errors.Is(err, ErrUploadFailed) {
 		t.Fatalf("fsync with S3 failing: %v, want ErrUploadFailed", err)
 	}
+	failing.Store(false)
 	e.close(h)
 	e.drain()
 	if got := string(e.object("f")); got != "data" {
 		t.Fatalf("f = %q", got)
+	}
+	if n := puts.Load(); n < 2 {
+		t.Fatalf("%d PUTs: the failed upload was not retried", n)
 	}
 }
 
