@@ -247,6 +247,12 @@ type namespace struct {
 	namesSeq uint64            // guarded by namesMu
 	namesVer map[uint64]uint64 // directory ino -> namesSeq of its last change; guarded by namesMu
 	nlinks   nlinkCache        // directories' link counts, see dirNlink
+
+	heads     flight // one HEAD at a time per inode, see learnHeaders
+	walksMu   sync.Mutex
+	walking   map[uint64]bool // directories whose headers are being learned; guarded by walksMu
+	walkAgain map[uint64]bool // guarded by walksMu
+	walks     sync.WaitGroup  // header walks running
 }
 
 // Open opens (creating if needed) the cache in opt.Dir and resumes the
@@ -272,8 +278,10 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		db:    db,
 		log:   opt.Logger,
 		ns: namespace{
-			states:   make(map[uint64]*inodeState),
-			namesVer: make(map[uint64]uint64),
+			states:    make(map[uint64]*inodeState),
+			namesVer:  make(map[uint64]uint64),
+			walking:   make(map[uint64]bool),
+			walkAgain: make(map[uint64]bool),
 		},
 		fetch: fetcher{inflight: make(map[blockID]*fetchCall), sem: make(chan struct{}, 16)},
 		rc:    reconciler{deleting: make(map[string]bool)},

@@ -356,6 +356,7 @@ func TestListingCosts(t *testing.T) {
 	for i := 0; i < 2000; i += 97 {
 		e.mustLookup(fmt.Sprintf("d/f%04d", i))
 	}
+	e.c.waitHeaderWalks() // the headers are learned in the background
 	c := e.store.Counts()
 	if c["List"] != 2 || c["Head"] != 2000 || len(c) != 2 {
 		t.Fatalf("cold listing cost %v, want 2 LIST pages and 2000 HEADs", c)
@@ -855,4 +856,82 @@ func TestLostAnswersAreOurs(t *testing.T) {
 		t.Fatalf("%d conflicts from our own lost answers; keys %v", n, e.keys())
 	}
 	eqKeys(t, e.keys(), "f")
+}
+
+// TestNamesWithoutWaitingForHeaders (issue 17): a readdir of a cold
+// directory answers from the LIST; the x-amz-meta-* headers are read in
+// the background, and a stat waits for its own entry's HEAD only. Until
+// an entry's headers are read its type is unknown (it may be a symlink or
+// a FIFO): the listing says DT_UNKNOWN rather than guess. Before, the
+// readdir waited for a HEAD per object: 100 000 of them before ls -f.
+func TestNamesWithoutWaitingForHeaders(t *testing.T) {
+	e := newEnv(t, nil)
+	for i := 0; i < 300; i++ {
+		e.store.PutObject(fmt.Sprintf("d/f%03d", i), []byte("x"), s3backend.Metadata{"mode": "33152", "uid": "7"})
+	}
+	e.store.PutObject("d/link", []byte("f000"), s3backend.Metadata{"mode": "41471"})
+	e.mustLookup("d")
+	// HEADs wait until the test lets them go, except those of one file.
+	release := make(chan struct{})
+	e.store.SetHook(func(op, key string) error {
+		if op == "Head" && key != "d/f123" {
+			<-release
+		}
+		return nil
+	})
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	a := e.mustLookup("d")
+	r, err := e.c.OpenDir(ctx, a.Ino)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, unknown := 0, 0
+	for {
+		de, ok, err := r.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		n++
+		if de.Mode == 0 {
+			unknown++
+		}
+	}
+	if n != 301 {
+		t.Fatalf("readdir gave %d names while the HEADs wait, want 301", n)
+	}
+	if unknown != 301 {
+		t.Fatalf("%d of 301 entries have a type before their headers were read", 301-unknown)
+	}
+	// A stat of one entry waits for that entry's HEAD only.
+	if got := e.mustLookup("d/f123"); got.Mode != 0o100600 || got.UID != 7 {
+		t.Fatalf("stat of d/f123: mode %o uid %d, want its headers' 100600 and 7", got.Mode, got.UID)
+	}
+	close(release)
+	released = true
+	e.c.waitHeaderWalks()
+	if got := e.mustLookup("d/link"); got.Mode&0o170000 != 0o120000 {
+		t.Fatalf("d/link after its headers: mode %o, want a symlink", got.Mode)
+	}
+	// The listing now knows the types.
+	r, err = e.c.OpenDir(ctx, a.Ino)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		de, ok, err := r.Next()
+		if err != nil || !ok {
+			break
+		}
+		if de.Mode == 0 || (de.Name == "link" && de.Mode != 0o120000) {
+			t.Fatalf("%s: type %o after its headers were read", de.Name, de.Mode)
+		}
+	}
 }

@@ -225,7 +225,9 @@ func (c *Cache) adoptChangedSource(st *inodeState, p *uploadPlan, info s3backend
 			perm, uid, gid, mtime := rec.Perm, rec.UID, rec.GID, rec.Mtime
 			atime, xattrs := rec.Atime, rec.Xattrs
 			e := s3backend.ListEntry{Key: rec.RemoteKey, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
-			c.newVersionLocked(t, rec, rec.RemoteKey, e, &info)
+			if err := c.newVersionLocked(t, rec, rec.RemoteKey, e, &info); err != nil {
+				return err
+			}
 			if rec.Pending&pendMeta != 0 {
 				rec.Perm, rec.UID, rec.GID, rec.Mtime = perm, uid, gid, mtime
 				rec.Atime, rec.Xattrs = atime, xattrs

@@ -45,9 +45,13 @@ func (f *flight) do(key uint64, fn func() error) error {
 }
 
 // fill lists a directory in S3 and merges the result into the cache: one
-// ListObjectsV2 walk for all names, sizes and ETags, then a HEAD for each
-// object version whose headers are not known yet, many at once. Local
-// changes not yet in S3 always win over what the listing says.
+// ListObjectsV2 walk for all names, sizes and ETags. Local changes not yet
+// in S3 always win over what the listing says. It returns once the names
+// are known: the headers of object versions not seen before (x-amz-meta-*:
+// mode, owner, times, type) are learned afterwards, in the background and
+// many at once (walkHeaders), and a stat waits only for the entry it asks
+// about (learnHeaders). A program that wants names only (find, ls -f, a web
+// app listing uploads) does not pay a HEAD per object first.
 func (c *Cache) fill(ctx context.Context, ino uint64) error {
 	return c.ns.fills.do(ino, func() error { return c.doFill(ctx, ino) })
 }
@@ -63,7 +67,6 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 	start := c.nextSeq()
 	epoch := start
 	prefix := dirPrefix(dir.Path)
-	heads := c.newHeadPool(ctx)
 	var (
 		batch    []s3backend.ListEntry
 		deferred []s3backend.ListEntry
@@ -74,7 +77,7 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		if len(batch) == 0 {
 			return nil
 		}
-		d, ok, err := c.mergeBatch(ino, prefix, batch, epoch, start, heads)
+		d, ok, err := c.mergeBatch(ino, prefix, batch, epoch, start)
 		deferred = append(deferred, d...)
 		batch = batch[:0]
 		if err == nil && !ok {
@@ -94,7 +97,6 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 	if err == nil {
 		err = flush()
 	}
-	heads.close()
 	if stale {
 		return nil // the directory moved while it was listed; the next access lists the new place
 	}
@@ -105,13 +107,11 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		return err
 	}
 	if len(deferred) > 0 {
-		heads = c.newHeadPool(ctx)
-		_, _, err := c.mergeBatch(ino, prefix, deferred, epoch, start, heads)
-		heads.close()
-		if err != nil {
+		if _, _, err := c.mergeBatch(ino, prefix, deferred, epoch, start); err != nil {
 			return err
 		}
 	}
+	defer c.startHeaderWalk(ino)
 	return c.transact(txBookkeeping, func(t *nsTx) error {
 		d, err := t.get(ino)
 		if err != nil {
@@ -143,12 +143,8 @@ func busy(n *Inode) bool { return n.needsWork() || n.UploadKey != "" }
 // directory moved since the listing began (its result must be dropped).
 // Objects whose name is taken by a directory entry not yet confirmed by
 // this listing are returned, to be decided after the sweep.
-func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEntry, epoch, start uint64, heads *headPool) (deferred []s3backend.ListEntry, ok bool, err error) {
-	var jobs []headJob
-	defer func() { heads.add(jobs...) }()
-	var tx *nsTx
+func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEntry, epoch, start uint64) (deferred []s3backend.ListEntry, ok bool, err error) {
 	err = c.transact(txBookkeeping, func(t *nsTx) error {
-		tx = t
 		dir, err := t.get(ino)
 		if err != nil {
 			return err
@@ -178,7 +174,6 @@ func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEn
 	if err != nil || !ok {
 		return nil, false, err
 	}
-	jobs = tx.heads
 	return deferred, true, nil
 }
 
@@ -244,7 +239,9 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 			seen()
 			return false, nil
 		default:
-			c.newVersionLocked(t, child, key, e, info)
+			if err := c.newVersionLocked(t, child, key, e, info); err != nil {
+				return false, err
+			}
 			seen()
 			return false, nil
 		}
@@ -284,8 +281,18 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 		rec.ValidUntil = now + int64(c.opt.MetadataTTL)
 	}
 	t.add(rec)
-	t.setDentry(dir.Ino, name, dentry{Ino: ino, Epoch: epoch, Kind: rec.Kind})
+	t.setDentry(dir.Ino, name, dentry{Ino: ino, Epoch: epoch, Kind: dentryKind(rec)})
 	return false, nil
+}
+
+// dentryKind is the kind a directory entry records for n: 0 (unknown, a
+// readdir reports DT_UNKNOWN) for an object whose headers, which may make
+// it a symlink or a special file, are not known yet.
+func dentryKind(n *Inode) Kind {
+	if n.Kind == KindFile && !n.AttrsKnown {
+		return 0
+	}
+	return n.Kind
 }
 
 // setVersion points a file record at a new object version: every block
@@ -306,7 +313,7 @@ func (c *Cache) setVersion(n *Inode, etag string, size, mtime int64) {
 
 // newVersionLocked replaces a clean file's content with another writer's
 // version. Blocks of the old version are dropped once no handle reads them.
-func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.ListEntry, info *s3backend.ObjectInfo) {
+func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.ListEntry, info *s3backend.ObjectInfo) error {
 	n.RemoteKey = key
 	c.setVersion(n, e.ETag, e.Size, e.LastModified.UnixNano())
 	n.Kind = KindFile
@@ -317,6 +324,9 @@ func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.List
 	} else {
 		t.head(n.Ino, key, e.ETag)
 	}
+	if err := c.kindChangedLocked(t, n); err != nil {
+		return err
+	}
 	ino := n.Ino
 	t.after = append(t.after, func() {
 		c.dropUnusedBlocks(ino)
@@ -324,6 +334,7 @@ func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.List
 			c.opt.Invalidate(ino)
 		}
 	})
+	return nil
 }
 
 // applyHeaders sets a record's attributes from an object's headers.
@@ -586,53 +597,158 @@ func (c *Cache) removeVictims(ino uint64, victims []victim, epoch, start uint64)
 	})
 }
 
-// headPool runs the HEADs that learn attributes while a directory fills,
-// HeadWorkers at a time. Jobs are queued without holding nsMu (a full
-// queue blocks the lister, which is what bounds memory for huge
-// directories); workers take nsMu to apply each result.
-type headPool struct {
-	c    *Cache
-	ctx  context.Context
-	jobs chan headJob
-	wg   sync.WaitGroup
-	once sync.Once
-}
-
+// headJob is a HEAD that learns an object's attributes: the inode, its
+// key and the version it expects.
 type headJob struct {
 	ino       uint64
 	key, etag string // etag "" for a directory's marker that may not exist
 }
 
-func (c *Cache) newHeadPool(ctx context.Context) *headPool {
-	return &headPool{c: c, ctx: ctx, jobs: make(chan headJob, 256)}
+// kindChangedLocked keeps the kind n's directory entry records in step
+// with its record: unknown until
+// the headers are known, which may make the object a symlink or a special
+// file. When a type the kernel may have seen changes, the kernel drops
+// its entry, so that the next lookup makes an inode of the right type.
+func (c *Cache) kindChangedLocked(t *nsTx, n *Inode) error {
+	if n.Parent == 0 {
+		return nil
+	}
+	d, ok, err := t.dentry(n.Parent, n.Name)
+	if err != nil {
+		return err
+	}
+	want := dentryKind(n)
+	if !ok || d.Ino != n.Ino || d.Kind == want {
+		return nil
+	}
+	prev := d.Kind
+	d.Kind = want
+	t.setDentry(n.Parent, n.Name, d)
+	if prev != 0 && want != 0 && prev != want && c.opt.InvalidateEntry != nil {
+		parent, name := n.Parent, n.Name
+		t.after = append(t.after, func() { c.opt.InvalidateEntry(parent, name) })
+	}
+	return nil
 }
 
-func (p *headPool) add(jobs ...headJob) {
-	if len(jobs) == 0 {
+// needsHeaders reports whether n's headers are yet to be read.
+func (c *Cache) needsHeaders(n *Inode) bool {
+	return !c.opt.SkipHeaders && !n.AttrsKnown && n.RemoteKey != "" && !busy(n) && n.Ino != RootIno
+}
+
+// learnHeaders reads the headers of n's object version (HEAD) if they are
+// not known yet, or joins a HEAD of them already under way, and returns
+// the record as it then is. A stat waits for this, and only for its own
+// entry. If S3 does not answer, n is returned as it is (defaults for what
+// the headers would say).
+func (c *Cache) learnHeaders(ctx context.Context, n *Inode) *Inode {
+	if !c.needsHeaders(n) {
+		return n
+	}
+	j := headJob{ino: n.Ino, key: n.RemoteKey, etag: n.ETag}
+	if n.Kind == KindDir {
+		j.etag = ""
+	}
+	c.ns.heads.do(n.Ino, func() error {
+		// Not the caller's context: others may wait on this HEAD, and one
+		// of them being interrupted must not fail the rest.
+		info, err := c.store.Head(c.tasks.ctx, j.key)
+		c.applyHead(j, info, err)
+		return nil
+	})
+	if fresh, err := c.snapshot(n.Ino); err == nil {
+		return fresh
+	}
+	return n
+}
+
+// startHeaderWalk learns, in the background, the headers of every entry of
+// directory ino that needs them (and of the directory itself), HeadWorkers
+// at a time, so that an ls -l after a readdir finds them read or being
+// read. One walk per directory runs at a time; a start while one runs makes
+// it go over the directory once more.
+func (c *Cache) startHeaderWalk(ino uint64) {
+	if c.opt.SkipHeaders {
 		return
 	}
-	p.once.Do(func() {
-		for i := 0; i < p.c.opt.HeadWorkers; i++ {
-			p.wg.Add(1)
-			go func() {
-				defer p.wg.Done()
-				for j := range p.jobs {
-					info, err := p.c.store.Head(p.ctx, j.key)
-					p.c.applyHead(j, info, err)
-				}
-			}()
+	c.ns.walksMu.Lock()
+	if c.ns.walking[ino] {
+		c.ns.walkAgain[ino] = true
+		c.ns.walksMu.Unlock()
+		return
+	}
+	c.ns.walking[ino] = true
+	c.ns.walks.Add(1)
+	c.ns.walksMu.Unlock()
+	if !c.tasks.Go(func() {
+		defer c.ns.walks.Done()
+		for {
+			c.walkHeaders(ino)
+			c.ns.walksMu.Lock()
+			again := c.ns.walkAgain[ino]
+			delete(c.ns.walkAgain, ino)
+			if !again {
+				delete(c.ns.walking, ino)
+				c.ns.walksMu.Unlock()
+				return
+			}
+			c.ns.walksMu.Unlock()
 		}
-	})
-	for _, j := range jobs {
-		p.jobs <- j
+	}) {
+		c.ns.walksMu.Lock()
+		delete(c.ns.walking, ino)
+		c.ns.walksMu.Unlock()
+		c.ns.walks.Done()
 	}
 }
 
-// close waits for every queued HEAD. The pool cannot be used afterwards.
-func (p *headPool) close() {
-	close(p.jobs)
-	p.wg.Wait()
+// walkHeaders is one walk of startHeaderWalk. It stops early when the
+// cache closes or S3 does not answer: what is left is learned on demand.
+func (c *Cache) walkHeaders(ino uint64) {
+	ctx := c.tasks.ctx
+	jobs := make(chan uint64, 256)
+	var wg sync.WaitGroup
+	for i := 0; i < c.opt.HeadWorkers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for child := range jobs {
+				if ctx.Err() != nil || c.s3Unreachable() {
+					continue // drain the queue
+				}
+				if n, err := c.snapshot(child); err == nil {
+					c.learnHeaders(ctx, n)
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(jobs)
+		wg.Wait()
+	}()
+	if dir, err := c.snapshot(ino); err != nil || dir.Kind != KindDir {
+		return
+	} else if c.needsHeaders(dir) {
+		jobs <- ino
+	}
+	r := &DirReader{c: c, ino: ino}
+	for ctx.Err() == nil && !c.s3Unreachable() {
+		e, ok, err := r.Next()
+		if err != nil {
+			c.log.Warn("cache: walk a directory for headers", "err", err)
+			return
+		}
+		if !ok {
+			return
+		}
+		if n, err := c.snapshot(e.Ino); err == nil && c.needsHeaders(n) {
+			jobs <- e.Ino
+		}
+	}
 }
+
+// waitHeaderWalks waits for the header walks that run (tests).
+func (c *Cache) waitHeaderWalks() { c.ns.walks.Wait() }
 
 // applyHead stores what a HEAD learned, unless the inode changed since.
 func (c *Cache) applyHead(j headJob, info s3backend.ObjectInfo, err error) {
@@ -659,19 +775,10 @@ func (c *Cache) applyHead(j headJob, info s3backend.ObjectInfo, err error) {
 			return nil
 		}
 		if info.ETag != n.ETag {
-			c.newVersionLocked(t, n, j.key, s3backend.ListEntry{Key: j.key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}, &info)
-		} else {
-			c.applyHeaders(n, &info)
+			return c.newVersionLocked(t, n, j.key, s3backend.ListEntry{Key: j.key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}, &info)
 		}
-		if n.Kind != KindFile && n.Parent != 0 {
-			// The headers made a symlink or a special file of the object.
-			d, _, err := t.dentry(n.Parent, n.Name)
-			if err != nil {
-				return err
-			}
-			t.setDentry(n.Parent, n.Name, dentry{Ino: n.Ino, Kind: n.Kind, Epoch: d.Epoch})
-		}
-		return nil
+		c.applyHeaders(n, &info)
+		return c.kindChangedLocked(t, n)
 	})
 	if err != nil {
 		// The attributes stay unknown; the next listing asks again.
@@ -832,9 +939,14 @@ func (c *Cache) recheck(ctx context.Context, ino uint64, n *Inode) (*Inode, erro
 		}
 		if info.ETag != cur.ETag {
 			e := s3backend.ListEntry{Key: cur.RemoteKey, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
-			c.newVersionLocked(t, cur, cur.RemoteKey, e, &info)
+			if err := c.newVersionLocked(t, cur, cur.RemoteKey, e, &info); err != nil {
+				return err
+			}
 		} else if !cur.AttrsKnown {
 			c.applyHeaders(cur, &info)
+			if err := c.kindChangedLocked(t, cur); err != nil {
+				return err
+			}
 		}
 		cur.ValidUntil = c.now() + int64(c.opt.MetadataTTL)
 		out = cur.clone()

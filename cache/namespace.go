@@ -415,7 +415,7 @@ func (c *Cache) Lookup(ctx context.Context, parent uint64, name string) (Attr, e
 	if child, err = c.revalidateOrStale(ctx, child); err != nil {
 		return Attr{}, err
 	}
-	return c.attrOf(child), nil
+	return c.attrOf(c.learnHeaders(ctx, child)), nil
 }
 
 // unavailable reports whether err says S3 did not answer (an outage, a
@@ -489,7 +489,7 @@ func (c *Cache) Getattr(ctx context.Context, ino uint64) (Attr, error) {
 	if n, err = c.revalidateOrStale(ctx, n); err != nil {
 		return Attr{}, err
 	}
-	return c.attrOf(n), nil
+	return c.attrOf(c.learnHeaders(ctx, n)), nil
 }
 
 // Readlink returns a symlink's target.
@@ -517,7 +517,7 @@ func (c *Cache) Readlink(ctx context.Context, ino uint64) (string, error) {
 type DirEntry struct {
 	Name string
 	Ino  uint64
-	Mode uint32 // type bits only
+	Mode uint32 // type bits only; 0 while the type is not known (DT_UNKNOWN)
 }
 
 // DirReader streams a directory's entries in name order, a batch at a
@@ -604,7 +604,11 @@ func (r *DirReader) load() error {
 			}); err != nil {
 				return err
 			}
-			r.buf = append(r.buf, DirEntry{Name: string(k[len(prefix):]), Ino: d.Ino, Mode: modeBits(d.Kind)})
+			mode := uint32(0) // DT_UNKNOWN: its headers are not read yet
+			if d.Kind != 0 {
+				mode = modeBits(d.Kind)
+			}
+			r.buf = append(r.buf, DirEntry{Name: string(k[len(prefix):]), Ino: d.Ino, Mode: mode})
 			r.after = k
 			n++
 		}

@@ -122,7 +122,12 @@ func (f *FS) Mount(dir string) error {
 			// attribute refresh rather than with a GETXATTR before every
 			// write(2), which FUSE's nosec-less default costs a mount that
 			// answers getxattr.
-			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
+			//
+			// READDIRPLUS_AUTO: the kernel asks for entries with their
+			// attributes (a lookup each, which waits for the entry's
+			// headers) only where a listing is followed by stats (ls -l),
+			// not for a program that wants names only (find, ls -f).
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_READDIRPLUS_AUTO,
 		},
 	}
 	if f.opt.ReadOnly {
