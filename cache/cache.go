@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/keelfs/keelfs/cache/blocks"
 	"hash/fnv"
 	"log/slog"
 	"os"
@@ -108,6 +109,9 @@ type Options struct {
 	// (SIGBUS) when the disk fills under them. Default the smaller of
 	// 64 MiB and a tenth of the filesystem; negative disables it.
 	MinFreeDisk int64
+	// Statfs reports the free space of the cache's filesystem; nil asks
+	// the kernel. Tests give it a disk of their own.
+	Statfs func() (free int64, err error)
 }
 
 func (o *Options) setDefaults() {
@@ -192,8 +196,8 @@ func (o *Options) setDefaults() {
 //
 //   - ns (namespace.go): directory entries, inode records, claims and
 //     tombstones, and the in-memory state of active inodes.
-//   - blocks (blockstore.go): block files, their index, accounting and
-//     eviction.
+//   - blocks (package blocks): block files, their index, integrity,
+//     accounting and eviction, and the backing files of passthrough.
 //   - wb (package writeback): when each upload or delete runs, in an
 //     explicit state per job.
 //   - rc (reconcile.go): what one attempt does (seal, send, apply the
@@ -204,7 +208,7 @@ func (o *Options) setDefaults() {
 // # Locking
 //
 // Lock order: namespace.mu before inodeState.mu before namespace.statesMu;
-// blockStore.mu, the scheduler's, fetcher.mu and tasks.mu are leaves. Only
+// blocks.Store's locks, the scheduler's, fetcher.mu and tasks.mu are leaves. Only
 // holders of namespace.mu lock more than one inodeState. No lock is held
 // across an S3 request or while waiting for cache space.
 type Cache struct {
@@ -215,7 +219,7 @@ type Cache struct {
 	stats Stats
 
 	ns     namespace
-	blocks *blockStore
+	blocks *blocks.Store
 	wb     *writeback.Scheduler
 	rc     reconciler
 	fetch  fetcher
@@ -283,20 +287,26 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 			walking:   make(map[uint64]bool),
 			walkAgain: make(map[uint64]bool),
 		},
-		fetch: fetcher{inflight: make(map[blockID]*fetchCall), sem: make(chan struct{}, 16)},
+		fetch: fetcher{inflight: make(map[blocks.ID]*fetchCall), sem: make(chan struct{}, 16)},
 		rc:    reconciler{deleting: make(map[string]bool)},
 		tasks: newTasks(),
 	}
 	c.ns.seq.Store(uint64(opt.Now().UnixNano()))
 	c.zeroBlock = make([]byte, opt.BlockSize)
 	c.bufMem = newBufferBudget(max(16<<20, 8*opt.BlockSize))
-	c.blocks, err = newBlockStore(filepath.Join(opt.Dir, "blocks"), db, opt.CacheSize, opt.EncryptionKey, opt.Logger)
+	minFree, err := minFreeFor(opt.MinFreeDisk, opt.Dir)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	c.blocks.goBackground = c.tasks.Go
-	if c.blocks.minFree, err = minFreeFor(opt.MinFreeDisk, opt.Dir); err != nil {
+	c.blocks, err = blocks.Open(blocks.Options{
+		Dir: filepath.Join(opt.Dir, "blocks"), DB: db, Limit: opt.CacheSize, Key: opt.EncryptionKey,
+		Log: opt.Logger, MinFree: minFree, Statfs: opt.Statfs, Background: c.tasks.Go,
+		// The scheduler is made below; nothing reserves room before then.
+		OnPressure: func() { c.wb.Pressure() },
+		Hopeless:   c.s3Unreachable,
+	})
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -317,8 +327,6 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 			}
 		},
 	})
-	c.blocks.onPressure = c.wb.Pressure
-	c.blocks.hopeless = c.s3Unreachable
 	if err := c.recover(ctx); err != nil {
 		c.wb.Stop()
 		c.tasks.close()
@@ -339,7 +347,7 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 // groupCommit makes the cache durable on its disk every CommitInterval,
 // for all the closes of the interval at once (see Handle.Flush). A
 // failure is kept for the next fsync or close of the cache to report
-// (blockStore.aheadErr), and logged.
+// (see blocks.Store.Sync), and logged.
 func (c *Cache) groupCommit() {
 	t := c.opt.Clock.NewTicker(c.opt.CommitInterval)
 	defer t.Stop()
@@ -348,7 +356,7 @@ func (c *Cache) groupCommit() {
 		case <-c.tasks.ctx.Done():
 			return
 		case <-t.Chan():
-			c.blocks.commit()
+			c.blocks.Commit()
 		}
 	}
 }
@@ -361,8 +369,8 @@ func (c *Cache) Close() error {
 		c.wb.Stop() // attempts end first: they may start tasks of their own
 		c.tasks.close()
 		c.flushAllBuffers()
-		c.blocks.closeFiles()
-		if serr := c.blocks.sync(); serr != nil {
+		c.blocks.Close()
+		if serr := c.blocks.Sync(); serr != nil {
 			err = serr
 		}
 		if cerr := c.db.Close(); cerr != nil && err == nil {
@@ -759,4 +767,4 @@ type Stats struct {
 func (c *Cache) Stats() *Stats { return &c.stats }
 
 // Usage reports the bytes of clean and dirty blocks in the cache.
-func (c *Cache) Usage() (clean, dirty int64) { return c.blocks.usage() }
+func (c *Cache) Usage() (clean, dirty int64) { return c.blocks.Usage() }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/keelfs/keelfs/cache/blocks"
 	"strconv"
 	"strings"
 	"time"
@@ -177,7 +178,7 @@ func (c *Cache) baseGone(ctx context.Context, st *inodeState, p *uploadPlan, bas
 // file changed again meanwhile (then the newer local state is saved over
 // the conflict copy first, and the scheduler, told of those changes,
 // runs it again).
-func (c *Cache) applyConflictSaved(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan, etag string) []blockID {
+func (c *Cache) applyConflictSaved(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan, etag string) []blocks.ID {
 	rec.ConflictETag = etag
 	rec.UploadKey, rec.UploadTokens, rec.UploadIfMatch, rec.UploadID = "", "", "", ""
 	if st.dataChanges != p.dataChanges || rec.MetaVer != p.metaVer {
@@ -195,7 +196,7 @@ func (c *Cache) applyConflictSaved(t *nsTx, st *inodeState, rec *Inode, p *uploa
 	rec.ContentVer++
 	ino := rec.Ino
 	t.after = append(t.after, func() {
-		c.blocks.unpin(ino)
+		c.blocks.Unpin(ino)
 		c.tasks.Go(func() {
 			if _, err := c.revalidate(c.tasks.ctx, ino); err != nil && !errors.Is(err, ErrNotExist) && !errors.Is(err, context.Canceled) {
 				c.log.Warn("cache: refresh after conflict", "err", err)
@@ -289,16 +290,16 @@ func (c *Cache) fetchAhead(ino uint64) {
 	}
 	snap := rec.clone()
 	st.mu.Unlock()
-	var clean []blockID
+	var clean []blocks.ID
 	var missing int64
 	for _, r := range snap.Runs {
 		if r.Dirty || r.Gen == 0 {
 			continue
 		}
 		for idx := r.Start; idx < r.End; idx++ {
-			id := blockID{snap.Ino, r.Gen, idx}
+			id := blocks.ID{Ino: snap.Ino, Gen: r.Gen, Idx: idx}
 			clean = append(clean, id)
-			if _, found, err := c.blockMeta(id); err != nil || !found {
+			if _, found, err := c.blocks.Lookup(id); err != nil || !found {
 				missing += c.opt.BlockSize
 			}
 		}
@@ -306,7 +307,7 @@ func (c *Cache) fetchAhead(ino uint64) {
 	if len(clean) == 0 || missing > c.opt.CompleteMax {
 		return
 	}
-	if !c.blocks.pin(snap.Ino, clean, missing) {
+	if !c.blocks.Pin(snap.Ino, clean, missing) {
 		return // pinned blocks would crowd out the cache
 	}
 	if missing == 0 {

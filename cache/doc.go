@@ -23,8 +23,9 @@
 // version, If-Match its ETag) or written here (dirty: never evicted). A new
 // ETag from another writer gives the file a new generation, so a block of
 // the old object is never served as part of the new one. The bytes live in
-// files under blocks/, indexed in badger (see blockstore.go for why they
-// are not badger values). Clean blocks are evicted least recently used to
+// files under blocks/, indexed in badger: package blocks owns the layout,
+// the index, integrity checks, eviction and the backing files of FUSE
+// passthrough (see its doc for why blocks are not badger values). Clean blocks are evicted least recently used to
 // keep the cache within CacheSize and the disk above MinFreeDisk; when
 // dirty data alone fills it, writers wait for uploads and then get
 // ErrNoSpace.

@@ -1,6 +1,10 @@
 package cache
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/keelfs/keelfs/cache/blocks"
+)
 
 // Sentinel errors of the cache layer. fs/errno.go turns each into an errno;
 // anything else from below (s3backend errors included) is mapped there too.
@@ -15,7 +19,7 @@ var (
 	ErrReadOnly    = errors.New("read-only mount")
 	// ErrNoSpace: dirty data fills the cache and uploads could not make
 	// room in time. Nothing was written; the caller may retry later.
-	ErrNoSpace = errors.New("cache full of data not yet uploaded")
+	ErrNoSpace = blocks.ErrNoSpace
 	// ErrNoHardLinks: objects in S3 cannot share content.
 	ErrNoHardLinks = errors.New("hard links are not supported")
 	ErrFileTooBig  = errors.New("file larger than S3 allows (5 TiB)")
@@ -24,7 +28,7 @@ var (
 	ErrStale = errors.New("stale file handle")
 	// ErrCorrupt: a cached block failed its checksum or is missing. The
 	// block is dropped; clean data is fetched again on the next read.
-	ErrCorrupt = errors.New("cache data corrupt")
+	ErrCorrupt = blocks.ErrCorrupt
 	// ErrUploadFailed: fsync could not get the file into S3. The data is
 	// safe in the cache and the upload is retried in the background.
 	ErrUploadFailed = errors.New("upload to s3 failed")

@@ -4,11 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/keelfs/keelfs/cache/blocks"
 	"io"
 	"sync"
 	"sync/atomic"
-
-	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/keelfs/keelfs/s3backend"
 )
@@ -44,8 +43,8 @@ func (c *Cache) releaseCall(call *fetchCall) {
 // Lock order: fetcher.mu is a leaf.
 type fetcher struct {
 	mu       sync.Mutex
-	inflight map[blockID]*fetchCall // guarded by mu
-	sem      chan struct{}          // background GETs running
+	inflight map[blocks.ID]*fetchCall // guarded by mu
+	sem      chan struct{}            // background GETs running
 }
 
 func (c *Cache) fetchState() *fetcher { return &c.fetch }
@@ -64,7 +63,7 @@ func (c *Cache) fetchBlock(ctx context.Context, src blockSource) ([]byte, func()
 	}
 	f.mu.Unlock()
 	if !ok {
-		c.runFetch(ctx, src, src.id.idx, src.id.idx+1, []*fetchCall{call})
+		c.runFetch(ctx, src, src.id.Idx, src.id.Idx+1, []*fetchCall{call})
 	}
 	select {
 	case <-call.done:
@@ -117,7 +116,7 @@ func (c *Cache) failRun(r fetchRun, err error) {
 	for i, call := range r.calls {
 		call.err = err
 		f.mu.Lock()
-		delete(f.inflight, blockID{r.src.id.ino, r.src.id.gen, r.from + int64(i)})
+		delete(f.inflight, blocks.ID{Ino: r.src.id.Ino, Gen: r.src.id.Gen, Idx: r.from + int64(i)})
 		f.mu.Unlock()
 		close(call.done)
 	}
@@ -149,7 +148,7 @@ func (c *Cache) claim(rec *Inode, start, end int64) []fetchRun {
 		s := c.sourceOf(rec, idx)
 		wanted := !s.hole && !s.dirty && s.key != ""
 		if wanted {
-			if _, found, err := c.blockMeta(s.id); err != nil || found {
+			if _, found, err := c.blocks.Lookup(s.id); err != nil || found {
 				wanted = false
 			}
 		}
@@ -164,7 +163,7 @@ func (c *Cache) claim(rec *Inode, start, end int64) []fetchRun {
 			}
 			f.mu.Unlock()
 		}
-		if !wanted || (cur.from >= 0 && (s.id.gen != cur.src.id.gen || idx-cur.from >= prefetchChunk)) {
+		if !wanted || (cur.from >= 0 && (s.id.Gen != cur.src.id.Gen || idx-cur.from >= prefetchChunk)) {
 			launch(idx)
 		}
 		if wanted {
@@ -235,7 +234,7 @@ func (c *Cache) runFetch(ctx context.Context, src blockSource, start, end int64,
 	f := c.fetchState()
 	forget := func(i int) {
 		f.mu.Lock()
-		delete(f.inflight, blockID{src.id.ino, src.id.gen, start + int64(i)})
+		delete(f.inflight, blocks.ID{Ino: src.id.Ino, Gen: src.id.Gen, Idx: start + int64(i)})
 		f.mu.Unlock()
 	}
 	finish := func(i int, data []byte, err error) {
@@ -277,7 +276,7 @@ func (c *Cache) runFetch(ctx context.Context, src blockSource, start, end int64,
 			call := calls[next]
 			call.data = buf
 			close(call.done)
-			c.storeClean(blockID{src.id.ino, src.id.gen, idx}, buf)
+			c.blocks.StoreClean(blocks.ID{Ino: src.id.Ino, Gen: src.id.Gen, Idx: idx}, buf)
 			forget(next)
 			c.releaseCall(call)
 			next++
@@ -297,29 +296,6 @@ func (c *Cache) runFetch(ctx context.Context, src blockSource, start, end int64,
 			finish(next, nil, err)
 		}
 	}
-}
-
-// storeClean caches a block fetched from S3, if there is room.
-func (c *Cache) storeClean(id blockID, data []byte) {
-	ok, err := c.blocks.reserve(context.Background(), uint32(len(data)), false, 0)
-	if err != nil || !ok {
-		return
-	}
-	meta, err := c.blocks.write(id, data)
-	if err != nil {
-		c.log.Warn("cache: store block", "err", err)
-		return
-	}
-	err = update(c.db, func(txn *badger.Txn) error {
-		return txn.Set(blockKey(id.ino, id.gen, id.idx), meta.marshal())
-	})
-	if err != nil {
-		c.blocks.removeFile(id)
-		c.log.Warn("cache: index block", "err", err)
-		return
-	}
-	c.blocks.added(id, meta.Len, false)
-	c.blocks.trust(id, meta)
 }
 
 // readAhead follows one file's access pattern: a window that doubles while

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/keelfs/keelfs/cache/blocks"
 	"io/fs"
 	"sync"
 	"syscall"
@@ -216,7 +217,7 @@ func (h *Handle) sourceLocked() *Inode {
 
 // blockSource is where the content of one block comes from.
 type blockSource struct {
-	id    blockID
+	id    blocks.ID
 	hole  bool // reads as zeros
 	dirty bool // must be in the block store
 	key   string
@@ -229,7 +230,7 @@ func (c *Cache) sourceOf(rec *Inode, idx int64) blockSource {
 	if !ok || run.Gen == 0 {
 		return blockSource{hole: true}
 	}
-	return blockSource{id: blockID{rec.Ino, run.Gen, idx}, dirty: run.Dirty,
+	return blockSource{id: blocks.ID{Ino: rec.Ino, Gen: run.Gen, Idx: idx}, dirty: run.Dirty,
 		key: rec.RemoteKey, etag: rec.ETag, rsize: rec.RemoteSize}
 }
 
@@ -287,7 +288,7 @@ func (c *Cache) readCachedRange(h *Handle, idx, off int64, dst []byte) bool {
 	if src.hole {
 		return false
 	}
-	if !c.blocks.readRange(src.id, off, dst) {
+	if !c.blocks.ReadRange(src.id, off, dst) {
 		return false
 	}
 	c.stats.CacheHits.Add(1)
@@ -296,7 +297,7 @@ func (c *Cache) readCachedRange(h *Handle, idx, off int64, dst []byte) bool {
 
 // testHookBlockLookedUp, if set, runs between a block's index lookup and
 // the read of its file.
-var testHookBlockLookedUp func(blockID)
+var testHookBlockLookedUp func(blocks.ID)
 
 // readLocal reads a block from the block store; found is false when it is
 // not cached (a clean block then comes from S3). It never asks S3, so it
@@ -307,7 +308,7 @@ var testHookBlockLookedUp func(blockID)
 // after fails its checksum; it is read again under that lock, where the
 // two agree.
 func (c *Cache) readLocal(src blockSource, st *inodeState) (data []byte, release func(), found bool, err error) {
-	meta, found, err := c.blockMeta(src.id)
+	meta, found, err := c.blocks.Lookup(src.id)
 	if err != nil {
 		return nil, nil, false, err
 	}
@@ -317,11 +318,11 @@ func (c *Cache) readLocal(src blockSource, st *inodeState) (data []byte, release
 		if testHookBlockLookedUp != nil {
 			testHookBlockLookedUp(src.id)
 		}
-		err = c.blocks.read(src.id, meta, buf)
+		err = c.blocks.Read(src.id, meta, buf)
 		if err != nil && src.dirty && st != nil {
 			st.mu.Lock()
-			if meta, found, err = c.blockMeta(src.id); err == nil && found {
-				err = c.blocks.read(src.id, meta, buf)
+			if meta, found, err = c.blocks.Lookup(src.id); err == nil && found {
+				err = c.blocks.Read(src.id, meta, buf)
 			}
 			st.mu.Unlock()
 		}
@@ -345,10 +346,10 @@ func (c *Cache) readLocal(src blockSource, st *inodeState) (data []byte, release
 		// also have raced a fetch that stored the same block again. Not
 		// corruption: forget what is left and fetch it.
 		c.log.Debug("cache: cached block vanished; fetching it again", "block", fmt.Sprint(src.id))
-		c.deleteBlocks([]blockID{src.id})
+		c.deleteBlocks([]blocks.ID{src.id})
 	case errors.Is(err, ErrCorrupt):
 		c.log.Warn("cache: dropping unreadable cached block", "err", err)
-		c.deleteBlocks([]blockID{src.id})
+		c.deleteBlocks([]blocks.ID{src.id})
 	default:
 		release()
 		return nil, nil, false, err
@@ -372,26 +373,6 @@ func (c *Cache) loadBlock(ctx context.Context, src blockSource, st *inodeState) 
 	}
 	c.stats.CacheMisses.Add(1)
 	return c.fetchBlock(ctx, src)
-}
-
-func (c *Cache) blockMeta(id blockID) (blockMeta, bool, error) {
-	var m blockMeta
-	found := false
-	err := c.db.View(func(txn *badger.Txn) error {
-		it, err := txn.Get(blockKey(id.ino, id.gen, id.idx))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		found = true
-		return it.Value(func(v []byte) error {
-			m, err = unmarshalBlockMeta(v)
-			return err
-		})
-	})
-	return m, found, err
 }
 
 var blockPool sync.Pool
@@ -493,11 +474,11 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 			}
 		}
 		src := c.sourceOf(rec, idx)
-		inOpenGen := !src.hole && src.dirty && src.id.gen == rec.OpenGen && rec.OpenGen != 0
+		inOpenGen := !src.hole && src.dirty && src.id.Gen == rec.OpenGen && rec.OpenGen != 0
 		if !inOpenGen && !reserved {
 			// A new dirty block: make room first, without the lock.
 			st.mu.Unlock()
-			if _, err := c.blocks.reserve(ctx, uint32(c.opt.BlockSize), true, c.opt.SpaceWait); err != nil {
+			if _, err := c.blocks.Reserve(ctx, uint32(c.opt.BlockSize), true, c.opt.SpaceWait); err != nil {
 				return err
 			}
 			reserved = true
@@ -589,8 +570,8 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	bs := c.opt.BlockSize
 	// Only the part inside the file is stored.
 	n := min(bs, max(0, rec.Size-b.idx*bs))
-	id := blockID{rec.Ino, b.gen, b.idx}
-	meta, err := c.blocks.write(id, b.data[:n])
+	id := blocks.ID{Ino: rec.Ino, Gen: b.gen, Idx: b.idx}
+	meta, err := c.blocks.Write(id, b.data[:n])
 	if err != nil {
 		return err
 	}
@@ -599,18 +580,18 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	rec.Runs = truncateRuns(rec.Runs, (rec.Size+bs-1)/bs)
 	rec.Pending |= pendData
 	err = update(c.db, func(txn *badger.Txn) error {
-		if err := txn.Set(blockKey(id.ino, id.gen, id.idx), meta.marshal()); err != nil {
+		if err := c.blocks.Index(txn, id, meta); err != nil {
 			return err
 		}
 		return putInode(txn, old, rec)
 	})
 	if err != nil {
 		rec.Runs = old.Runs
-		c.blocks.removeFile(id)
+		c.blocks.Discard(id)
 		return fmt.Errorf("cache commit: %w", err)
 	}
-	c.blocks.added(id, meta.Len, true)
-	c.blocks.trust(id, meta)
+	c.blocks.Added(id, meta.Len, true)
+	c.blocks.Trust(id, meta)
 	c.bufMem.release(b)
 	st.buf = nil
 	return nil
@@ -771,7 +752,7 @@ func (h *Handle) Fsync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := c.blocks.sync(); err != nil {
+	if err := c.blocks.Sync(); err != nil {
 		return err
 	}
 	return c.syncFile(ctx, st)
@@ -889,38 +870,24 @@ func (c *Cache) dropUnusedBlocks(ino uint64) {
 }
 
 // dropBlocks deletes the blocks of ino whose generation is at most upTo
-// and not in keep (all of them when keep is nil).
+// and not in keep (all of them, and its backing file, when keep is nil).
+// A failure leaves them for the next start-up, which deletes blocks no
+// record refers to; it is logged.
 func (c *Cache) dropBlocks(ino uint64, keep map[uint64]bool, upTo uint64) {
-	var ids []blockID
-	c.db.View(func(txn *badger.Txn) error {
-		prefix := blockPrefix(ino)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		defer it.Close()
-		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
-			_, gen, idx, ok := parseBlockKey(it.Item().Key())
-			if ok && gen <= upTo && !keep[gen] {
-				ids = append(ids, blockID{ino, gen, idx})
-			}
+	if keep == nil {
+		if err := c.blocks.Changed(ino, 0, nil); err != nil {
+			c.log.Warn("cache: drop backing file", "err", err)
 		}
-		return nil
-	})
-	c.deleteBlocks(ids)
+	}
+	if err := c.blocks.DropInode(ino, keep, upTo); err != nil {
+		c.log.Warn("cache: drop unused blocks", "err", err)
+	}
 }
 
-func (c *Cache) deleteBlocks(ids []blockID) {
-	if len(ids) == 0 {
-		return
-	}
-	wb := c.db.NewWriteBatch()
-	for _, id := range ids {
-		wb.Delete(blockKey(id.ino, id.gen, id.idx))
-	}
-	if err := wb.Flush(); err != nil {
+// deleteBlocks deletes blocks found unreadable or vanished; see dropBlocks
+// for a failure.
+func (c *Cache) deleteBlocks(ids []blocks.ID) {
+	if err := c.blocks.Delete(ids); err != nil {
 		c.log.Warn("cache: delete blocks", "err", err)
-		return
-	}
-	for _, id := range ids {
-		c.blocks.removeFile(id)
-		c.blocks.removed(id)
 	}
 }

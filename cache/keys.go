@@ -1,6 +1,10 @@
 package cache
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/keelfs/keelfs/cache/blocks"
+)
 
 // Badger key layout. One byte of prefix, then big-endian numbers so that
 // keys of one inode or directory sort together.
@@ -12,7 +16,7 @@ import "encoding/binary"
 //	                         name no longer matches it (moved, unlinked but
 //	                         open, or an upload in flight) -> ino
 //	t <key>                  tombstone: the object must be deleted -> ETag
-//	b <ino> <gen> <idx>      block index -> blockMeta (the bytes are a file)
+//	b <ino> <gen> <idx>      block index -> blocks.Meta (the bytes are a file)
 //	r <ino>                  a directory rename whose subtree paths are
 //	                         being rewritten (redone after a crash)
 //	s                        superblock (format and settings)
@@ -24,7 +28,7 @@ const (
 	pJournal = 'j'
 	pClaim   = 'k'
 	pTomb    = 't'
-	pBlock   = 'b'
+	pBlock   = blocks.KeyPrefix // the block index, see package blocks
 	pSuper   = 's'
 	pRename  = 'r'
 	pStream  = 'u'
@@ -49,24 +53,6 @@ func dentryKey(parent uint64, name string) []byte {
 
 func claimKey(key string) []byte { return append([]byte{pClaim}, key...) }
 func tombKey(key string) []byte  { return append([]byte{pTomb}, key...) }
-
-func blockPrefix(ino uint64) []byte { return inoKey(pBlock, ino) }
-
-func blockGenPrefix(ino uint64, gen uint64) []byte {
-	return binary.BigEndian.AppendUint64(blockPrefix(ino), gen)
-}
-
-func blockKey(ino uint64, gen uint64, idx int64) []byte {
-	return binary.BigEndian.AppendUint64(blockGenPrefix(ino, gen), uint64(idx))
-}
-
-// parseBlockKey splits a block index key.
-func parseBlockKey(k []byte) (ino uint64, gen uint64, idx int64, ok bool) {
-	if len(k) != 1+8+8+8 || k[0] != pBlock {
-		return 0, 0, 0, false
-	}
-	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), int64(binary.BigEndian.Uint64(k[17:])), true
-}
 
 // dentry is the value of a directory entry.
 type dentry struct {

@@ -219,7 +219,7 @@ func (t *nsTx) commit() error {
 		t.c.release(st)
 	}
 	for _, n := range t.blockGC {
-		t.c.blocks.unpin(n.Ino)
+		t.c.blocks.Unpin(n.Ino)
 		t.c.dropBlocks(n.Ino, nil, ^uint64(0)) // the inode is gone: nothing can write to it
 	}
 	for ino := range t.gone {

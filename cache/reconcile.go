@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/keelfs/keelfs/cache/blocks"
 	"maps"
 	"strings"
 	"sync"
@@ -343,7 +344,7 @@ func (c *Cache) allLocal(rec *Inode) (bool, error) {
 			continue
 		}
 		for idx := r.Start; idx < r.End; idx++ {
-			_, found, err := c.blockMeta(blockID{rec.Ino, r.Gen, idx})
+			_, found, err := c.blocks.Lookup(blocks.ID{Ino: rec.Ino, Gen: r.Gen, Idx: idx})
 			if err != nil {
 				return false, err
 			}
@@ -499,7 +500,7 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 // headers to rewrite after a streamed upload, which did not) makes the
 // scheduler run the job again.
 func (c *Cache) landed(st *inodeState, p *uploadPlan, etag string) writeback.Result {
-	var newly []blockID
+	var newly []blocks.ID
 	more := false
 	err := c.transact(txBookkeeping, func(t *nsTx) error {
 		rec, err := t.get(st.ino)
@@ -515,7 +516,7 @@ func (c *Cache) landed(st *inodeState, p *uploadPlan, etag string) writeback.Res
 		return retry(err)
 	}
 	for _, id := range newly {
-		c.blocks.markClean(id)
+		c.blocks.MarkClean(id)
 	}
 	c.stats.UploadsDone.Add(1)
 	if p.snap.Kind == KindFile && !p.copyOnly {
@@ -534,7 +535,7 @@ func (c *Cache) landed(st *inodeState, p *uploadPlan, etag string) writeback.Res
 
 // applySuccess updates the record after an upload landed (namespace.mu
 // held, st locked through t). It returns the blocks that became clean.
-func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan, etag string) []blockID {
+func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan, etag string) []blocks.ID {
 	if p.conflict {
 		return c.applyConflictSaved(t, st, rec, p, etag)
 	}
@@ -544,13 +545,13 @@ func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan,
 	rec.SyncedSeq = c.nextSeq()
 	rec.ValidUntil = c.now() + int64(c.opt.MetadataTTL)
 	rec.UploadKey, rec.UploadTokens, rec.UploadIfMatch, rec.UploadID = "", "", "", ""
-	var newly []blockID
+	var newly []blocks.ID
 	if rec.Kind == KindFile {
 		rec.RemoteSize = p.snap.Size
 		for _, r := range rec.Runs {
 			if r.Dirty && r.Gen < p.sealGen {
 				for idx := r.Start; idx < r.End; idx++ {
-					newly = append(newly, blockID{rec.Ino, r.Gen, idx})
+					newly = append(newly, blocks.ID{Ino: rec.Ino, Gen: r.Gen, Idx: idx})
 				}
 			}
 		}
@@ -561,7 +562,7 @@ func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan,
 		// The version the edit started from is in S3 again, in this
 		// upload: its blocks need no longer be kept.
 		ino := rec.Ino
-		t.after = append(t.after, func() { c.blocks.unpin(ino) })
+		t.after = append(t.after, func() { c.blocks.Unpin(ino) })
 	}
 	if rec.Kind == KindSymlink || rec.Kind.isSpecial() {
 		rec.RemoteSize = int64(len(rec.Target))

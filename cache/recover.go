@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/keelfs/keelfs/cache/blocks"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -191,53 +192,22 @@ func (c *Cache) repairJournal() error {
 // dirty run), clean (referenced by a clean run) or garbage (deleted), and
 // removes block files the index does not know.
 func (c *Cache) recoverBlocks() error {
-	known := make(map[blockID]bool)
-	var garbage []blockID
 	var cur *Inode
 	var curIno uint64
-	err := c.db.View(func(txn *badger.Txn) error {
-		p := []byte{pBlock}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true})
-		defer it.Close()
-		for it.Seek(p); it.ValidForPrefix(p); it.Next() {
-			item := it.Item()
-			ino, gen, idx, ok := parseBlockKey(item.Key())
-			if !ok {
-				continue
+	return c.blocks.Recover(func(txn *badger.Txn, id blocks.ID) (keep, dirty bool, err error) {
+		if id.Ino != curIno || cur == nil {
+			curIno = id.Ino
+			cur, err = getInode(txn, id.Ino)
+			if err != nil && !errors.Is(err, ErrNotExist) {
+				return false, false, err
 			}
-			id := blockID{ino, gen, idx}
-			if ino != curIno || cur == nil {
-				curIno = ino
-				var err error
-				cur, err = getInode(txn, ino)
-				if err != nil && !errors.Is(err, ErrNotExist) {
-					return err
-				}
-			}
-			run, inMap := runAt(runsOrNil(cur), idx)
-			if !inMap || run.Gen != gen {
-				garbage = append(garbage, id)
-				continue
-			}
-			var meta blockMeta
-			if err := item.Value(func(v []byte) error {
-				var err error
-				meta, err = unmarshalBlockMeta(v)
-				return err
-			}); err != nil {
-				garbage = append(garbage, id)
-				continue
-			}
-			known[id] = true
-			c.blocks.added(id, meta.Len, run.Dirty)
 		}
-		return nil
+		run, inMap := runAt(runsOrNil(cur), id.Idx)
+		if !inMap || run.Gen != id.Gen {
+			return false, false, nil
+		}
+		return true, run.Dirty, nil
 	})
-	if err != nil {
-		return err
-	}
-	c.deleteBlocks(garbage)
-	return c.blocks.scanFiles(func(id blockID) bool { return known[id] })
 }
 
 func runsOrNil(n *Inode) []Run {

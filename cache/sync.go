@@ -73,7 +73,7 @@ func (c *Cache) syncFile(ctx context.Context, st *inodeState) error {
 // uploaded.
 func (c *Cache) SyncDir(ctx context.Context, ino uint64) error {
 	c.flushAllBuffers()
-	if err := c.blocks.sync(); err != nil {
+	if err := c.blocks.Sync(); err != nil {
 		return err
 	}
 	// A rename's copy makes a delete of the old name; a second round
@@ -167,7 +167,7 @@ type PendingItem struct {
 // ctx's when that is what ended it.
 func (c *Cache) Drain(ctx context.Context) ([]PendingItem, error) {
 	c.flushAllBuffers()
-	if err := c.blocks.sync(); err != nil {
+	if err := c.blocks.Sync(); err != nil {
 		return c.PendingItems(), err
 	}
 	c.probeS3(ctx)

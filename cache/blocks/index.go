@@ -1,0 +1,182 @@
+package blocks
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// KeyPrefix is the first byte of the block index's keys in the cache's
+// badger store: KeyPrefix <ino> <gen> <idx>, big-endian, so that the
+// blocks of one inode, and of one generation, sort together.
+const KeyPrefix = 'b'
+
+func inoPrefix(ino uint64) []byte {
+	k := make([]byte, 9, 25)
+	k[0] = KeyPrefix
+	binary.BigEndian.PutUint64(k[1:], ino)
+	return k
+}
+
+func key(id ID) []byte {
+	k := binary.BigEndian.AppendUint64(inoPrefix(id.Ino), id.Gen)
+	return binary.BigEndian.AppendUint64(k, uint64(id.Idx))
+}
+
+// parseKey splits a block index key.
+func parseKey(k []byte) (ID, bool) {
+	if len(k) != 1+8+8+8 || k[0] != KeyPrefix {
+		return ID{}, false
+	}
+	return ID{binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), int64(binary.BigEndian.Uint64(k[17:]))}, true
+}
+
+// Lookup returns block id's index entry; found is false when the block is
+// not in the store.
+func (s *Store) Lookup(id ID) (m Meta, found bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(key(id))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		found = true
+		return it.Value(func(v []byte) error {
+			m, err = unmarshalMeta(v)
+			return err
+		})
+	})
+	return m, found, err
+}
+
+// Index records block id in the caller's transaction, which also stores
+// the record that refers to it.
+func (s *Store) Index(txn *badger.Txn, id ID, m Meta) error {
+	return txn.Set(key(id), m.marshal())
+}
+
+// StoreClean caches a block fetched from S3, if there is room. A failure
+// is logged: the block is simply not cached.
+func (s *Store) StoreClean(id ID, data []byte) {
+	ok, err := s.Reserve(context.Background(), uint32(len(data)), false, 0)
+	if err != nil || !ok {
+		return
+	}
+	meta, err := s.Write(id, data)
+	if err != nil {
+		s.log.Warn("cache: store block", "err", err)
+		return
+	}
+	err = s.db.Update(func(txn *badger.Txn) error { return s.Index(txn, id, meta) })
+	if err != nil {
+		s.removeFile(id)
+		s.log.Warn("cache: index block", "err", err)
+		return
+	}
+	s.Added(id, meta.Len, false)
+	s.Trust(id, meta)
+}
+
+// Delete removes blocks: their index entries, then their files. If the
+// index cannot be changed, nothing is removed.
+func (s *Store) Delete(ids []ID) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := s.deleteIndex(ids); err != nil {
+		return fmt.Errorf("cache: delete blocks: %w", err)
+	}
+	for _, id := range ids {
+		s.removeFile(id)
+		s.removed(id)
+	}
+	return nil
+}
+
+func (s *Store) deleteIndex(ids []ID) error {
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, id := range ids {
+		if err := wb.Delete(key(id)); err != nil {
+			return err
+		}
+	}
+	return wb.Flush()
+}
+
+// DropInode deletes the blocks of ino whose generation is at most upTo
+// and not in keep (all of them when keep is nil).
+func (s *Store) DropInode(ino uint64, keep map[uint64]bool, upTo uint64) error {
+	var ids []ID
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := inoPrefix(ino)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+			id, ok := parseKey(it.Item().Key())
+			if ok && id.Gen <= upTo && !keep[id.Gen] {
+				ids = append(ids, id)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cache: list blocks of inode %d: %w", ino, err)
+	}
+	return s.Delete(ids)
+}
+
+// Recover rebuilds the accounting from the index when the cache opens.
+// classify says, for each indexed block, whether the inode's block map
+// still refers to it (keep) and whether it is dirty; it runs inside the
+// index's read transaction, which it may use. Blocks nothing refers to,
+// and block files the index does not know, are deleted; backing files
+// from an earlier run are all deleted.
+func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool, err error)) error {
+	known := make(map[ID]bool)
+	var garbage []ID
+	err := s.db.View(func(txn *badger.Txn) error {
+		p := []byte{KeyPrefix}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true})
+		defer it.Close()
+		for it.Seek(p); it.ValidForPrefix(p); it.Next() {
+			item := it.Item()
+			id, ok := parseKey(item.Key())
+			if !ok {
+				continue
+			}
+			keep, dirty, err := classify(txn, id)
+			if err != nil {
+				return err
+			}
+			if !keep {
+				garbage = append(garbage, id)
+				continue
+			}
+			var meta Meta
+			if err := item.Value(func(v []byte) error {
+				var err error
+				meta, err = unmarshalMeta(v)
+				return err
+			}); err != nil {
+				garbage = append(garbage, id)
+				continue
+			}
+			known[id] = true
+			s.Added(id, meta.Len, dirty)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := s.Delete(garbage); err != nil {
+		return err
+	}
+	return s.scanFiles(func(id ID) bool { return known[id] })
+}

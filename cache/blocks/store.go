@@ -1,0 +1,591 @@
+package blocks
+
+import (
+	"container/list"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
+)
+
+// Why block bytes live in files and not in badger: measured on this
+// project's machines, badger v4 kept 1 MiB values in its value log, which it
+// only reclaims from discard statistics that compactions produce. Block keys
+// are tiny, so compactions almost never run: 2 GiB of deleted blocks stayed
+// on disk, a second wave doubled it, and the memory-mapped log put 2 GiB in
+// the daemon's RSS. A cache must honour --cache-size, so badger keeps the
+// index (which blocks exist, their length and CRC) in the same transaction
+// as the inode record that refers to them, and each block's bytes are one
+// file, written under a temporary name and renamed into place so that a
+// crash leaves the old or the new content, never a torn block.
+
+var (
+	// ErrCorrupt: a block failed its checksum, or its file is missing or
+	// short.
+	ErrCorrupt = errors.New("cache data corrupt")
+	// ErrNoSpace: no room for a dirty block, in the cache's size or on
+	// its disk, and uploads did not make any in time.
+	ErrNoSpace = errors.New("cache full of data not yet uploaded")
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// ID names a block: the idx-th block of generation Gen of inode Ino.
+type ID struct {
+	Ino uint64
+	Gen uint64
+	Idx int64
+}
+
+func (id ID) String() string { return fmt.Sprintf("%d/%d/%d", id.Ino, id.Gen, id.Idx) }
+
+// Meta is the index value of a block: its length and CRC-32C.
+type Meta struct {
+	Len uint32
+	CRC uint32
+}
+
+func (m Meta) marshal() []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint32(b, m.Len)
+	binary.BigEndian.PutUint32(b[4:], m.CRC)
+	return b
+}
+
+func unmarshalMeta(b []byte) (Meta, error) {
+	if len(b) != 8 {
+		return Meta{}, fmt.Errorf("%w: block index entry of %d bytes", ErrCorrupt, len(b))
+	}
+	return Meta{Len: binary.BigEndian.Uint32(b), CRC: binary.BigEndian.Uint32(b[4:])}, nil
+}
+
+// Options configure a Store.
+type Options struct {
+	Dir   string     // the store's directory (created if missing)
+	DB    *badger.DB // holds the index
+	Limit int64      // bytes of blocks (and backing files) on disk at most
+	// Key, if set, encrypts block files (AES-GCM with a key derived from
+	// it). Backing files are then never made: the kernel would read
+	// plaintext from the disk.
+	Key []byte
+	Log *slog.Logger
+	// MinFree is the free space kept on the store's filesystem (for the
+	// metadata store, whose memory-mapped files would fault if the disk
+	// filled under them). Statfs reports that free space; nil asks the
+	// kernel.
+	MinFree int64
+	Statfs  func() (free int64, err error)
+	// Background starts a tracked goroutine and reports whether it did
+	// (false once the cache is closing); nil starts a plain one.
+	Background func(func()) bool
+	// OnPressure is called (without locks) when a writer waits for dirty
+	// data to be uploaded; Hopeless, if set, says that waiting is
+	// pointless (S3 does not answer, so no upload will make room).
+	OnPressure func()
+	Hopeless   func() bool
+}
+
+// Store holds block bytes in files under a directory, indexes them in
+// badger, and accounts for them.
+//
+// mu is a leaf lock (see the package doc).
+type Store struct {
+	dir   string
+	db    *badger.DB
+	limit int64
+	log   *slog.Logger
+	// aead encrypts block files when the cache has an encryption key;
+	// nil otherwise. A file is then nonce | ciphertext | tag, and the
+	// block's id is the additional data, so a file moved to another
+	// block's name fails to open rather than serving the wrong bytes.
+	aead     cipher.AEAD
+	overhead int // bytes a block file holds beyond the data
+
+	minFree    int64
+	statfs     func() (int64, error)
+	background func(func()) bool
+	onPressure func()
+	hopeless   func() bool
+
+	syncer groupSync
+
+	mu         sync.Mutex
+	spaceFreed *sync.Cond
+	lru        *list.List // of ID, front = most recently used; clean blocks only
+	lruIndex   map[ID]*list.Element
+	size       map[ID]int64 // disk size of every block, clean or dirty
+	cleanBytes int64
+	dirtyBytes int64
+	// verified holds blocks whose whole file passed its checksum since
+	// the store opened, by the meta it matched. A small read of such a
+	// block reads just its range: a 4 KiB random read must not cost a
+	// 1 MiB read and checksum. Rewriting or dropping a block forgets it.
+	verified map[ID]Meta
+	// unsynced holds dirty blocks written since the last sync: sync
+	// fsyncs just those files and their directories. (syncfs flushed the
+	// whole filesystem, with every other program's writes on it.)
+	unsynced map[ID]struct{}
+	// unsyncedBytes counts what unsynced holds. Past syncAhead, a sync
+	// starts in the background (aheadRunning), so that the disk writes a
+	// big file back while it is written and its close waits for the tail
+	// only, not for a whole gigabyte at once.
+	unsyncedBytes int64
+	aheadRunning  bool
+	ahead         sync.WaitGroup
+	// aheadErr is a background sync's failure. Linux reports a write-back
+	// error to one fsync only, so the next sync would succeed although
+	// written data never reached the disk: it reports this instead.
+	aheadErr error
+	closing  bool
+	// newSubdir is set when a subdirectory of dir was created since the
+	// last sync, which must then fsync dir as well.
+	newSubdir bool
+	// files keeps descriptors of verified block files that small reads
+	// used lately (fileLRU, front = newest), so that a 4 KiB read costs a
+	// pread, not an open, a pread and a close.
+	files    map[ID]*openBlock
+	fileLRU  *list.List
+	maxFiles int // bound on len(files), see openBlocksFor
+	stats    Stats
+
+	// pins are clean blocks kept out of eviction, present or still to be
+	// fetched: the unchanged blocks of partly edited files (see the cache's
+	// fetchAhead). pinnedIn holds the present ones, which are not in the
+	// LRU and count in pinnedBytes (and in cleanBytes).
+	pins        map[ID]bool
+	pinsByIno   map[uint64][]ID
+	pinnedIn    map[ID]struct{}
+	pinnedBytes int64
+
+	backings backingSet
+}
+
+// Stats are counters of the store's work, for metrics and tests.
+type Stats struct {
+	Evictions   int64 // clean blocks evicted to make room
+	FilesSynced int64 // files and directories fsynced
+}
+
+// Open opens the block store in o.Dir. The index is not read: Recover
+// does that.
+func Open(o Options) (*Store, error) {
+	for _, d := range []string{o.Dir, filepath.Join(o.Dir, "tmp")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	s := &Store{dir: o.Dir, db: o.DB, limit: o.Limit, log: o.Log, lru: list.New(),
+		lruIndex: make(map[ID]*list.Element), size: make(map[ID]int64),
+		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}),
+		files: make(map[ID]*openBlock), fileLRU: list.New(), maxFiles: 128,
+		pins: make(map[ID]bool), pinsByIno: make(map[uint64][]ID), pinnedIn: make(map[ID]struct{}),
+		minFree: o.MinFree, statfs: o.Statfs, background: o.Background,
+		onPressure: o.OnPressure, hopeless: o.Hopeless}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.statfs == nil {
+		s.statfs = func() (int64, error) {
+			var st unix.Statfs_t
+			if err := unix.Statfs(o.Dir, &st); err != nil {
+				return 0, err
+			}
+			return int64(st.Bavail) * st.Bsize, nil
+		}
+	}
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
+		s.maxFiles = openBlocksFor(rl.Cur)
+	}
+	s.spaceFreed = sync.NewCond(&s.mu)
+	if len(o.Key) > 0 {
+		// A key of its own for the blocks, derived from the cache key, so
+		// the two stores never share a key.
+		k := sha256.Sum256(append([]byte("keelfs block files\x00"), o.Key...))
+		block, err := aes.NewCipher(k[:])
+		if err != nil {
+			return nil, err
+		}
+		if s.aead, err = cipher.NewGCM(block); err != nil {
+			return nil, err
+		}
+		s.overhead = s.aead.NonceSize() + s.aead.Overhead()
+	}
+	if err := s.openBackings(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// diskSize is what a block of n bytes costs on disk, for the size budget.
+func (s *Store) diskSize(n uint32) int64 {
+	return (int64(n) + int64(s.overhead) + 4095) &^ 4095
+}
+
+// Added accounts for a block that now exists (its file written and its
+// index entry committed). Dirty blocks are never evicted.
+func (s *Store) Added(id ID, n uint32, dirty bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.forgetLocked(id)
+	sz := s.diskSize(n)
+	s.size[id] = sz
+	if dirty {
+		s.unsynced[id] = struct{}{}
+		s.dirtyBytes += sz
+		s.unsyncedBytes += sz
+		if s.unsyncedBytes >= syncAhead && !s.aheadRunning && !s.closing {
+			s.aheadRunning = true
+			s.ahead.Add(1)
+			if s.background == nil {
+				go s.syncInBackground()
+			} else if !s.background(s.syncInBackground) {
+				s.aheadRunning = false
+				s.ahead.Done()
+			}
+		}
+	} else {
+		s.addCleanLocked(id, sz)
+	}
+}
+
+// addCleanLocked accounts for a present clean block: evictable, or pinned.
+func (s *Store) addCleanLocked(id ID, sz int64) {
+	s.cleanBytes += sz
+	if s.pins[id] {
+		s.pinnedIn[id] = struct{}{}
+		s.pinnedBytes += sz
+		return
+	}
+	s.lruIndex[id] = s.lru.PushFront(id)
+}
+
+// Has reports whether block id is in the store (clean or dirty).
+func (s *Store) Has(id ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.size[id]
+	return ok
+}
+
+// Pin keeps the clean blocks ids of ino out of eviction, those present
+// and those fetched later (missing bytes of them), until Unpin. It
+// refuses (false) when pinned blocks would take more than a quarter of
+// the cache, which must stay usable for everything else.
+func (s *Store) Pin(ino uint64, ids []ID, missing int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.pinsByIno[ino]; ok {
+		return true
+	}
+	var present int64
+	for _, id := range ids {
+		if _, ok := s.lruIndex[id]; ok {
+			present += s.size[id]
+		}
+	}
+	if s.pinnedBytes+present+missing > s.limit/4 {
+		return false
+	}
+	for _, id := range ids {
+		s.pins[id] = true
+		if e, ok := s.lruIndex[id]; ok {
+			s.lru.Remove(e)
+			delete(s.lruIndex, id)
+			s.pinnedIn[id] = struct{}{}
+			s.pinnedBytes += s.size[id]
+		}
+	}
+	s.pinsByIno[ino] = ids
+	return true
+}
+
+// Unpin makes ino's pinned blocks evictable again.
+func (s *Store) Unpin(ino uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range s.pinsByIno[ino] {
+		delete(s.pins, id)
+		if _, ok := s.pinnedIn[id]; ok {
+			delete(s.pinnedIn, id)
+			s.pinnedBytes -= s.size[id]
+			s.lruIndex[id] = s.lru.PushFront(id)
+		}
+	}
+	delete(s.pinsByIno, ino)
+	s.spaceFreed.Broadcast()
+}
+
+// Trust records that block id's file holds exactly what meta describes,
+// because this process just wrote it from memory: reads may take ranges of
+// it without reading and checksumming the whole file first. (Blocks found
+// on disk at start-up are checked whole once, by Read.)
+func (s *Store) Trust(id ID, meta Meta) {
+	if s.aead != nil {
+		return // ranges of a sealed block cannot be read on their own
+	}
+	s.mu.Lock()
+	if _, known := s.size[id]; known && len(s.verified) < maxVerified {
+		s.verified[id] = meta
+	}
+	s.mu.Unlock()
+}
+
+// MarkClean moves a block from the dirty to the clean (evictable) set.
+func (s *Store) MarkClean(id ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sz, ok := s.size[id]
+	if !ok {
+		return
+	}
+	if _, clean := s.lruIndex[id]; clean {
+		return
+	}
+	if _, pinned := s.pinnedIn[id]; pinned {
+		return
+	}
+	s.dirtyBytes -= sz
+	s.addCleanLocked(id, sz)
+	s.spaceFreed.Broadcast()
+}
+
+// removed forgets a block that was deleted.
+func (s *Store) removed(id ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.forgetLocked(id)
+	s.spaceFreed.Broadcast()
+}
+
+func (s *Store) forgetLocked(id ID) {
+	sz, ok := s.size[id]
+	if !ok {
+		return
+	}
+	delete(s.size, id)
+	delete(s.verified, id)
+	s.dropFileLocked(id)
+	if e, clean := s.lruIndex[id]; clean {
+		s.lru.Remove(e)
+		delete(s.lruIndex, id)
+		s.cleanBytes -= sz
+	} else if _, pinned := s.pinnedIn[id]; pinned {
+		delete(s.pinnedIn, id)
+		s.pinnedBytes -= sz
+		s.cleanBytes -= sz
+	} else {
+		s.dirtyBytes -= sz
+	}
+}
+
+func (s *Store) touch(id ID) {
+	s.mu.Lock()
+	if e, ok := s.lruIndex[id]; ok {
+		s.lru.MoveToFront(e)
+	}
+	s.mu.Unlock()
+}
+
+// Usage returns the bytes of clean blocks (with the backing files) and of
+// dirty blocks on disk.
+func (s *Store) Usage() (clean, dirty int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cleanBytes + s.backingBytes(), s.dirtyBytes
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// Reserve makes room for a new block of n bytes. Clean blocks are evicted
+// first; if dirty data alone leaves no room, it waits for uploads (calling
+// OnPressure so they start now) until ctx ends or wait passes, then fails
+// with ErrNoSpace. dirty says whether the block to come is dirty: a clean
+// block that does not fit is simply not cached (ok false, no error).
+// Room means room in the accounting (the cache size) and on the disk:
+// the filesystem keeps MinFree bytes free for the metadata store, whose
+// memory-mapped files would fault (SIGBUS) if the disk filled under them.
+func (s *Store) Reserve(ctx context.Context, n uint32, dirty bool, wait time.Duration) (ok bool, err error) {
+	return s.reserveBytes(ctx, s.diskSize(n), dirty, wait)
+}
+
+func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait time.Duration) (ok bool, err error) {
+	deadline := time.Now().Add(wait)
+	for {
+		s.dropVictims(s.evictFor(need))
+		short, err := s.diskShort(need)
+		if err != nil {
+			return false, err
+		}
+		if short > 0 {
+			// The disk is fuller than the accounting knows (a disk smaller
+			// than --cache-size, or other files on it): evict for it.
+			if victims := s.evictBytes(short); !victims.empty() {
+				s.dropVictims(victims)
+				continue
+			}
+		}
+		s.mu.Lock()
+		used := s.cleanBytes + s.dirtyBytes + s.backingBytes()
+		fits := used+need <= s.limit && short <= 0
+		dirtyFits := s.dirtyBytes+s.pinnedBytes+s.backingPinnedBytes()+need <= s.limit && short <= 0
+		s.mu.Unlock()
+		if fits {
+			return true, nil
+		}
+		if !dirty {
+			return false, nil
+		}
+		if dirtyFits {
+			continue // eviction raced with another reader; try again
+		}
+		if time.Now().After(deadline) || (s.hopeless != nil && s.hopeless()) {
+			return false, ErrNoSpace
+		}
+		if s.onPressure != nil {
+			s.onPressure()
+		}
+		if err := s.waitFreed(ctx, time.Until(deadline)); err != nil {
+			return false, err
+		}
+	}
+}
+
+// diskShort returns how many bytes must be freed on the store's filesystem
+// before need more can be written and MinFree stay free (0 or less: none).
+func (s *Store) diskShort(need int64) (int64, error) {
+	if s.minFree <= 0 {
+		return 0, nil
+	}
+	free, err := s.statfs()
+	if err != nil {
+		return 0, fmt.Errorf("cache disk: %w", err)
+	}
+	return need + s.minFree - free, nil
+}
+
+func (s *Store) waitFreed(ctx context.Context, d time.Duration) error {
+	if d > time.Second {
+		d = time.Second
+	}
+	done := make(chan struct{})
+	t := time.AfterFunc(d, func() {
+		s.mu.Lock()
+		s.spaceFreed.Broadcast()
+		s.mu.Unlock()
+	})
+	defer t.Stop()
+	go func() {
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			s.spaceFreed.Broadcast()
+			s.mu.Unlock()
+		case <-done:
+		}
+	}()
+	s.mu.Lock()
+	s.spaceFreed.Wait()
+	s.mu.Unlock()
+	close(done)
+	return ctx.Err()
+}
+
+// victims are what an eviction took out of the accounting: block files
+// and their index entries, and unused backing files, to delete.
+type victims struct {
+	blocks   []ID
+	backings []*Backing
+}
+
+func (v victims) empty() bool { return len(v.blocks) == 0 && len(v.backings) == 0 }
+
+// evictFor picks unused backing files, then least recently used clean
+// blocks, until need more bytes fit under the limit, and takes them out
+// of the accounting.
+func (s *Store) evictFor(need int64) victims {
+	var v victims
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.cleanBytes+s.dirtyBytes+s.backings.bytes+need > s.limit {
+		if b := s.backings.oldestUnusedLocked(); b != nil {
+			s.backings.forgetLocked(b)
+			v.backings = append(v.backings, b)
+			continue
+		}
+		e := s.lru.Back()
+		if e == nil {
+			break
+		}
+		id := e.Value.(ID)
+		v.blocks = append(v.blocks, id)
+		s.forgetLocked(id)
+		s.stats.Evictions++
+	}
+	return v
+}
+
+// evictBytes picks unused backing files, then least recently used clean
+// blocks, worth at least n bytes (fewer if there are not that many), and
+// takes them out of the accounting.
+func (s *Store) evictBytes(n int64) victims {
+	var v victims
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for freed := int64(0); freed < n; {
+		if b := s.backings.oldestUnusedLocked(); b != nil {
+			freed += b.bytes
+			s.backings.forgetLocked(b)
+			v.backings = append(v.backings, b)
+			continue
+		}
+		e := s.lru.Back()
+		if e == nil {
+			break
+		}
+		id := e.Value.(ID)
+		freed += s.size[id]
+		v.blocks = append(v.blocks, id)
+		s.forgetLocked(id)
+		s.stats.Evictions++
+	}
+	return v
+}
+
+// dropVictims deletes what an eviction picked. A failure to delete an
+// index entry leaves it to the next start-up, which drops entries whose
+// file is missing; it is logged.
+func (s *Store) dropVictims(v victims) {
+	for _, b := range v.backings {
+		s.removeBacking(b)
+	}
+	if len(v.blocks) == 0 {
+		return
+	}
+	if err := s.deleteIndex(v.blocks); err != nil {
+		s.log.Warn("cache: evict blocks from index", "err", err)
+	}
+	for _, id := range v.blocks {
+		s.removeFile(id)
+	}
+	s.mu.Lock()
+	s.spaceFreed.Broadcast()
+	s.mu.Unlock()
+}

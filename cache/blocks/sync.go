@@ -1,0 +1,203 @@
+package blocks
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// syncAhead is how many bytes of dirty blocks may wait for a sync before
+// one starts in the background.
+const syncAhead = 64 << 20
+
+// Commit syncs in the background (the group commit): a failure is kept
+// for the next Sync to report, as a background sync's is.
+func (s *Store) Commit() {
+	if err := s.syncer.do(s.syncAll); err != nil {
+		s.mu.Lock()
+		first := s.aheadErr == nil
+		if first {
+			s.aheadErr = err
+		}
+		s.mu.Unlock()
+		if first {
+			s.log.Error("cache: group commit of written blocks failed; the next fsync reports it", "err", err)
+		}
+	}
+}
+
+// syncInBackground runs one sync ahead of the next close or fsync. A
+// failure puts the blocks back, and the next sync reports it (aheadErr).
+func (s *Store) syncInBackground() {
+	defer s.ahead.Done()
+	err := s.syncer.do(s.syncAll)
+	s.mu.Lock()
+	s.aheadRunning = false
+	if err != nil && s.aheadErr == nil {
+		s.aheadErr = err
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Error("cache: background sync of written blocks failed; the next close or fsync reports it", "err", err)
+	}
+}
+
+// waitBackground waits for a background sync under way (tests).
+func (s *Store) waitBackground() { s.ahead.Wait() }
+
+// Close stops background syncs, waits for one under way, and closes the
+// cached descriptors and the backing files. It does not sync: the caller
+// calls Sync after, which reports a background sync's failure too.
+func (s *Store) Close() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.ahead.Wait()
+	s.closeBackings()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.files {
+		s.dropFileLocked(id)
+	}
+}
+
+// Sync makes every block written so far and the badger log durable.
+// Concurrent callers share one sync. It also reports, once, the failure
+// of a background sync or group commit since the last one.
+func (s *Store) Sync() error {
+	err := s.syncer.do(s.syncAll)
+	s.mu.Lock()
+	ahead := s.aheadErr
+	s.aheadErr = nil
+	s.mu.Unlock()
+	if err == nil && ahead != nil {
+		err = fmt.Errorf("an earlier sync of written blocks failed, so data written since may be lost: %w", ahead)
+	}
+	return err
+}
+
+// syncAll fsyncs the blocks written since the last sync, their
+// directories, and the badger log.
+func (s *Store) syncAll() error {
+	s.mu.Lock()
+	ids, newSubdir := s.unsynced, s.newSubdir
+	s.unsynced, s.newSubdir, s.unsyncedBytes = make(map[ID]struct{}), false, 0
+	s.mu.Unlock()
+	fail := func(err error) error {
+		s.mu.Lock()
+		for id := range ids {
+			s.unsynced[id] = struct{}{}
+		}
+		s.newSubdir = s.newSubdir || newSubdir
+		s.mu.Unlock()
+		return fmt.Errorf("cache sync: %w", err)
+	}
+	// The files and the directories holding them, all at once: the
+	// filesystem commits concurrent fsyncs together, and a close
+	// waits for one commit rather than one per path.
+	paths := map[string]bool{}
+	if newSubdir {
+		paths[s.dir] = true
+	}
+	for id := range ids {
+		p := s.path(id)
+		paths[p] = true
+		paths[filepath.Dir(p)] = true
+	}
+	todo := make(chan string, len(paths))
+	for p := range paths {
+		todo <- p
+	}
+	close(todo)
+	var (
+		wg     sync.WaitGroup
+		errMu  sync.Mutex
+		first  error
+		synced int64
+	)
+	for range min(len(paths), 16) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range todo {
+				// A block dropped since has nothing to make durable.
+				err := FsyncPath(p)
+				errMu.Lock()
+				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+					first = cmp.Or(first, err)
+				} else if err == nil {
+					synced++
+				}
+				errMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	s.stats.FilesSynced += synced
+	s.mu.Unlock()
+	if first != nil {
+		return fail(first)
+	}
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("cache sync: %w", err)
+	}
+	return nil
+}
+
+// FsyncPath makes a file's content, or a directory's entries, durable.
+// Tests replace it to inject failures; it is FsyncFile otherwise.
+var FsyncPath = FsyncFile
+
+// FsyncFile opens p and fsyncs it.
+func FsyncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	serr := f.Sync()
+	if cerr := f.Close(); serr == nil {
+		serr = cerr
+	}
+	return serr
+}
+
+// groupSync lets concurrent callers share one expensive sync: each caller
+// returns after a sync that started after it called.
+type groupSync struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	running bool
+	started uint64
+	done    uint64
+	err     error
+}
+
+func (g *groupSync) do(fn func() error) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cond == nil {
+		g.cond = sync.NewCond(&g.mu)
+	}
+	need := g.started + 1
+	for g.done < need {
+		if g.running {
+			g.cond.Wait()
+			continue
+		}
+		g.running = true
+		g.started++
+		mine := g.started
+		g.mu.Unlock()
+		err := fn()
+		g.mu.Lock()
+		g.running = false
+		g.done, g.err = mine, err
+		g.cond.Broadcast()
+	}
+	return g.err
+}
