@@ -786,6 +786,46 @@ func (c *Cache) applyHead(j headJob, info s3backend.ObjectInfo, err error) {
 	}
 }
 
+// ensureAttrs reads the headers of ino's object version if they were
+// never read, before a change of its attributes is made on top of them:
+// otherwise the change would be made on defaults, and the upload, which
+// cannot tell a default from a change, would keep the object's own
+// headers and lose it. Unlike the listing's walk it also does so for a
+// record with other work pending (a rename, data not yet uploaded): the
+// headers of the version it came from are its attributes until changed
+// here, except a newer local mtime.
+func (c *Cache) ensureAttrs(ctx context.Context, ino uint64) error {
+	n, err := c.snapshot(ino)
+	if err != nil {
+		return err
+	}
+	if n.AttrsKnown || c.opt.SkipHeaders || n.RemoteKey == "" || n.Kind == KindDir || n.Ino == RootIno {
+		return nil
+	}
+	info, err := c.store.Head(ctx, n.RemoteKey)
+	if errors.Is(err, s3backend.ErrNotFound) {
+		return nil // gone: there are no headers to keep
+	}
+	if err != nil {
+		return err
+	}
+	return c.transact(txBookkeeping, func(t *nsTx) error {
+		cur, err := t.get(ino)
+		if err != nil {
+			return err
+		}
+		if cur.AttrsKnown || cur.RemoteKey != n.RemoteKey || cur.ETag != info.ETag {
+			return errNoChange // learned meanwhile, or another version: the listing deals with it
+		}
+		mtime := cur.Mtime
+		c.applyHeaders(cur, &info)
+		if cur.Pending&pendData != 0 {
+			cur.Mtime = mtime
+		}
+		return c.kindChangedLocked(t, cur)
+	})
+}
+
 // mutateClean applies fn to an inode still at key/etag and without local
 // changes. What fn learned is a cache of S3's state: if it cannot be
 // stored, it is learned again later, so the error is only logged.

@@ -1082,6 +1082,9 @@ func (c *Cache) Setattr(ctx context.Context, ino uint64, in SetAttr) (Attr, erro
 	if in.Mode == nil && in.UID == nil && in.GID == nil && in.Mtime == nil && in.Atime == nil {
 		return c.Getattr(ctx, ino)
 	}
+	if err := c.ensureAttrs(ctx, ino); err != nil {
+		return Attr{}, err
+	}
 	st, err := c.acquire(ino)
 	if err != nil {
 		return Attr{}, err

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/keelfs/keelfs/cache/blocks"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/s3backend"
 )
 
@@ -737,5 +737,43 @@ func TestConflictWhenPartCopyFailsOnRangeFirst(t *testing.T) {
 	}
 	if len(copies) != 1 || !bytes.Equal(e.object(copies[0]), append(base, tail...)) {
 		t.Fatalf("conflict copies %v (keys %v)", copies, e.keys())
+	}
+}
+
+// A chmod of a file whose headers were never read (the HEAD that would
+// have read them failed, or the file was busy when the listing's walk
+// came by) must not be lost: the change is made on top of the object's
+// own headers. Before: the copy that writes new headers kept the
+// source's, since the record's were only defaults, so the new mode never
+// reached S3 (TestNamespaceChanges failed 3 times in 30 once headers were
+// learned in the background).
+func TestChmodOfFileWithUnknownHeaders(t *testing.T) {
+	e := newEnv(t, nil)
+	e.logs.allow("read attributes")
+	e.store.PutObject("f", []byte("x"), s3backend.Metadata{"mode": "33152", "uid": "5", "gid": "6"})
+	var fail atomic.Bool
+	fail.Store(true)
+	e.store.SetHook(func(op, key string) error {
+		if op == "Head" && fail.Load() {
+			return &s3backend.Error{Op: op, Key: key, Kind: s3backend.ErrThrottled, Status: 503, Cause: errors.New("injected")}
+		}
+		return nil
+	})
+	e.readDir("")
+	e.c.waitHeaderWalks()
+	a := e.mustLookup("f")
+	fail.Store(false)
+	mode := uint32(0o640)
+	got, err := e.c.Setattr(ctx, a.Ino, SetAttr{Mode: &mode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Mode&0o7777 != 0o640 || got.UID != 5 {
+		t.Fatalf("after chmod: mode %o uid %d, want 640 and the object's uid 5", got.Mode, got.UID)
+	}
+	e.drain()
+	_, info, _ := e.store.Object("f")
+	if info.Metadata["mode"] != "33184" || info.Metadata["uid"] != "5" || info.Metadata["gid"] != "6" {
+		t.Fatalf("headers in S3 after chmod 640: %v", info.Metadata)
 	}
 }
