@@ -935,3 +935,35 @@ func TestNamesWithoutWaitingForHeaders(t *testing.T) {
 		}
 	}
 }
+
+// Stats racing the background header walk: each object's headers are
+// read once, not once by the walk and again by a stat that asked just
+// after the walk's HEAD ended (the cold ls -l of 2000 objects cost 2003
+// HEADs).
+func TestHeadersReadOnceUnderStats(t *testing.T) {
+	e := newEnv(t, nil)
+	const n = 400
+	for i := 0; i < n; i++ {
+		e.store.PutObject(fmt.Sprintf("d/f%03d", i), []byte("x"), nil)
+	}
+	e.mustLookup("d")
+	e.store.ResetCounts()
+	e.readDir("d")
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				if _, err := e.lookup(fmt.Sprintf("d/f%03d", i)); err != nil {
+					t.Error(err)
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	e.c.waitHeaderWalks()
+	if c := e.store.Counts(); c["Head"] > n+1 {
+		t.Fatalf("%d HEADs for %d objects (and the directory's marker)", c["Head"], n)
+	}
+}

@@ -650,6 +650,11 @@ func (c *Cache) learnHeaders(ctx context.Context, n *Inode) *Inode {
 		j.etag = ""
 	}
 	c.ns.heads.do(n.Ino, func() error {
+		// A HEAD of it that ended just before this one began (the walk's,
+		// or a stat's) may have learned them: look again, alone now.
+		if cur, err := c.snapshot(n.Ino); err != nil || !c.needsHeaders(cur) {
+			return nil
+		}
 		// Not the caller's context: others may wait on this HEAD, and one
 		// of them being interrupted must not fail the rest.
 		info, err := c.store.Head(c.tasks.ctx, j.key)
