@@ -623,8 +623,16 @@ func (c *Cache) kindChangedLocked(t *nsTx, n *Inode) error {
 	}
 	prev := d.Kind
 	d.Kind = want
+	if prev == 0 && want != KindDir {
+		// Learning the type of an entry listed as DT_UNKNOWN changes no
+		// name, and what the kernel keeps of the listing stays true
+		// (DT_UNKNOWN makes programs stat): a warm ls must not read the
+		// directory again because the first one's headers arrived.
+		t.seenDentry(n.Parent, n.Name, d)
+		return nil
+	}
 	t.setDentry(n.Parent, n.Name, d)
-	if prev != 0 && want != 0 && prev != want && c.opt.InvalidateEntry != nil {
+	if want != 0 && prev != want && c.opt.InvalidateEntry != nil {
 		parent, name := n.Parent, n.Name
 		t.after = append(t.after, func() { c.opt.InvalidateEntry(parent, name) })
 	}
