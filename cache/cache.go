@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/keelfs/keelfs/cache/blocks"
 	"hash/fnv"
 	"log/slog"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"golang.org/x/sys/unix"
 
+	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/cache/writeback"
 	"github.com/keelfs/keelfs/s3backend"
 )
@@ -208,7 +208,8 @@ func (o *Options) setDefaults() {
 // # Locking
 //
 // Lock order: namespace.mu before inodeState.mu before namespace.statesMu;
-// blocks.Store's locks, the scheduler's, fetcher.mu and tasks.mu are leaves. Only
+// blocks.Store's locks, the scheduler's, fetcher.mu, passMu and tasks.mu
+// are leaves. Only
 // holders of namespace.mu lock more than one inodeState. No lock is held
 // across an S3 request or while waiting for cache space.
 type Cache struct {
@@ -224,6 +225,15 @@ type Cache struct {
 	rc     reconciler
 	fetch  fetcher
 	tasks  *tasks
+
+	// Passthrough (passthrough.go). passMu is a leaf; it guards
+	// assembling (files whose backing file is being made in the
+	// background) and lingering (backing files a mapping may still write
+	// to after the last open).
+	passMu     sync.Mutex
+	assembling map[uint64]bool
+	lingering  []*Backing
+	assemblies sync.WaitGroup
 
 	bufMem    *bufferBudget
 	zeroBlock []byte   // a block of zeros, shared read-only
@@ -290,6 +300,8 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		fetch: fetcher{inflight: make(map[blocks.ID]*fetchCall), sem: make(chan struct{}, 16)},
 		rc:    reconciler{deleting: make(map[string]bool)},
 		tasks: newTasks(),
+
+		assembling: make(map[uint64]bool),
 	}
 	c.ns.seq.Store(uint64(opt.Now().UnixNano()))
 	c.zeroBlock = make([]byte, opt.BlockSize)
@@ -357,6 +369,7 @@ func (c *Cache) groupCommit() {
 			return
 		case <-t.Chan():
 			c.blocks.Commit()
+			c.checkLingering(c.tasks.ctx)
 		}
 	}
 }
@@ -366,6 +379,7 @@ func (c *Cache) groupCommit() {
 func (c *Cache) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		c.closeLingering()
 		c.wb.Stop() // attempts end first: they may start tasks of their own
 		c.tasks.close()
 		c.flushAllBuffers()
@@ -489,6 +503,10 @@ type inodeState struct {
 	// dataChanges counts changes of content or size: an upload that ends
 	// with it unchanged since its seal leaves nothing of the data pending.
 	dataChanges uint64
+	// contentSeq counts every change of content, block by block, as it is
+	// made (contentChangedLocked): a backing file copied while it moved
+	// may hold either version and is not used.
+	contentSeq uint64
 	// upload is the plan of the attempt in flight, sealed under the
 	// locks; nil when none runs. While it is set the inode is neither
 	// finalized nor are its blocks collected.
@@ -761,6 +779,13 @@ type Stats struct {
 	// version of a partly edited file could not be completed (see
 	// errIncomplete).
 	Unrecoverable atomic.Int64
+	BackingsMade  atomic.Int64 // backing files assembled for passthrough
+	// PassthroughOpens counts opens whose reads the kernel takes from a
+	// backing file (counted by the fs layer, which answers the open).
+	PassthroughOpens atomic.Int64
+	// BackingErrors counts writes that could not be copied to the backing
+	// file of open passthrough readers (logged at ERROR).
+	BackingErrors atomic.Int64
 }
 
 // Stats returns the cache's counters.

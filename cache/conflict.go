@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/keelfs/keelfs/cache/blocks"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/cache/writeback"
 	"github.com/keelfs/keelfs/s3backend"
 )
@@ -197,6 +197,7 @@ func (c *Cache) applyConflictSaved(t *nsTx, st *inodeState, rec *Inode, p *uploa
 	ino := rec.Ino
 	t.after = append(t.after, func() {
 		c.blocks.Unpin(ino)
+		c.blocks.Stale(ino)
 		c.tasks.Go(func() {
 			if _, err := c.revalidate(c.tasks.ctx, ino); err != nil && !errors.Is(err, ErrNotExist) && !errors.Is(err, context.Canceled) {
 				c.log.Warn("cache: refresh after conflict", "err", err)

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/keelfs/keelfs/cache/blocks"
 	"io"
 	"sync"
 	"sync/atomic"
 
+	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/s3backend"
 )
 

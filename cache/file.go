@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/keelfs/keelfs/cache/blocks"
 	"io/fs"
+	"os"
 	"sync"
 	"syscall"
 
 	badger "github.com/dgraph-io/badger/v4"
 
+	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/cache/writeback"
 	"github.com/keelfs/keelfs/s3backend"
 )
@@ -131,6 +132,9 @@ func (c *Cache) Open(ctx context.Context, ino uint64, write, trunc bool) (*Handl
 
 // Ino returns the inode number of the open file.
 func (h *Handle) Ino() uint64 { return h.st.ino }
+
+// Writable reports whether the file was opened for writing.
+func (h *Handle) Writable() bool { return h.write }
 
 // Read reads up to len(dest) bytes at off. It returns fewer only at the end
 // of the file.
@@ -411,8 +415,12 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 		idx := pos / bs
 		blockOff := pos - idx*bs
 		chunk := data[n:min(len(data), n+int(bs-blockOff))]
-		if err := c.writeBlock(ctx, st, idx, func(b []byte) { copy(b[blockOff:], chunk) },
-			blockOff == 0 && int64(len(chunk)) == bs, pos+int64(len(chunk))); err != nil {
+		patch := func(b []byte) error { copy(b[blockOff:], chunk); return nil }
+		mirror := func(f *os.File, size int64) (int64, error) {
+			_, err := f.WriteAt(chunk, pos)
+			return size, err
+		}
+		if err := c.writeBlock(ctx, st, idx, patch, blockOff == 0 && int64(len(chunk)) == bs, pos+int64(len(chunk)), mirror); err != nil {
 			if n > 0 {
 				break
 			}
@@ -445,7 +453,9 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 // writeBlock applies patch to block idx of st's file, in the write buffer,
 // and grows the file to growTo if it is shorter. whole says the patch
 // overwrites the entire block, so its old content need not be read.
-func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch func([]byte), whole bool, growTo int64) error {
+// mirror makes the same change to a backing file in use (see
+// contentChangedLocked); nil when the caller does that itself.
+func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch func([]byte) error, whole bool, growTo int64, mirror func(f *os.File, size int64) (int64, error)) error {
 	reserved := false
 	staleRetries := 0
 	var fetched []byte // the block's old content, fetched without the lock
@@ -462,8 +472,12 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 			if st.stream != nil {
 				st.stream.touch(idx)
 			}
-			patch(b.data)
+			if err := patch(b.data); err != nil {
+				st.mu.Unlock()
+				return err
+			}
 			rec.Size = max(rec.Size, growTo)
+			c.contentChangedLocked(st, mirror)
 			st.mu.Unlock()
 			return nil
 		}
@@ -538,11 +552,18 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 				buf = make([]byte, c.opt.BlockSize)
 			}
 		}
+		if err := patch(buf); err != nil {
+			if pooled {
+				c.bufMem.put(buf)
+			}
+			st.mu.Unlock()
+			return err
+		}
 		if st.stream != nil {
 			st.stream.touch(idx)
 		}
-		patch(buf)
 		rec.Size = max(rec.Size, growTo)
+		c.contentChangedLocked(st, mirror)
 		st.buf = &writeBuf{idx: idx, gen: rec.OpenGen, data: buf, pooled: pooled}
 		var err error
 		if !pooled {
@@ -641,7 +662,9 @@ func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
 		// Zero the tail of the new last block, so that growing the file
 		// again reads zeros there.
 		tail := size % bs
-		if err := c.writeBlock(ctx, st, size/bs, func(b []byte) { clear(b[tail:]) }, false, 0); err != nil {
+		zero := func(b []byte) error { clear(b[tail:]); return nil }
+		// The truncate below cuts the backing file alike.
+		if err := c.writeBlock(ctx, st, size/bs, zero, false, 0, nil); err != nil {
 			return err
 		}
 	}
@@ -664,6 +687,7 @@ func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
 		rec.Runs = extendRuns(rec.Runs, (size+bs-1)/bs)
 	}
 	rec.Size = size
+	c.contentChangedLocked(st, func(f *os.File, size int64) (int64, error) { return size, f.Truncate(size) })
 	now := c.now()
 	rec.Mtime, rec.Ctime = now, now
 	rec.Pending |= pendData
@@ -875,9 +899,7 @@ func (c *Cache) dropUnusedBlocks(ino uint64) {
 // record refers to; it is logged.
 func (c *Cache) dropBlocks(ino uint64, keep map[uint64]bool, upTo uint64) {
 	if keep == nil {
-		if err := c.blocks.Changed(ino, 0, nil); err != nil {
-			c.log.Warn("cache: drop backing file", "err", err)
-		}
+		c.blocks.Stale(ino) // the inode is gone
 	}
 	if err := c.blocks.DropInode(ino, keep, upTo); err != nil {
 		c.log.Warn("cache: drop unused blocks", "err", err)

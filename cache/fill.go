@@ -329,6 +329,7 @@ func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.List
 	}
 	ino := n.Ino
 	t.after = append(t.after, func() {
+		c.blocks.Stale(ino) // its opens keep it; no new one gets it
 		c.dropUnusedBlocks(ino)
 		if c.opt.Invalidate != nil {
 			c.opt.Invalidate(ino)

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/keelfs/keelfs/cache/blocks"
 	"maps"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 
+	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/cache/writeback"
 	"github.com/keelfs/keelfs/s3backend"
 )

@@ -5,11 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/keelfs/keelfs/cache/blocks"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 
+	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/cache/writeback"
 )
 

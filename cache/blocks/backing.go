@@ -133,6 +133,7 @@ func (bs *backingSet) forgetLocked(b *Backing) {
 
 // removeBacking closes and deletes a backing file that is out of the set.
 func (s *Store) removeBacking(b *Backing) {
+	s.backingCount.Add(-1)
 	name := b.f.Name()
 	if err := b.f.Close(); err != nil {
 		s.log.Warn("cache: close backing file", "err", err)
@@ -176,6 +177,14 @@ func (s *Store) BackingFor(ino, ver uint64) *Backing {
 	}
 	s.useLocked(b)
 	return b
+}
+
+// Current reports whether b still holds its inode's content as the store
+// knows it (not replaced, not stale).
+func (b *Backing) Current() bool {
+	b.s.mu.Lock()
+	defer b.s.mu.Unlock()
+	return !b.stale && !b.dead
 }
 
 func (s *Store) useLocked(b *Backing) {
@@ -233,6 +242,7 @@ func (s *Store) Assemble(ino, ver uint64, size, blockSize int64, blockAt func(id
 		return fail(fmt.Errorf("cache: backing file: %w", err))
 	}
 	b := &Backing{s: s, Ino: ino, Ver: ver, f: f, size: size, stamp: stamp, bytes: (size + 4095) &^ 4095}
+	s.backingCount.Add(1)
 	var old *Backing
 	s.mu.Lock()
 	if prev := s.backings.byIno[ino]; prev != nil {
@@ -348,12 +358,17 @@ func (b *Backing) Release() {
 	}
 }
 
-// Changed tells the store that ino's content changed. ver is the content
-// version after the change: if the backing file holds another one, it
-// goes stale. Otherwise op applies the same change to it if it is in use
-// (an unused one is dropped, which is cheaper than changing it); op gets
-// the file and returns the file's size after it.
+// Changed tells the store that ino's content changed, ver being the
+// content version after the change. An unused backing file is dropped
+// (cheaper than changing it). One in use that holds another version goes
+// stale: it keeps serving the opens of its version. One in use that holds
+// ver gets the same change, op, which returns the file's size after it;
+// op nil means the caller changes it later (a write that a truncate
+// completes).
 func (s *Store) Changed(ino, ver uint64, op func(f *os.File) (int64, error)) error {
+	if s.backingCount.Load() == 0 {
+		return nil
+	}
 	s.mu.Lock()
 	b := s.backings.byIno[ino]
 	if b == nil {
@@ -366,10 +381,12 @@ func (s *Store) Changed(ino, ver uint64, op func(f *os.File) (int64, error)) err
 		s.removeBacking(b)
 		return nil
 	}
-	if b.Ver != ver || op == nil {
-		b.stale = true
-		delete(s.backings.byIno, ino)
-		b.dead = true
+	if b.Ver != ver {
+		s.staleLocked(b)
+		s.mu.Unlock()
+		return nil
+	}
+	if op == nil {
 		s.mu.Unlock()
 		return nil
 	}
@@ -384,26 +401,53 @@ func (s *Store) Changed(ino, ver uint64, op func(f *os.File) (int64, error)) err
 		b.stamp, err = stampOf(b.f)
 	}
 	if err != nil {
-		// The open files reading it would see stale content: no new open
-		// gets it, and the caller reports the failure.
+		// The opens reading it would see old content: no new open gets
+		// it, and the caller reports the failure.
 		s.mu.Lock()
-		b.stale = true
-		if s.backings.byIno[ino] == b {
-			delete(s.backings.byIno, ino)
-			b.dead = true
-		}
+		s.staleLocked(b)
 		s.mu.Unlock()
 		return fmt.Errorf("cache: keep backing file in step: %w", err)
 	}
 	s.mu.Lock()
-	grown := (size+4095)&^4095 - b.bytes
-	if grown != 0 {
+	if grown := (size+4095)&^4095 - b.bytes; grown != 0 {
 		b.bytes += grown
 		s.backings.bytes += grown
 		s.backings.inUse += grown
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// Stale drops ino's backing file, or, if it is in use, lets it serve its
+// opens and no new one (the inode is gone, or its content replaced).
+func (s *Store) Stale(ino uint64) {
+	if s.backingCount.Load() == 0 {
+		return
+	}
+	s.mu.Lock()
+	b := s.backings.byIno[ino]
+	if b == nil {
+		s.mu.Unlock()
+		return
+	}
+	if b.refs > 0 {
+		s.staleLocked(b)
+		s.mu.Unlock()
+		return
+	}
+	s.backings.forgetLocked(b)
+	s.mu.Unlock()
+	s.removeBacking(b)
+}
+
+// staleLocked takes a backing file in use out of the set: its last user
+// removes it.
+func (s *Store) staleLocked(b *Backing) {
+	b.stale = true
+	if s.backings.byIno[b.Ino] == b {
+		delete(s.backings.byIno, b.Ino)
+		b.dead = true
+	}
 }
 
 // ForeignChange reports whether the backing file changed since the last

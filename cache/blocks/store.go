@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -170,6 +171,9 @@ type Store struct {
 	pinnedBytes int64
 
 	backings backingSet
+	// backingCount is how many backing files exist, so that the write
+	// path skips the lock when there is none.
+	backingCount atomic.Int64
 }
 
 // Stats are counters of the store's work, for metrics and tests.

@@ -1,0 +1,395 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/keelfs/keelfs/cache/blocks"
+	"github.com/keelfs/keelfs/cache/writeback"
+)
+
+// FUSE passthrough: an open of a file whose content is wholly in the
+// cache can be handed a backing file (package blocks assembles it), which
+// the kernel then reads, and maps, without asking the daemon. This file
+// is the cache's side of it: when a file may have one, keeping it in step
+// with writes, and taking in what a writable mapping wrote to it. The fs
+// layer decides which opens use it (see fs/passthrough.go).
+
+// assembleNow is the largest file whose backing file an open waits for;
+// a larger one is assembled in the background and serves the opens after.
+const assembleNow = 256 << 20
+
+// Backing is a backing file that passthrough opens of one file use.
+type Backing struct {
+	c  *Cache
+	st *inodeState // held (acquired) until Release
+	b  *blocks.Backing
+
+	mu      sync.Mutex
+	writers bool // a writer's open used it: its mappings write to it
+}
+
+// PassthroughPossible reports whether this cache ever makes backing files
+// (not with a cache key: the kernel would read plaintext from the disk).
+func (c *Cache) PassthroughPossible() bool { return c.blocks.BackingsPossible() }
+
+// OpenBacking returns a backing file holding what h reads, if its content
+// is wholly in the cache: nil (and no error) when there is none to be had
+// now, and the caller reads through the daemon. h's version must be the
+// file's current one.
+func (c *Cache) OpenBacking(ctx context.Context, h *Handle) (*Backing, error) {
+	st := h.st
+	st.mu.Lock()
+	rec := st.rec
+	if rec == nil || rec.Kind != KindFile || rec.ContentVer != h.ver || rec.Size == 0 || rec.Size > c.opt.CacheSize/4 {
+		st.mu.Unlock()
+		return nil, nil
+	}
+	if b := c.blocks.BackingFor(st.ino, rec.ContentVer); b != nil {
+		st.mu.Unlock()
+		return c.newBacking(st, b)
+	}
+	// The write buffer's block must be in the store to be copied.
+	if err := c.flushBufLocked(st); err != nil {
+		st.mu.Unlock()
+		return nil, err
+	}
+	snap := rec.clone()
+	seq := st.contentSeq
+	st.mu.Unlock()
+	if !c.wholyLocal(snap) {
+		return nil, nil
+	}
+	if snap.Size > assembleNow {
+		c.assembleInBackground(snap.Ino)
+		return nil, nil
+	}
+	b, err := c.assemble(st, snap, seq)
+	if b == nil || err != nil {
+		return nil, err
+	}
+	return c.newBacking(st, b)
+}
+
+func (c *Cache) newBacking(st *inodeState, b *blocks.Backing) (*Backing, error) {
+	if _, err := c.acquire(st.ino); err != nil {
+		b.Release()
+		return nil, err
+	}
+	return &Backing{c: c, st: st, b: b}, nil
+}
+
+// wholyLocal reports whether every block of n is in the block store.
+func (c *Cache) wholyLocal(n *Inode) bool {
+	bs := c.opt.BlockSize
+	for idx := int64(0); idx*bs < n.Size; idx++ {
+		if src := c.sourceOf(n, idx); !src.hole && !c.blocks.Has(src.id) {
+			return false
+		}
+	}
+	return true
+}
+
+// assemble builds a backing file for snap, a snapshot of st's record taken
+// at content change seq. It returns nil if the content changed meanwhile
+// or a block went missing.
+func (c *Cache) assemble(st *inodeState, snap *Inode, seq uint64) (*blocks.Backing, error) {
+	b, err := c.blocks.Assemble(snap.Ino, snap.ContentVer, snap.Size, c.opt.BlockSize, func(idx int64) (blocks.ID, bool) {
+		src := c.sourceOf(snap, idx)
+		return src.id, src.hole
+	})
+	if errors.Is(err, blocks.ErrNoBacking) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	same := st.rec != nil && st.contentSeq == seq && st.rec.ContentVer == snap.ContentVer
+	st.mu.Unlock()
+	if !same {
+		// A write landed while it was copied: it may hold either.
+		c.blocks.Stale(snap.Ino)
+		b.Release()
+		return nil, nil
+	}
+	c.stats.BackingsMade.Add(1)
+	return b, nil
+}
+
+// assembleInBackground builds ino's backing file for the opens to come,
+// one at a time per file.
+func (c *Cache) assembleInBackground(ino uint64) {
+	c.passMu.Lock()
+	if c.assembling[ino] {
+		c.passMu.Unlock()
+		return
+	}
+	c.assembling[ino] = true
+	c.assemblies.Add(1)
+	c.passMu.Unlock()
+	done := func() {
+		c.passMu.Lock()
+		delete(c.assembling, ino)
+		c.passMu.Unlock()
+		c.assemblies.Done()
+	}
+	started := c.tasks.Go(func() {
+		defer done()
+		st, err := c.acquire(ino)
+		if err != nil {
+			return
+		}
+		defer c.release(st)
+		st.mu.Lock()
+		if st.rec == nil || st.rec.Kind != KindFile {
+			st.mu.Unlock()
+			return
+		}
+		if err := c.flushBufLocked(st); err != nil {
+			st.mu.Unlock()
+			c.log.Warn("cache: backing file", "path", st.rec.Path, "err", err)
+			return
+		}
+		snap, seq := st.rec.clone(), st.contentSeq
+		st.mu.Unlock()
+		b, err := c.assemble(st, snap, seq)
+		if err != nil {
+			c.log.Warn("cache: backing file", "path", snap.Path, "err", err)
+			return
+		}
+		if b != nil {
+			b.Release() // kept, unused, for the next open
+		}
+	})
+	if !started {
+		done()
+	}
+}
+
+// waitAssembly waits for the background assemblies under way (tests).
+func (c *Cache) waitAssembly() { c.assemblies.Wait() }
+
+// contentChangedLocked is called, st.mu held, for every change of st's
+// content: a backing file of it in use gets the same change (mirror, which
+// gets the file and its new size and returns the file's size after it),
+// so that the opens reading it see what was written; an unused one is
+// dropped. mirror nil: the caller changes it next.
+func (c *Cache) contentChangedLocked(st *inodeState, mirror func(f *os.File, size int64) (int64, error)) {
+	st.contentSeq++
+	rec := st.rec
+	var op func(f *os.File) (int64, error)
+	if mirror != nil {
+		size := rec.Size
+		op = func(f *os.File) (int64, error) { return mirror(f, size) }
+	}
+	if err := c.blocks.Changed(st.ino, rec.ContentVer, op); err != nil {
+		// The write is in the cache; the opens that read the backing
+		// file do not see it. New opens will not use that file.
+		c.log.Error("cache: a write could not be copied to the backing file of open passthrough readers; they see the file as it was", "path", rec.Path, "err", err)
+		c.stats.BackingErrors.Add(1)
+	}
+}
+
+// Fd is the backing file's descriptor, to register with the kernel.
+func (b *Backing) Fd() int { return b.b.Fd() }
+
+// Current reports whether the backing file still holds the file's current
+// content (it goes stale when another writer's version replaces it).
+func (b *Backing) Current() bool { return b.b.Current() }
+
+// Ver is the content version the backing file holds (OpenResult.ContentVer).
+func (b *Backing) Ver() uint64 { return b.b.Ver }
+
+// AddWriter records that an open for writing uses the backing file: its
+// write(2)s come to the daemon (and are copied to the file), but a
+// writable mapping of it writes to the backing file directly.
+func (b *Backing) AddWriter() {
+	b.mu.Lock()
+	b.writers = true
+	b.mu.Unlock()
+}
+
+// WriterClosed is called when a writer's open that used the backing file
+// is released: what a mapping wrote to the file is taken into the cache.
+func (b *Backing) WriterClosed(ctx context.Context) error {
+	changed, err := b.b.ForeignChange()
+	if err != nil || !changed {
+		return err
+	}
+	return b.c.takeIn(ctx, b)
+}
+
+// Release is called when the last passthrough open using the backing file
+// is gone. If a writer used it, what its mappings wrote is taken in, and
+// if a mapping outlives the opens (it can still write), the file is kept
+// and looked at again until it is gone.
+func (b *Backing) Release(ctx context.Context) error {
+	b.mu.Lock()
+	writers := b.writers
+	b.mu.Unlock()
+	if writers {
+		if err := b.c.takeIn(ctx, b); err != nil {
+			b.c.lingerBacking(b)
+			return err
+		}
+		mapped, err := b.b.MappedElsewhere()
+		if err != nil || mapped {
+			b.c.lingerBacking(b)
+			return err
+		}
+	}
+	b.b.Release()
+	b.c.release(b.st)
+	return nil
+}
+
+// takeIn copies into the cache the blocks of the backing file that differ
+// from the file's content: what a writable mapping wrote. Each block is
+// read again from the backing file under the inode's lock, where the
+// writes that go through the daemon are copied to it, so that none of
+// them is undone.
+func (c *Cache) takeIn(ctx context.Context, b *Backing) error {
+	st := b.st
+	f := b.b.File()
+	bs := c.opt.BlockSize
+	st.mu.Lock()
+	rec := st.rec
+	if rec == nil || rec.ContentVer != b.b.Ver || !b.b.Current() {
+		st.mu.Unlock()
+		return nil // replaced or gone: what the mapping wrote has no file to go to
+	}
+	size := rec.Size
+	st.mu.Unlock()
+	h := &Handle{c: c, st: st, write: true}
+	mine := make([]byte, bs)
+	taken := 0
+	for idx := int64(0); idx*bs < size; idx++ {
+		n := int(min(bs, size-idx*bs))
+		if _, err := f.ReadAt(mine[:n], idx*bs); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("cache: read backing file: %w", err)
+		}
+		cur, release, err := c.readBlock(ctx, h, idx)
+		if err != nil {
+			return err
+		}
+		same := bytes.Equal(cur[:min(n, len(cur))], mine[:min(n, len(cur))]) && allZero(mine[min(n, len(cur)):n])
+		release()
+		if same {
+			continue
+		}
+		fresh := func(blk []byte) error {
+			clear(blk)
+			if _, err := f.ReadAt(blk[:n], idx*bs); err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("cache: read backing file: %w", err)
+			}
+			return nil
+		}
+		if err := c.writeBlock(ctx, st, idx, fresh, true, 0, nil); err != nil {
+			return err
+		}
+		taken++
+	}
+	if taken > 0 {
+		st.mu.Lock()
+		if st.rec != nil {
+			now := c.now()
+			st.rec.Mtime, st.rec.Ctime = now, now
+			st.rec.Pending |= pendData
+			st.dataChanges++
+		}
+		err := c.flushBufLocked(st)
+		if err == nil && st.rec != nil {
+			err = c.persistDataLocked(st)
+		}
+		st.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		c.wb.Add(writeback.Inode(st.ino))
+		c.log.Info("cache: took in what a writable mapping wrote to a passthrough file", "path", rec.Path, "blocks", taken)
+	}
+	return b.b.Restamp()
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// lingerBacking keeps a backing file that a mapping may still write to;
+// checkLingering looks at it again.
+func (c *Cache) lingerBacking(b *Backing) {
+	c.passMu.Lock()
+	c.lingering = append(c.lingering, b)
+	c.passMu.Unlock()
+}
+
+// checkLingering takes in what lingering backing files got since the last
+// look, and lets go of those no mapping uses any more. It runs with the
+// group commit.
+func (c *Cache) checkLingering(ctx context.Context) {
+	c.passMu.Lock()
+	list := c.lingering
+	c.lingering = nil
+	c.passMu.Unlock()
+	var keep []*Backing
+	for _, b := range list {
+		changed, err := b.b.ForeignChange()
+		if err == nil && changed {
+			err = c.takeIn(ctx, b)
+		}
+		mapped := true
+		if err == nil {
+			mapped, err = b.b.MappedElsewhere()
+		}
+		if err != nil {
+			c.log.Warn("cache: backing file still mapped", "err", err)
+		}
+		if err != nil || mapped {
+			keep = append(keep, b)
+			continue
+		}
+		if changed, err := b.b.ForeignChange(); err == nil && changed {
+			if err := c.takeIn(ctx, b); err != nil {
+				keep = append(keep, b)
+				continue
+			}
+		}
+		b.b.Release()
+		c.release(b.st)
+	}
+	c.passMu.Lock()
+	c.lingering = append(c.lingering, keep...)
+	c.passMu.Unlock()
+}
+
+// closeLingering takes in, one last time, what lingering backing files
+// got, as the cache closes; a mapping that writes after that is not seen.
+func (c *Cache) closeLingering() {
+	c.passMu.Lock()
+	list := c.lingering
+	c.lingering = nil
+	c.passMu.Unlock()
+	for _, b := range list {
+		if changed, err := b.b.ForeignChange(); err != nil || changed {
+			if err == nil {
+				err = c.takeIn(context.Background(), b)
+			}
+			if err != nil {
+				c.log.Error("cache: what a mapping wrote to a passthrough file could not be taken in", "path", b.st.ino, "err", err)
+			}
+		}
+		b.b.Release()
+		c.release(b.st)
+	}
+}

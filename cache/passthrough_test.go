@@ -1,0 +1,239 @@
+package cache
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"testing"
+	"time"
+)
+
+// openR opens path read-only.
+func (e *env) openR(path string) *Handle {
+	e.t.Helper()
+	h, _, err := e.c.Open(ctx, e.mustLookup(path).Ino, false, false)
+	if err != nil {
+		e.t.Fatalf("open %q: %v", path, err)
+	}
+	return h
+}
+
+// backingBytes reads the whole backing file.
+func backingBytes(t *testing.T, b *Backing) []byte {
+	t.Helper()
+	f := b.b.File() // not os.NewFile of its fd: that file's finalizer would close it
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, st.Size())
+	if _, err := f.ReadAt(out, 0); err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// A file wholly in the cache gets a backing file holding its content; a
+// second open gets the same one without copying again.
+func TestBackingHoldsTheContent(t *testing.T) {
+	e := newEnv(t, nil)
+	data := randBytes(int(3*e.opt.BlockSize + 77))
+	e.write("f", 0, data)
+	h := e.openR("f")
+	defer e.close(h)
+	b, err := e.c.OpenBacking(ctx, h)
+	if err != nil || b == nil {
+		t.Fatalf("OpenBacking of a file wholly in the cache: %v, %v", b, err)
+	}
+	if got := backingBytes(t, b); !bytes.Equal(got, data) {
+		t.Fatalf("the backing file holds %d bytes, not the file's %d", len(got), len(data))
+	}
+	if err := b.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := e.c.OpenBacking(ctx, h)
+	if err != nil || b2 == nil {
+		t.Fatalf("second OpenBacking: %v", err)
+	}
+	defer b2.Release(ctx)
+	if n := e.c.Stats().BackingsMade.Load(); n != 1 {
+		t.Fatalf("%d backing files made for one version, want 1", n)
+	}
+	if clean, dirty := e.c.Usage(); clean+dirty < int64(len(data))*2 {
+		t.Fatalf("the backing file is not counted in the cache's size: clean %d dirty %d", clean, dirty)
+	}
+}
+
+// Not every block in the cache (never read whole): no backing file, and
+// no S3 request to make one.
+func TestNoBackingForAFileNotWhollyCached(t *testing.T) {
+	e := newEnv(t, nil)
+	e.store.PutObject("big", randBytes(int(4*e.opt.BlockSize)), nil)
+	h := e.openR("big")
+	defer e.close(h)
+	buf := make([]byte, 10)
+	if _, err := h.Read(ctx, buf, 0); err != nil { // one block only
+		t.Fatal(err)
+	}
+	e.store.ResetCounts()
+	b, err := e.c.OpenBacking(ctx, h)
+	if err != nil || b != nil {
+		t.Fatalf("OpenBacking of a partly cached file: %v, %v; want none", b, err)
+	}
+	if c := e.store.Counts(); len(c) != 0 {
+		t.Fatalf("OpenBacking asked S3: %v", c)
+	}
+}
+
+// While a backing file is in use, writes through the cache are copied to
+// it (its readers see them) and a truncate cuts it; once unused, the next
+// write drops it rather than copying.
+func TestBackingFollowsWrites(t *testing.T) {
+	e := newEnv(t, nil)
+	data := randBytes(int(2*e.opt.BlockSize + 10))
+	e.write("f", 0, data)
+	r := e.openR("f")
+	defer e.close(r)
+	b, err := e.c.OpenBacking(ctx, r)
+	if err != nil || b == nil {
+		t.Fatalf("OpenBacking: %v", err)
+	}
+	w := e.openW("f")
+	if _, err := w.Write(ctx, []byte("hello"), 5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(ctx, []byte("tail"), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	want := append(append([]byte{}, data...), "tail"...)
+	copy(want[5:], "hello")
+	if got := backingBytes(t, b); !bytes.Equal(got, want) {
+		t.Fatalf("the backing file did not follow the writes (%d bytes)", len(got))
+	}
+	if err := e.c.Truncate(ctx, r.Ino(), 100); err != nil {
+		t.Fatal(err)
+	}
+	if got := backingBytes(t, b); !bytes.Equal(got, want[:100]) {
+		t.Fatalf("the backing file did not follow the truncate (%d bytes)", len(got))
+	}
+	if err := b.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(ctx, []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	e.close(w)
+	if got := e.c.blocks.BackingFor(r.Ino(), r.ver); got != nil {
+		t.Fatal("an unused backing file survived a write: the next open would read old bytes")
+	}
+}
+
+// The content changes while the backing file is copied: it is not used.
+func TestBackingRacingAWriteIsNotUsed(t *testing.T) {
+	e := newEnv(t, nil)
+	e.write("f", 0, randBytes(int(2*e.opt.BlockSize)))
+	r := e.openR("f")
+	defer e.close(r)
+	st := r.st
+	st.mu.Lock()
+	snap, seq := st.rec.clone(), st.contentSeq
+	st.mu.Unlock()
+	e.write("f", 0, []byte("changed")) // lands between the snapshot and the check
+	b, err := e.c.assemble(st, snap, seq)
+	if err != nil || b != nil {
+		t.Fatalf("assemble across a write: %v, %v; want none", b, err)
+	}
+	if got := e.c.blocks.BackingFor(r.Ino(), snap.ContentVer); got != nil {
+		t.Fatal("the backing file copied across a write is still offered")
+	}
+}
+
+// Another writer's version replaces the file: the backing file of the old
+// one keeps serving its open, is offered to no new open, and is gone
+// once released.
+func TestBackingOfAReplacedVersionIsNotOffered(t *testing.T) {
+	e := newEnv(t, nil)
+	e.store.PutObject("f", []byte("old content"), nil)
+	if got := e.read("f"); string(got) != "old content" {
+		t.Fatalf("read %q", got)
+	}
+	r := e.openR("f")
+	b, err := e.c.OpenBacking(ctx, r)
+	if err != nil || b == nil {
+		t.Fatalf("OpenBacking: %v", err)
+	}
+	e.store.PutObject("f", []byte("new content!"), nil)
+	e.clock.Advance(2 * time.Second) // past the TTL
+	if got := e.read("f"); string(got) != "new content!" {
+		t.Fatalf("after the replacement: %q", got)
+	}
+	if b.Current() {
+		t.Fatal("the old version's backing file still counts as current")
+	}
+	if got := backingBytes(t, b); string(got) != "old content" {
+		t.Fatalf("the open of the old version lost its bytes: %q", got)
+	}
+	r2 := e.openR("f")
+	b2, err := e.c.OpenBacking(ctx, r2)
+	if err != nil || b2 == nil {
+		t.Fatalf("OpenBacking of the new version: %v", err)
+	}
+	if got := backingBytes(t, b2); string(got) != "new content!" {
+		t.Fatalf("the new version's backing file holds %q", got)
+	}
+	for _, x := range []*Backing{b, b2} {
+		if err := x.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.close(r)
+	e.close(r2)
+}
+
+// A writer's mapping wrote to the backing file: the cache takes it in.
+func TestBackingTakesInAMappingsWrite(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.logs.allow("took in what a writable mapping wrote")
+	data := randBytes(int(2 * e.opt.BlockSize))
+	e.write("f", 0, data)
+	r := e.openR("f")
+	defer e.close(r)
+	b, err := e.c.OpenBacking(ctx, r)
+	if err != nil || b == nil {
+		t.Fatalf("OpenBacking: %v", err)
+	}
+	b.AddWriter()
+	f := os.NewFile(uintptr(b.Fd()), "backing")
+	if _, err := f.WriteAt([]byte("mapped"), e.opt.BlockSize+3); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriterClosed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte{}, data...)
+	copy(want[e.opt.BlockSize+3:], "mapped")
+	if got := e.read("f"); !bytes.Equal(got, want) {
+		t.Fatal("the cache did not take in the mapping's write")
+	}
+	if err := b.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.drain()
+	if !bytes.Equal(e.object("f"), want) {
+		t.Fatal("the mapping's write did not reach S3")
+	}
+}
+
+// An encrypted cache never makes a backing file.
+func TestNoBackingWithEncryption(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.EncryptionKey = bytes.Repeat([]byte{7}, 32) })
+	e.write("f", 0, []byte("secret"))
+	r := e.openR("f")
+	defer e.close(r)
+	if e.c.PassthroughPossible() {
+		t.Fatal("an encrypted cache says it can pass through")
+	}
+	if b, err := e.c.OpenBacking(ctx, r); b != nil || err != nil {
+		t.Fatalf("OpenBacking with encryption: %v, %v", b, err)
+	}
+}
