@@ -39,6 +39,10 @@ type Options struct {
 	Debug           bool
 	Logger          *slog.Logger
 	Ops             OpObserver // told about every FUSE request; may be nil
+	// Passthrough hands reads of files wholly in the cache to the kernel
+	// (FUSE passthrough) where the kernel, the privileges and the cache
+	// allow it; see passthrough.go.
+	Passthrough bool
 }
 
 // FS is a mounted keelfs: the go-fuse server and the node registry that
@@ -53,6 +57,7 @@ type FS struct {
 	nodes map[uint64]*Node // live nodes by inode number, for notifications
 
 	server *fuse.Server
+	pt     ptState
 }
 
 // New returns the filesystem for c. Pass its Invalidate and InvalidateEntry
@@ -146,17 +151,18 @@ func (f *FS) Mount(dir string) error {
 	if obs == nil {
 		obs = func(string, bool, time.Duration) {}
 	}
-	raw := &countingFS{RawFileSystem: gofs.NewNodeFS(f.root, opts), obs: obs}
+	raw := &countingFS{RawFileSystem: gofs.NewNodeFS(f.root, opts), obs: obs, pt: &f.pt}
 	server, err := fuse.NewServer(raw, dir, &opts.MountOptions)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", dir, err)
 	}
+	f.server = server // before any request: the replies of passthrough opens use it
 	go server.Serve()
 	if err := server.WaitMount(); err != nil {
 		server.Unmount()
 		return fmt.Errorf("mount %s: %w", dir, err)
 	}
-	f.server = server
+	f.startPassthrough(server)
 	f.register(cache.RootIno, f.root)
 	if f.opt.KernelReadAhead > 0 {
 		if err := setReadAhead(dir, f.opt.KernelReadAhead); err != nil {

@@ -15,8 +15,8 @@ import (
 // Node is one file, directory or symlink known to the kernel.
 type Node struct {
 	gofs.Inode
-	fsys  *FS
-	pages pageCache
+	fsys *FS
+	io   nodeIO
 
 	// The names the kernel may hold for this directory (FOPEN_CACHE_DIR)
 	// are of cache.DirVersion dirVer; see OpendirHandle.

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -26,7 +25,7 @@ func (n *Node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, toErrno("open", err)
 	}
-	fuseFlags, cached, changed := n.pages.acquire(res.ContentVer)
+	mode, ep, fuseFlags, changed := n.ioOpen(ctx, h, write, res.ContentVer)
 	if changed {
 		// Another writer's version replaced the one the kernel has seen.
 		// The open's answer drops its pages, but not the size it caches:
@@ -38,7 +37,7 @@ func (n *Node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			n.fsys.log.Debug("fs: invalidate attributes after a new version", "ino", n.ino(), "errno", errno)
 		}
 	}
-	return &fileHandle{h: h, node: n, cached: cached}, fuseFlags, 0
+	return &fileHandle{h: h, node: n, mode: mode, ep: ep}, fuseFlags, 0
 }
 
 // pageCache keeps the kernel's page cache of a node to one content
@@ -49,8 +48,9 @@ func (n *Node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 // page cache would see the old handle's pages, and the old handle the new
 // one's: a mix of versions. So such a handle bypasses the page cache
 // (FOPEN_DIRECT_IO) until the old handles are closed.
+//
+// It is guarded by nodeIO.mu.
 type pageCache struct {
-	mu    sync.Mutex
 	known bool   // ver is set: the kernel may hold pages of it
 	ver   uint64 // the version the page cache holds
 	users int    // open handles that read through the page cache, all of ver
@@ -61,8 +61,6 @@ type pageCache struct {
 // all.
 // changed says the kernel saw another version before this one.
 func (p *pageCache) acquire(ver uint64) (fuseFlags uint32, cached, changed bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	switch {
 	case p.users > 0 && p.ver != ver:
 		// Leave the pages to the handles of their version.
@@ -81,16 +79,15 @@ func (p *pageCache) acquire(ver uint64) (fuseFlags uint32, cached, changed bool)
 
 // release is called when a handle that read through the page cache closes.
 func (p *pageCache) release() {
-	p.mu.Lock()
 	p.users--
-	p.mu.Unlock()
 }
 
 // fileHandle is an open file.
 type fileHandle struct {
-	h      *cache.Handle
-	node   *Node
-	cached bool // reads through the kernel's page cache (see pageCache)
+	h    *cache.Handle
+	node *Node
+	mode ioMode // how the kernel does its I/O (see nodeIO)
+	ep   *epoch // the passthrough epoch it is in (mode ioEpoch)
 }
 
 var _ = (gofs.FileReader)((*fileHandle)(nil))
@@ -136,9 +133,7 @@ func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 var _ = (gofs.FileReleaser)((*fileHandle)(nil))
 
 func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
-	if f.cached {
-		f.node.pages.release()
-	}
+	f.node.ioRelease(ctx, f)
 	return toErrno("release", f.h.Release(ctx))
 }
 

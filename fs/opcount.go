@@ -15,8 +15,9 @@ type OpObserver func(op string, ok bool, d time.Duration)
 // operation is counted in one place, whichever node type serves it.
 // go-fuse's own latency hook (Server.RecordLatencies) is a no-op since v2.
 //
-// It also drops the kernel's INTERRUPT: every operation gets a nil cancel
-// channel. The kernel sends INTERRUPT for any signal, including the Go
+// It also drops the kernel's INTERRUPT: every operation gets a cancel
+// channel that is never closed (nil, or a mark: see killSetID and
+// ptState.begin). The kernel sends INTERRUPT for any signal, including the Go
 // runtime's preemption signal (SIGURG) in the calling app; honouring it
 // turned an open or rename into a spurious EINTR that the app never asked
 // for. A fatal signal still ends the caller's wait at once (the kernel
@@ -25,6 +26,7 @@ type OpObserver func(op string, ok bool, d time.Duration)
 type countingFS struct {
 	fuse.RawFileSystem
 	obs OpObserver
+	pt  *ptState // completes the replies of passthrough opens
 }
 
 func (c *countingFS) done(op string, st fuse.Status, start time.Time) {
@@ -111,14 +113,18 @@ func (c *countingFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte,
 
 func (c *countingFS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Create(nil, in, name, out)
+	slot := c.pt.begin()
+	st := c.RawFileSystem.Create(slot.ch, in, name, out)
+	c.pt.finish(slot, st == fuse.OK, &out.OpenOut)
 	c.done("create", st, t)
 	return st
 }
 
 func (c *countingFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
 	t := time.Now()
-	st := c.RawFileSystem.Open(nil, in, out)
+	slot := c.pt.begin()
+	st := c.RawFileSystem.Open(slot.ch, in, out)
+	c.pt.finish(slot, st == fuse.OK, out)
 	c.done("open", st, t)
 	return st
 }

@@ -40,6 +40,7 @@ type mountConfig struct {
 	SyncOnClose     bool
 	DirSync         bool
 	NoAtime         bool
+	Passthrough     bool
 	MaxUploads      int
 	SkipHeaders     bool
 	Conflict        string
@@ -105,6 +106,7 @@ func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
 	fs.BoolVar(&cfg.SyncOnClose, "sync-on-close", false, "make close(2) wait until the file is in S3 (the sync mount option)")
 	fs.BoolVar(&cfg.DirSync, "dirsync", false, "make creates, deletes and renames wait until the change is durable (the dirsync mount option)")
 	fs.BoolVar(&cfg.NoAtime, "noatime", false, "reads never move the access time (default: as relatime)")
+	fs.BoolVar(&cfg.Passthrough, "passthrough", true, "let the kernel read files wholly in the cache from their backing file, without keelfs (FUSE passthrough: Linux 6.9+, root, no cache encryption)")
 	fs.IntVar(&cfg.MaxUploads, "max-uploads", 4, "files uploaded at once")
 	fs.BoolVar(&cfg.SkipHeaders, "skip-headers", false, "never read x-amz-meta-* attributes (no HEAD per object); every object gets the defaults")
 	fs.StringVar(&cfg.Conflict, "conflict", "copy", "when another writer changed a file first: copy (keep both) or overwrite (last writer wins)")

@@ -142,6 +142,12 @@ func (m *metrics) watchCache(c *cache.Cache, cacheSize int64) {
 	counter("keelfs_streamed_parts_total", "Multipart parts sent while their file was still being written.", func() float64 { return float64(st.PartsStreamed.Load()) })
 	counter("keelfs_streamed_parts_used_total", "Streamed parts that the upload of the closed file used.", func() float64 { return float64(st.PartsReused.Load()) })
 	counter("keelfs_deletes_total", "Objects deleted in S3.", func() float64 { return float64(st.DeletesDone.Load()) })
+	counter("keelfs_passthrough_opens_total", "Opens whose reads the kernel takes from a backing file in the cache, without keelfs (FUSE passthrough).",
+		func() float64 { return float64(st.PassthroughOpens.Load()) })
+	counter("keelfs_backing_files_made_total", "Backing files assembled from cached blocks for passthrough.",
+		func() float64 { return float64(st.BackingsMade.Load()) })
+	counter("keelfs_backing_errors_total", "Writes that could not be copied to the backing file of open passthrough readers (each logged at ERROR).",
+		func() float64 { return float64(st.BackingErrors.Load()) })
 	gauge("keelfs_dirty_bytes", "Bytes written locally and not yet in S3.", func() float64 {
 		_, dirty := c.Usage()
 		return float64(dirty)

@@ -449,7 +449,7 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 		FsName: "keelfs:" + strings.TrimSuffix(cfg.Bucket+"/"+cfg.Prefix, "/"), ReadOnly: cfg.ReadOnly,
 		AllowOther: cfg.AllowOther, AllowRoot: cfg.AllowRoot, TTL: cfg.MetadataTTL.duration(), Debug: cfg.Debug, Logger: log,
 		Suid: cfg.Suid, Dev: cfg.Dev, NoExec: !cfg.Exec, DirSync: cfg.DirSync,
-		Ops: met.fuseOp,
+		Passthrough: cfg.Passthrough, Ops: met.fuseOp,
 	})
 	conflict := cache.ConflictCopy
 	if cfg.Conflict == "overwrite" {

@@ -1,0 +1,253 @@
+package fs
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/keelfs/keelfs/cache"
+)
+
+// FUSE passthrough (Linux 6.9 and later): an open gets a backing file,
+// registered with the kernel, which then reads it, and maps it, without
+// sending READs to keelfs. keelfs passes through reads of files whose
+// content is wholly in the cache; writes stay on the normal path.
+//
+// The kernel's rules shape what is done here. An inode is in one I/O
+// mode at a time: while any open of it passes through, every new open
+// must too (or fail with EIO), with the same backing file; and a
+// passthrough open fails while an open that uses the page cache exists.
+// So the opens of a node are grouped in epochs: an epoch starts with a
+// read-only open when no other open of the node exists and the cache
+// has (or assembles) a backing file for its content, and every open
+// until the last of them closes joins it. Joiners that must not read the
+// backing file (writers, and opens of a newer version another writer
+// made) are FOPEN_PASSTHROUGH with FOPEN_DIRECT_IO: their reads and
+// writes come to keelfs, and the cache copies each write to the backing
+// file so that the passthrough readers see it. A writer's mapping goes to
+// the backing file itself: the cache takes in what it wrote when the
+// writer closes, when the epoch ends, and, if a mapping outlives both,
+// until it is gone (cache.Backing).
+//
+// keelfs registers and unregisters backing IDs itself (go-fuse's own
+// handling, FilePassthroughFder, ties the ID to its own count of opens,
+// which would let an open of a new epoch get the previous epoch's file).
+// The open's reply is completed at the FUSE boundary (countingFS.Open):
+// go-fuse hands a file's Open nothing of the reply but its flags, so
+// Node.open leaves the decision in a slot found by the request's cancel
+// channel, which countingFS makes unique per open.
+
+// ptState is the filesystem's passthrough switch and the open slots.
+type ptState struct {
+	enabled atomic.Bool
+	server  func() *fuse.Server
+	log     func(msg string, args ...any)
+	once    sync.Once
+	slots   sync.Map // <-chan struct{} -> *openSlot
+}
+
+// openSlot carries an open's passthrough decision from Node.open to the
+// reply.
+type openSlot struct {
+	ch   chan struct{} // never closed: to go-fuse, the same as no cancel
+	node *Node
+	ep   *epoch
+}
+
+// epoch is one run of passthrough opens of a node.
+type epoch struct {
+	bk      *cache.Backing
+	id      int32 // the backing ID; 0 until the first reply registers it
+	failed  bool  // registration failed: its opens are plain opens
+	users   int   // opens in it
+	writers bool  // a writer joined
+}
+
+// begin makes the slot of one OPEN or CREATE request.
+func (p *ptState) begin() *openSlot {
+	s := &openSlot{ch: make(chan struct{})}
+	p.slots.Store((<-chan struct{})(s.ch), s)
+	return s
+}
+
+// slotOf returns the slot of the request ctx belongs to, or nil.
+func (p *ptState) slotOf(ctx context.Context) *openSlot {
+	fc, ok := ctx.(*fuse.Context)
+	if !ok || fc.Cancel == nil {
+		return nil
+	}
+	if v, ok := p.slots.Load(fc.Cancel); ok {
+		return v.(*openSlot)
+	}
+	return nil
+}
+
+// finish completes the reply of an open that joined an epoch: the first
+// reply of an epoch registers its backing file. A registration that
+// fails (not root, a cache on a stacked filesystem) turns passthrough off
+// for the mount, and the epoch's opens go on as plain opens.
+func (p *ptState) finish(s *openSlot, ok bool, out *fuse.OpenOut) {
+	p.slots.Delete((<-chan struct{})(s.ch))
+	if !ok || s.ep == nil {
+		return
+	}
+	io := &s.node.io
+	io.mu.Lock()
+	defer io.mu.Unlock()
+	ep := s.ep
+	if ep.id == 0 && !ep.failed {
+		id, errno := p.server().RegisterBackingFd(&fuse.BackingMap{Fd: int32(ep.bk.Fd())})
+		if errno != 0 {
+			ep.failed = true
+			p.disable("the kernel refused the backing file", errno)
+		} else {
+			ep.id = id
+		}
+	}
+	if ep.id != 0 {
+		out.BackingID = ep.id
+		if out.OpenFlags&fuse.FOPEN_DIRECT_IO == 0 {
+			s.node.fsys.c.Stats().PassthroughOpens.Add(1)
+		}
+		out.OpenFlags |= fuse.FOPEN_PASSTHROUGH
+		out.OpenFlags &^= fuse.FOPEN_KEEP_CACHE
+	}
+}
+
+// disable turns passthrough off for the mount, saying why once.
+func (p *ptState) disable(why string, errno syscall.Errno) {
+	p.enabled.Store(false)
+	p.once.Do(func() {
+		p.log("fs: FUSE passthrough is off for this mount; reads of cached files go through keelfs", "reason", why, "errno", errno.Error())
+	})
+}
+
+// ioMode is how one open file does its I/O.
+type ioMode int
+
+const (
+	ioCached ioMode = iota // through the kernel's page cache
+	ioDirect               // FOPEN_DIRECT_IO, outside any epoch
+	ioEpoch                // in a passthrough epoch
+)
+
+// nodeIO is the I/O state of a node's open files: its page cache (see
+// pageCache) and its passthrough epoch.
+type nodeIO struct {
+	mu     sync.Mutex
+	pages  pageCache // guarded by mu
+	direct int       // opens with FOPEN_DIRECT_IO outside an epoch
+	ep     *epoch    // the epoch under way, or nil
+}
+
+// open decides how an open of version ver does its I/O, for the handle h
+// the cache opened. slot, when not nil, receives an epoch the open joins.
+func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write bool, ver uint64) (mode ioMode, ep *epoch, flags uint32, changed bool) {
+	io := &n.io
+	pt := &n.fsys.pt
+	slot := pt.slotOf(ctx)
+	io.mu.Lock()
+	defer io.mu.Unlock()
+	if io.ep != nil {
+		ep = io.ep
+		ep.users++
+		if write || ep.bk.Ver() != ver || !ep.bk.Current() {
+			// Reads and writes come to keelfs; the kernel still wants
+			// the backing file named.
+			flags = fuse.FOPEN_DIRECT_IO
+			if write {
+				ep.writers = true
+				ep.bk.AddWriter()
+			}
+		}
+		if slot != nil {
+			slot.node, slot.ep = n, ep
+		}
+		return ioEpoch, ep, flags, false
+	}
+	if !write && slot != nil && pt.enabled.Load() && io.pages.users == 0 && io.direct == 0 {
+		bk, err := n.fsys.c.OpenBacking(ctx, h)
+		if err != nil {
+			n.fsys.log.Warn("fs: backing file for passthrough", "ino", n.ino(), "err", err)
+		}
+		if bk != nil {
+			ep = &epoch{bk: bk, users: 1}
+			io.ep = ep
+			slot.node, slot.ep = n, ep
+			return ioEpoch, ep, 0, false
+		}
+	}
+	flags, cached, changed := io.pages.acquire(ver)
+	if cached {
+		return ioCached, nil, flags, changed
+	}
+	io.direct++
+	return ioDirect, nil, flags, changed
+}
+
+// ioRelease is called when an open file is released.
+func (n *Node) ioRelease(ctx context.Context, f *fileHandle) {
+	if f.mode == ioEpoch && f.h.Writable() {
+		// While it still counts in the epoch, which keeps the backing
+		// file.
+		if err := f.ep.bk.WriterClosed(ctx); err != nil {
+			n.fsys.log.Error("fs: what a mapping wrote to a passthrough file could not be taken in", "ino", n.ino(), "err", err)
+		}
+	}
+	io := &n.io
+	io.mu.Lock()
+	var end *epoch
+	switch f.mode {
+	case ioCached:
+		io.pages.release()
+	case ioDirect:
+		io.direct--
+	case ioEpoch:
+		f.ep.users--
+		if f.ep.users == 0 {
+			end = f.ep
+			io.ep = nil
+			if end.writers {
+				// Direct writes went around the page cache: do not keep
+				// what it holds.
+				io.pages.known = false
+			}
+			if end.id != 0 {
+				if errno := n.fsys.server.UnregisterBackingFd(end.id); errno != 0 {
+					n.fsys.log.Warn("fs: unregister backing file", "ino", n.ino(), "errno", errno.Error())
+				}
+			}
+		}
+	}
+	io.mu.Unlock()
+	if end != nil {
+		if err := end.bk.Release(ctx); err != nil {
+			n.fsys.log.Error("fs: what a mapping wrote to a passthrough file could not be taken in", "ino", n.ino(), "err", err)
+		}
+	}
+}
+
+// startPassthrough turns passthrough on if the mount asked for it and the
+// kernel and the cache can do it, and says which.
+func (f *FS) startPassthrough(server *fuse.Server) {
+	f.pt.server = func() *fuse.Server { return f.server }
+	f.pt.log = f.log.Info
+	why := ""
+	switch {
+	case !f.opt.Passthrough:
+		why = "turned off (--passthrough=false)"
+	case server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0:
+		why = "the kernel does not offer it (Linux 6.9 and later do)"
+	case f.c == nil || !f.c.PassthroughPossible():
+		why = "the cache is encrypted (the kernel would read plaintext from the disk)"
+	}
+	if why != "" {
+		f.log.Info("fs: FUSE passthrough is off; reads of cached files go through keelfs", "reason", why)
+		return
+	}
+	f.pt.enabled.Store(true)
+	f.log.Debug("fs: FUSE passthrough is on for reads of files wholly in the cache")
+}
