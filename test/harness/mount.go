@@ -187,10 +187,13 @@ func keelfsMounts(dir string) map[string]bool {
 // FUSE passes every statfs to the daemon, never from a cache (a stat may
 // be answered from the attribute cache after the daemon died), and
 // keelfs answers it without S3 (an open of the directory would list it,
-// and fill the cache the test is about).
+// and fill the cache the test is about). The answer must come from a
+// FUSE filesystem: while a new daemon detaches the dead mount it replaces,
+// dir briefly resolves to the directory underneath, whose statfs works.
 func Answers(dir string) bool {
+	const fuseSuperMagic = 0x65735546
 	var st unix.Statfs_t
-	return unix.Statfs(dir, &st) == nil
+	return unix.Statfs(dir, &st) == nil && st.Type == fuseSuperMagic
 }
 
 // Path joins p to the mount point.
