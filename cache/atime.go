@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"errors"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -44,13 +45,25 @@ func (c *Cache) noteRead(st *inodeState) {
 	}
 	prev := rec.Atime
 	rec.Atime = now
-	if rec.needsWork() {
-		return // stored with the record when its pending upload commits
-	}
-	// Only the atime changed, so the record is its own "before" for the
-	// journal and claim indexes. Neither a change to upload nor one fsync
-	// must wait for: the scheduler is not told.
-	if err := update(c.db, func(txn *badger.Txn) error { return putInode(txn, rec, rec) }); err != nil {
+	// The stored record gets the new atime and nothing else: the one in
+	// memory may hold changes (a write's block map) that are stored when
+	// the write is. Waiting for those would lose the atime when the state
+	// is let go before they are stored. Only the atime changes, so the
+	// record is its own "before" for the journal and claim indexes; it is
+	// neither a change to upload nor one fsync must wait for, so the
+	// scheduler is not told.
+	err := update(c.db, func(txn *badger.Txn) error {
+		stored, err := getInode(txn, rec.Ino)
+		if errors.Is(err, ErrNotExist) {
+			return nil // not stored yet: it will be, with rec.Atime
+		}
+		if err != nil {
+			return err
+		}
+		stored.Atime = now
+		return putInode(txn, stored, stored)
+	})
+	if err != nil {
 		rec.Atime = prev
 		c.log.Warn("cache: record access time", "path", rec.Path, "err", err)
 	}

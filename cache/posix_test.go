@@ -460,3 +460,32 @@ func TestDirNlinkNotRecountedForFiles(t *testing.T) {
 		t.Fatalf("after mkdir: nlink %d", a.Nlink)
 	}
 }
+
+// A read of a file whose changes are not uploaded yet moves its atime
+// too, and the move outlives the open: it was kept only in memory, and
+// lost when the last handle let the inode's state go.
+func TestAtimeOfPendingFileKept(t *testing.T) {
+	e := newEnv(t, nil)
+	e.write("f", 0, []byte("x"))
+	ino := e.mustLookup("f").Ino
+	old := e.clock.Now().Add(-48 * time.Hour)
+	if _, err := e.c.Setattr(ctx, ino, SetAttr{Atime: &old}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Second)
+	e.read("f") // opens, reads, closes: nothing holds the inode after
+	now := e.clock.Now()
+	if a := e.mustLookup("f"); !a.Atime.Equal(now) {
+		t.Fatalf("atime %v after a read of a pending file, want %v", a.Atime, now)
+	}
+	e.reopen()
+	if a := e.mustLookup("f"); !a.Atime.Equal(now) {
+		t.Fatalf("atime %v after a remount, want %v", a.Atime, now)
+	}
+	// It reaches S3 with the pending upload.
+	e.drain()
+	want := fmt.Sprint(now.Unix()) // whole seconds are written as such
+	if _, info, _ := e.store.Object("f"); info.Metadata[metaAtime] != want {
+		t.Fatalf("x-amz-meta-atime %q, want %q", info.Metadata[metaAtime], want)
+	}
+}
