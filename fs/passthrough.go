@@ -143,9 +143,12 @@ type nodeIO struct {
 	ep     *epoch    // the epoch under way, or nil
 }
 
-// open decides how an open of version ver does its I/O, for the handle h
-// the cache opened. slot, when not nil, receives an epoch the open joins.
-func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write bool, ver uint64) (mode ioMode, ep *epoch, flags uint32, changed bool) {
+// ioOpen decides how an open of version ver does its I/O, for the handle
+// h the cache opened. The request's slot, if any, receives an epoch the
+// open joins. An O_DIRECT open (direct) never reads the backing file: the
+// backing file's filesystem would demand aligned buffers and offsets,
+// which a FUSE file does not.
+func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write, direct bool, ver uint64) (mode ioMode, ep *epoch, flags uint32, changed bool) {
 	io := &n.io
 	pt := &n.fsys.pt
 	slot := pt.slotOf(ctx)
@@ -154,7 +157,7 @@ func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write bool, ver uint
 	if io.ep != nil {
 		ep = io.ep
 		ep.users++
-		if write || ep.bk.Ver() != ver || !ep.bk.Current() {
+		if write || direct || ep.bk.Ver() != ver || !ep.bk.Current() {
 			// Reads and writes come to keelfs; the kernel still wants
 			// the backing file named.
 			flags = fuse.FOPEN_DIRECT_IO
@@ -168,7 +171,7 @@ func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write bool, ver uint
 		}
 		return ioEpoch, ep, flags, false
 	}
-	if !write && slot != nil && pt.enabled.Load() && io.pages.users == 0 && io.direct == 0 {
+	if !write && !direct && slot != nil && pt.enabled.Load() && io.pages.users == 0 && io.direct == 0 {
 		bk, err := n.fsys.c.OpenBacking(ctx, h)
 		if err != nil {
 			n.fsys.log.Warn("fs: backing file for passthrough", "ino", n.ino(), "err", err)

@@ -268,3 +268,46 @@ func TestPassthroughFallsBackWhenTheKernelRefuses(t *testing.T) {
 		t.Errorf("the log says %d times that passthrough is off, want once:\n%s", n, m.Log())
 	}
 }
+
+// TestPassthroughODirectUnaligned: an O_DIRECT read with a buffer and an
+// offset that are not aligned works on a FUSE file, so it must on a
+// cached one too: such an open never reads the backing file (whose
+// filesystem would answer EINVAL), whether or not a reader passes
+// through at the time.
+func TestPassthroughODirectUnaligned(t *testing.T) {
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	m, reads, _ := ptMount(t, srv, b)
+	data := randBytes(1<<20 + 99)
+	if err := os.WriteFile(m.Path("f"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	directRead := func(when string) {
+		t.Helper()
+		fd, err := syscall.Open(m.Path("f"), syscall.O_RDONLY|syscall.O_DIRECT, 0)
+		if err != nil {
+			t.Fatalf("%s: open O_DIRECT: %v", when, err)
+		}
+		defer syscall.Close(fd)
+		buf := make([]byte, 10000)
+		got := buf[3 : 3+5000] // not aligned to anything
+		n, err := syscall.Pread(fd, got, 777)
+		if err != nil || n != len(got) || !bytes.Equal(got, data[777:777+5000]) {
+			t.Fatalf("%s: O_DIRECT read of 5000 bytes at 777 into an unaligned buffer: %d, %v", when, n, err)
+		}
+	}
+	directRead("alone")
+	r, err := os.Open(m.Path("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	before := reads()
+	if _, err := r.ReadAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := reads() - before; n != 0 {
+		t.Fatalf("the plain reader came to keelfs (%v READs): no passthrough epoch to join", n)
+	}
+	directRead("beside a reader that passes through")
+}
