@@ -81,7 +81,31 @@ func (c *Cache) newBacking(st *inodeState, b *blocks.Backing) (*Backing, error) 
 		b.Release()
 		return nil, err
 	}
+	if !c.opt.NoAtime && !c.opt.ReadOnly {
+		if err := b.ArmAtime(); err != nil {
+			// Passthrough works; the reads it serves will not move atime.
+			c.log.Warn("cache: reads that pass through will not move atime", "err", err)
+		}
+	}
 	return &Backing{c: c, st: st, b: b}, nil
+}
+
+// NoteReads moves the file's atime, as a read through keelfs would
+// (relatime), if the kernel read the backing file since the last look.
+// The caller makes sure the backing file is still held (an open of its
+// epoch exists).
+func (b *Backing) NoteReads() {
+	c := b.c
+	if c.opt.NoAtime || c.opt.ReadOnly {
+		return
+	}
+	read, err := b.b.ReadSinceArmed()
+	if err != nil {
+		c.log.Warn("cache: reads that passed through", "err", err)
+	}
+	if read {
+		c.noteRead(b.st)
+	}
 }
 
 // wholyLocal reports whether every block of n is in the block store.

@@ -237,3 +237,35 @@ func TestNoBackingWithEncryption(t *testing.T) {
 		t.Fatalf("OpenBacking with encryption: %v, %v", b, err)
 	}
 }
+
+// Reads that pass through never reach keelfs: the backing file's own
+// atime tells that the kernel read it, and the file's atime then moves as
+// relatime says, once per look; no read, no move.
+func TestBackingReadsMoveAtime(t *testing.T) {
+	e := newEnv(t, nil)
+	e.write("f", 0, []byte("some content"))
+	ino := e.mustLookup("f").Ino
+	old := e.clock.Now().Add(-48 * time.Hour)
+	if _, err := e.c.Setattr(ctx, ino, SetAttr{Atime: &old}); err != nil {
+		t.Fatal(err)
+	}
+	r := e.openR("f")
+	defer e.close(r)
+	b, err := e.c.OpenBacking(ctx, r)
+	if err != nil || b == nil {
+		t.Fatalf("OpenBacking: %v", err)
+	}
+	defer b.Release(ctx)
+	e.clock.Advance(time.Second)
+	b.NoteReads()
+	if a := e.mustLookup("f"); !a.Atime.Equal(old) {
+		t.Fatalf("atime moved to %v with no read of the backing file", a.Atime)
+	}
+	if _, err := b.b.File().ReadAt(make([]byte, 4), 0); err != nil { // what the kernel does for a passthrough read
+		t.Fatal(err)
+	}
+	b.NoteReads()
+	if a := e.mustLookup("f"); !a.Atime.Equal(e.clock.Now()) {
+		t.Fatalf("atime %v after a read that passed through, want %v", a.Atime, e.clock.Now())
+	}
+}

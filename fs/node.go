@@ -48,6 +48,7 @@ var _ = (gofs.NodeGetattrer)((*Node)(nil))
 
 // Getattr revalidates a clean file older than the TTL against S3.
 func (n *Node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.noteReads()
 	a, err := n.fsys.c.Getattr(ctx, n.ino())
 	if err != nil {
 		return toErrno("getattr", err)

@@ -202,6 +202,11 @@ func (n *Node) ioRelease(ctx context.Context, f *fileHandle) {
 	}
 	io := &n.io
 	io.mu.Lock()
+	if f.mode == ioEpoch {
+		// Reads that passed through move atime now, before the
+		// epoch may end.
+		f.ep.bk.NoteReads()
+	}
 	var end *epoch
 	switch f.mode {
 	case ioCached:
@@ -253,4 +258,15 @@ func (f *FS) startPassthrough(server *fuse.Server) {
 	}
 	f.pt.enabled.Store(true)
 	f.log.Debug("fs: FUSE passthrough is on for reads of files wholly in the cache")
+}
+
+// noteReads moves atime for the reads of n that passed through keelfs's
+// back, if an epoch is under way (the kernel asks for the attributes
+// again after such reads).
+func (n *Node) noteReads() {
+	n.io.mu.Lock()
+	defer n.io.mu.Unlock() // the epoch, and so its backing file, lasts while held
+	if n.io.ep != nil {
+		n.io.ep.bk.NoteReads()
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -69,10 +70,12 @@ type Backing struct {
 	stamp fileStamp // after the last change made through Changed
 }
 
-// fileStamp is what fstat says about a file's last change.
+// fileStamp is what fstat says about a file's last change of content. A
+// write through a mapping moves the mtime; the ctime is left out, since
+// ArmAtime moves it without a change of content.
 type fileStamp struct {
-	mtime, ctime unix.Timespec
-	size         int64
+	mtime unix.Timespec
+	size  int64
 }
 
 func stampOf(f *os.File) (fileStamp, error) {
@@ -80,7 +83,40 @@ func stampOf(f *os.File) (fileStamp, error) {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return fileStamp{}, err
 	}
-	return fileStamp{mtime: st.Mtim, ctime: st.Ctim, size: st.Size}, nil
+	return fileStamp{mtime: st.Mtim, size: st.Size}, nil
+}
+
+// Reads through a backing file never reach keelfs. So that the FUSE
+// file's atime can follow them (relatime, kept by the cache), the backing
+// file's own atime is set back to 1970 when it is handed out: the
+// kernel's relatime on the cache's filesystem then moves it at the next
+// read, the atime being older than the mtime. Where that filesystem is
+// mounted noatime, reads that pass through do not move atime.
+
+// armedAtime is the atime ArmAtime sets.
+const armedAtime = 1
+
+// ArmAtime sets the backing file's atime back, for ReadSinceArmed.
+func (b *Backing) ArmAtime() error {
+	ts := []unix.Timespec{{Sec: armedAtime}, {Nsec: unix.UTIME_OMIT}}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, b.f.Name(), ts, 0); err != nil {
+		return fmt.Errorf("cache: set atime of backing file: %w", err)
+	}
+	return nil
+}
+
+// ReadSinceArmed reports whether the backing file was read since
+// ArmAtime, and arms it again if so.
+func (b *Backing) ReadSinceArmed() (bool, error) {
+	fi, err := b.f.Stat()
+	if err != nil {
+		return false, fmt.Errorf("cache: backing file: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Atim.Sec <= armedAtime {
+		return false, nil
+	}
+	return true, b.ArmAtime()
 }
 
 // backingSet is the store's backing files. Guarded by Store.mu.

@@ -311,3 +311,35 @@ func TestPassthroughODirectUnaligned(t *testing.T) {
 	}
 	directRead("beside a reader that passes through")
 }
+
+// TestPassthroughReadMovesAtime: a read that passes through never reaches
+// keelfs, yet it moves atime as relatime says (the backing file's own
+// atime tells keelfs it was read).
+func TestPassthroughReadMovesAtime(t *testing.T) {
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	m, reads, _ := ptMount(t, srv, b)
+	p := m.Path("f")
+	if err := os.WriteFile(p, []byte("some content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour).Truncate(time.Second)
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	before := reads()
+	if got, err := os.ReadFile(p); err != nil || string(got) != "some content" {
+		t.Fatalf("read: %q, %v", got, err)
+	}
+	if n := reads() - before; n != 0 {
+		t.Fatalf("the read came to keelfs (%v READs): it did not pass through", n)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if at := time.Unix(st.Atim.Unix()); at.Before(start.Add(-time.Second)) {
+		t.Fatalf("atime %v after a read that passed through; want it moved to about %v", at, start)
+	}
+}
