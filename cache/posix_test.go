@@ -465,7 +465,8 @@ func TestDirNlinkNotRecountedForFiles(t *testing.T) {
 // too, and the move outlives the open: it was kept only in memory, and
 // lost when the last handle let the inode's state go.
 func TestAtimeOfPendingFileKept(t *testing.T) {
-	e := newEnv(t, nil)
+	// The upload waits for the drain: the read comes before it.
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
 	e.write("f", 0, []byte("x"))
 	ino := e.mustLookup("f").Ino
 	old := e.clock.Now().Add(-48 * time.Hour)
