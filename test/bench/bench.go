@@ -31,25 +31,30 @@ type bench struct {
 
 	tarPath string
 	tree    map[string]int64 // file in the tar -> size
-	pattern []byte           // what the big write writes, cyclically
+	pattern []byte           // what the big writes write, cyclically
 
-	res     map[rowID]map[string]cell
-	peakRSS map[string]int64
-	notes   []string
-	dropErr error
-	started time.Time
-	loadavg string
+	// res holds every run of every cell, in the order the rounds ran.
+	res map[rowID]map[string][]sample
+	// round is the repetition running, from 1.
+	round int
+	// roundRSS is the highest VmHWM of a column's daemons in this round.
+	roundRSS map[string]int64
+	notes    []string
+	dropErr  error
+	started  time.Time
+	elapsed  time.Duration // of all rounds, setup included
+	loadavg  string
 }
 
-// cell is one result: a number, or why there is none.
-type cell struct {
+// sample is one run of one cell: a number, or why there is none.
+type sample struct {
 	ok     bool
 	v      float64
 	status string // timeout, error, skipped, n/a
 }
 
 func newBench(opt *options, cl *cleaner) (*bench, error) {
-	b := &bench{opt: opt, cl: cl, res: map[rowID]map[string]cell{}, peakRSS: map[string]int64{}, started: time.Now()}
+	b := &bench{opt: opt, cl: cl, res: map[rowID]map[string][]sample{}, roundRSS: map[string]int64{}, started: time.Now()}
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		b.loadavg = strings.Join(strings.Fields(string(la))[:3], " ")
 	}
@@ -121,17 +126,16 @@ func (b *bench) setup() error {
 	if _, err := b.s3cli(ctx, "bigput", bucketName, bigObject, strconv.FormatInt(b.opt.size, 10)); err != nil {
 		return err
 	}
-	logf("creating data/small: %d objects of %d bytes with s3cli fill", b.opt.smallFiles, b.opt.smallSize)
-	if _, err := b.s3cli(ctx, "fill", bucketName, "data/small", strconv.Itoa(b.opt.smallFiles), strconv.Itoa(b.opt.smallSize)); err != nil {
+	logf("creating %s: %d objects of %d bytes with s3cli fill", smallDir, b.opt.smallFiles, b.opt.smallSize)
+	if _, err := b.s3cli(ctx, "fill", bucketName, smallDir, strconv.Itoa(b.opt.smallFiles), strconv.Itoa(b.opt.smallSize)); err != nil {
 		return err
 	}
-	for _, name := range b.opt.systems {
-		if fsSystems[name] != nil {
-			if err := b.putDir(ctx, outPrefix(name)); err != nil {
-				return fmt.Errorf("put %s: %w", outPrefix(name), err)
-			}
-		}
+	start := time.Now()
+	logf("creating %s: %d objects of %d bytes with s3cli fill", manyDir, b.opt.manyFiles, manySize)
+	if _, err := b.s3cli(ctx, "fill", bucketName, manyDir, strconv.Itoa(b.opt.manyFiles), strconv.Itoa(manySize)); err != nil {
+		return err
 	}
+	logf("%s created in %.1fs", manyDir, time.Since(start).Seconds())
 	b.tarPath = filepath.Join(b.work, "tree.tar")
 	var err error
 	if b.tree, err = makeTree(b.tarPath, b.opt.treeFiles); err != nil {
@@ -146,6 +150,14 @@ func (b *bench) setup() error {
 	rand.NewChaCha8([32]byte{'k', 'e', 'e', 'l'}).Read(b.pattern)
 	return nil
 }
+
+// The data every system reads, written by s3cli before the first round.
+const (
+	bigObject = "data/big"   // sequential and random reads
+	smallDir  = "data/small" // ls -l
+	manyDir   = "data/many"  // ls -f and ls -l of a big directory
+	manySize  = 1024         // bytes in each object of manyDir
+)
 
 // outPrefix is where a system writes, so systems never see each other's
 // files.
@@ -169,16 +181,12 @@ func (b *bench) note(format string, args ...any) {
 	b.notes = append(b.notes, fmt.Sprintf(format, args...))
 }
 
-func (b *bench) set(row rowID, col string, c cell) {
+// add records one run of a cell.
+func (b *bench) add(row rowID, col string, s sample) {
 	if b.res[row] == nil {
-		b.res[row] = map[string]cell{}
+		b.res[row] = map[string][]sample{}
 	}
-	b.res[row][col] = c
-}
-
-func (b *bench) get(row rowID, col string) (cell, bool) {
-	c, ok := b.res[row][col]
-	return c, ok
+	b.res[row][col] = append(b.res[row][col], s)
 }
 
 // drop empties the page cache before a cold step.
@@ -208,13 +216,14 @@ func (b *bench) limitSession(col string) *session {
 	return &session{b: b, col: col}
 }
 
-// mountSession mounts sys on a fresh mount point with a fresh cache.
+// mountSession mounts sys on a fresh mount point with a fresh cache; name
+// (a word) tells the mount, its cache and its log from the others.
 func (b *bench) mountSession(sys *fsSystem, name string) *session {
-	id := sys.name + "-" + name
+	id := fmt.Sprintf("%s-%s-%d", sys.name, name, b.round)
 	s := &session{b: b, col: sys.name, dir: filepath.Join(b.work, "mnt", id), cache: b.cacheDir(id)}
 	os.MkdirAll(s.dir, 0o755)
 	os.MkdirAll(s.cache, 0o700)
-	logf("%-13s mount for %s", sys.name, name)
+	logf("%-13s %s mount for %s", sys.name, b.roundTag(), name)
 	d, err := startDaemon(sys.argv(b, s.dir, s.cache), sys.env(b), s.dir, filepath.Join(b.work, "logs", id+".log"), sys.termBySignal)
 	if d != nil {
 		s.d = d
@@ -222,23 +231,31 @@ func (b *bench) mountSession(sys *fsSystem, name string) *session {
 	}
 	if err != nil {
 		s.failed, s.status = "mount failed", "error"
-		b.note("%s: mount for %s failed: %v", sys.name, name, err)
+		b.note("%s: round %d: mount for %s failed: %v", sys.name, b.round, name, err)
 		logf("%-13s mount failed: %v", sys.name, err)
 	}
 	return s
 }
 
+func (b *bench) roundTag() string { return fmt.Sprintf("[%d/%d]", b.round, b.opt.runs) }
+
 // path is p inside the mount.
 func (s *session) path(p string) string { return filepath.Join(s.dir, p) }
+
+// recordRSS counts the daemon's peak RSS so far in the round's.
+func (s *session) recordRSS() {
+	if rss, err := s.d.peakRSS(); err == nil {
+		s.b.roundRSS[s.col] = max(s.b.roundRSS[s.col], rss)
+		logf("%-13s peak RSS of this mount: %.1f MiB", s.col, float64(rss)/(1<<20))
+	}
+}
 
 // close records the daemon's peak RSS, then unmounts and stops it.
 func (s *session) close() {
 	if s.d == nil {
 		return
 	}
-	if rss, err := s.d.peakRSS(); err == nil {
-		s.b.peakRSS[s.col] = max(s.b.peakRSS[s.col], rss)
-	}
+	s.recordRSS()
 	s.d.stop()
 	os.RemoveAll(s.cache)
 	os.Remove(s.dir)
@@ -249,16 +266,38 @@ type stepResult struct {
 	err error
 }
 
-// step runs fn under the per-step time limit and records its value in row.
-// A step stuck in a file system is cut loose by aborting the mount.
+// step runs fn as one run of the cell (row, the session's column).
 func (s *session) step(row rowID, fn func(ctx context.Context) (float64, error)) bool {
-	b := s.b
-	label := b.rowLabel(row)
-	if s.failed != "" {
-		b.set(row, s.col, cell{status: s.status})
+	v, st := s.run(s.b.rowLabel(row), fn)
+	if st != "" {
+		s.b.add(row, s.col, sample{status: st})
 		return false
 	}
-	logf("%-13s %s ...", s.col, label)
+	s.b.add(row, s.col, sample{ok: true, v: v})
+	logf("%-13s %s %s: %s %s", s.col, s.b.roundTag(), s.b.rowLabel(row), rows[row].format(v), rows[row].unit)
+	return true
+}
+
+// prepare runs fn as a step that is not measured: it brings the mount to
+// the state the next steps need, and its failure skips them as a failed
+// step does.
+func (s *session) prepare(label string, fn func(ctx context.Context) error) bool {
+	_, st := s.run(label, func(ctx context.Context) (float64, error) { return 0, fn(ctx) })
+	if st == "" {
+		logf("%-13s %s %s: done", s.col, s.b.roundTag(), label)
+	}
+	return st == ""
+}
+
+// run runs fn under the per-step time limit and returns its value, or the
+// status it failed with. A step stuck in a file system is cut loose by
+// aborting the mount.
+func (s *session) run(label string, fn func(ctx context.Context) (float64, error)) (float64, string) {
+	b := s.b
+	if s.failed != "" {
+		return 0, s.status
+	}
+	logf("%-13s %s %s ...", s.col, b.roundTag(), label)
 	ctx, cancel := context.WithTimeout(context.Background(), b.opt.timeout)
 	defer cancel()
 	ch := make(chan stepResult, 1)
@@ -275,6 +314,7 @@ func (s *session) step(row rowID, fn func(ctx context.Context) (float64, error))
 		default:
 			if s.d != nil {
 				logf("%-13s %s: timed out after %v; aborting the mount", s.col, label, b.opt.timeout)
+				s.recordRSS() // the memory a stuck step took counts too
 				s.d.kill()
 			}
 			select {
@@ -284,30 +324,29 @@ func (s *session) step(row rowID, fn func(ctx context.Context) (float64, error))
 			r.err = context.DeadlineExceeded
 		}
 	}
-	if r.err != nil {
-		status := "error"
-		if ctx.Err() != nil || errors.Is(r.err, context.DeadlineExceeded) {
-			status = "timeout"
-		}
-		b.set(row, s.col, cell{status: status})
-		b.note("%s: %s: %s: %v", s.col, label, status, r.err)
-		logf("%-13s %s: %s: %v", s.col, label, status, r.err)
-		if s.d != nil {
-			logf("%-13s daemon log (tail):\n%s", s.col, s.d.logTail(3000))
-		}
-		s.failed, s.status = label, "skipped"
-		return false
+	if r.err == nil {
+		return r.v, ""
 	}
-	b.set(row, s.col, cell{ok: true, v: r.v})
-	logf("%-13s %s: %s %s", s.col, label, rows[row].format(r.v), rows[row].unit)
-	return true
+	status := "error"
+	if ctx.Err() != nil || errors.Is(r.err, context.DeadlineExceeded) {
+		status = "timeout"
+	}
+	b.note("%s: round %d: %s: %s: %v", s.col, b.round, label, status, r.err)
+	logf("%-13s %s: %s: %v", s.col, label, status, r.err)
+	if s.d != nil {
+		logf("%-13s daemon log (tail):\n%s", s.col, s.d.logTail(3000))
+	}
+	s.failed, s.status = label, "skipped"
+	return 0, status
 }
 
-// runColumn runs every workload that applies to one column.
+// runColumn runs one round of every workload that applies to one column.
 func (b *bench) runColumn(col string) {
 	switch col {
 	case "plain":
 		b.runPlain()
+	case "local":
+		b.runLocal()
 	case "tmpfs":
 		b.runTmpfs()
 	default:
@@ -315,36 +354,45 @@ func (b *bench) runColumn(col string) {
 	}
 }
 
+// runFS runs one round of the workloads on sys, each group on a mount of
+// its own, in a fixed order.
 func (b *bench) runFS(sys *fsSystem) {
 	col := sys.name
 	if sys.program != "" {
 		if _, err := exec.LookPath(sys.program); err != nil {
-			b.note("%s: %s is not installed; its column is empty", col, sys.program)
+			if b.round == 1 {
+				b.note("%s: %s is not installed; its column is empty", col, sys.program)
+			}
 			for r := rowID(0); r < numRows; r++ {
-				b.set(r, col, cell{status: "n/a"})
+				b.add(r, col, sample{status: "n/a"})
 			}
 			return
 		}
 	}
-	b.seqReads(sys)
-	b.listing(sys)
-	b.bigWrite(sys)
-	b.untarTree(sys)
-	b.appends(sys)
-	b.randomReads(sys)
-	if rss, ok := b.peakRSS[col]; ok {
-		b.set(rowRSS, col, cell{ok: true, v: float64(rss) / (1 << 20)})
-		logf("%-13s peak RSS: %.0f MiB", col, float64(rss)/(1<<20))
-	} else {
-		b.set(rowRSS, col, cell{status: "error"})
+	ctx := context.Background()
+	if err := b.putDir(ctx, outPrefix(col)); err != nil {
+		b.note("%s: round %d: put %s: %v", col, b.round, outPrefix(col), err)
 	}
-	b.deletePrefix(context.Background(), outPrefix(col))
+	delete(b.roundRSS, col)
+	b.reads(sys)
+	b.randomReads(sys)
+	b.listing(sys)
+	b.listMany(sys, rowLsfMany)
+	b.listMany(sys, rowLslMany)
+	b.bigWrite(sys)
+	b.usedMount(sys)
+	if rss, ok := b.roundRSS[col]; ok {
+		b.add(rowRSS, col, sample{ok: true, v: float64(rss) / (1 << 20)})
+		logf("%-13s %s peak RSS over the round: %.1f MiB", col, b.roundTag(), float64(rss)/(1<<20))
+	} else {
+		b.add(rowRSS, col, sample{status: "error"})
+	}
+	b.deletePrefix(ctx, outPrefix(col))
 }
 
-// bigObject is the object the read workloads read.
-const bigObject = "data/big"
-
-func (b *bench) seqReads(sys *fsSystem) {
+// reads: the cold sequential read, the warm re-read, then random reads of
+// the file the two reads brought wholly into the system's cache.
+func (b *bench) reads(sys *fsSystem) {
 	s := b.mountSession(sys, "reads")
 	defer s.close()
 	b.drop()
@@ -354,6 +402,18 @@ func (b *bench) seqReads(sys *fsSystem) {
 	}
 	s.step(rowReadCold, read)
 	s.step(rowReadWarm, read)
+	s.step(rowRandCached, func(ctx context.Context) (float64, error) {
+		return fioRandRead(ctx, s.path(bigObject), b.opt.size, b.opt.fioRuntime, true)
+	})
+}
+
+func (b *bench) randomReads(sys *fsSystem) {
+	s := b.mountSession(sys, "randread")
+	defer s.close()
+	b.drop()
+	s.step(rowRandCold, func(ctx context.Context) (float64, error) {
+		return fioRandRead(ctx, s.path(bigObject), b.opt.size, b.opt.fioRuntime, false)
+	})
 }
 
 func (b *bench) listing(sys *fsSystem) {
@@ -361,35 +421,68 @@ func (b *bench) listing(sys *fsSystem) {
 	defer s.close()
 	b.drop()
 	ls := func(ctx context.Context) (float64, error) {
-		d, err := lsLong(ctx, s.path("data/small"), b.opt.smallFiles)
-		return float64(d) / float64(time.Millisecond), err
+		d, err := lsLong(ctx, s.path(smallDir), b.opt.smallFiles)
+		return ms(d), err
 	}
 	s.step(rowLsCold, ls)
 	s.step(rowLsWarm, ls)
 }
 
+// listMany lists manyDir cold on a mount of its own: names only (ls -f)
+// or long (ls -l).
+func (b *bench) listMany(sys *fsSystem, row rowID) {
+	name := "ls-f-many"
+	if row == rowLslMany {
+		name = "ls-l-many"
+	}
+	s := b.mountSession(sys, name)
+	defer s.close()
+	b.drop()
+	s.step(row, func(ctx context.Context) (float64, error) {
+		var d time.Duration
+		var err error
+		if row == rowLslMany {
+			d, err = lsLong(ctx, s.path(manyDir), b.opt.manyFiles)
+		} else {
+			d, err = lsNames(ctx, s.path(manyDir), b.opt.manyFiles)
+		}
+		return ms(d), err
+	})
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
 // The write workloads are each timed to the end of the command, then on
 // the same clock to when S3 has everything. A failed first step skips the
 // second.
 
+// bigWrite is the big write on a fresh mount.
 func (b *bench) bigWrite(sys *fsSystem) {
 	s := b.mountSession(sys, "write")
 	defer s.close()
-	key := outPrefix(sys.name) + "big"
+	s.writeBig(outPrefix(sys.name)+"big-fresh", rowWriteClose, rowWriteS3)
+}
+
+// writeBig writes the big file at key and waits until S3 has it.
+func (s *session) writeBig(key string, closeRow, s3Row rowID) {
+	b := s.b
 	var start time.Time
-	s.step(rowWriteClose, func(ctx context.Context) (float64, error) {
+	s.step(closeRow, func(ctx context.Context) (float64, error) {
 		start = time.Now()
 		err := writeFile(ctx, s.path(key), b.opt.size, b.pattern)
 		return time.Since(start).Seconds(), err
 	})
-	s.step(rowWriteS3, func(ctx context.Context) (float64, error) {
+	s.step(s3Row, func(ctx context.Context) (float64, error) {
 		err := b.waitObject(ctx, key, b.opt.size)
 		return time.Since(start).Seconds(), err
 	})
 }
 
-func (b *bench) untarTree(sys *fsSystem) {
-	s := b.mountSession(sys, "untar")
+// usedMount runs, on one mount, tar x, then the appends, then a whole read
+// of the big object, then the big write again: the write's second
+// position, on a mount that has uploaded and cached other files.
+func (b *bench) usedMount(sys *fsSystem) {
+	s := b.mountSession(sys, "used")
 	defer s.close()
 	out := outPrefix(sys.name)
 	var start time.Time
@@ -402,13 +495,7 @@ func (b *bench) untarTree(sys *fsSystem) {
 		err := b.waitKeys(ctx, out, b.tree)
 		return time.Since(start).Seconds(), err
 	})
-}
-
-func (b *bench) appends(sys *fsSystem) {
-	s := b.mountSession(sys, "appends")
-	defer s.close()
-	key := outPrefix(sys.name) + "app.log"
-	var start time.Time
+	key := out + "app.log"
 	s.step(rowAppendEnd, func(ctx context.Context) (float64, error) {
 		start = time.Now()
 		err := appendLines(ctx, s.path(key), b.opt.appends)
@@ -418,31 +505,57 @@ func (b *bench) appends(sys *fsSystem) {
 		err := b.waitObject(ctx, key, int64(b.opt.appends*len(appendLine(0))))
 		return time.Since(start).Seconds(), err
 	})
-}
-
-func (b *bench) randomReads(sys *fsSystem) {
-	s := b.mountSession(sys, "randread")
-	defer s.close()
-	b.drop()
-	s.step(rowRandRead, func(ctx context.Context) (float64, error) {
-		return fioRandRead(ctx, s.path(bigObject), b.opt.size, b.opt.fioRuntime)
+	s.prepare("read "+bigObject+" whole (not measured)", func(ctx context.Context) error {
+		_, err := readFile(ctx, s.path(bigObject), b.opt.size)
+		return err
 	})
+	s.writeBig(out+"big-used", rowWriteUsedClose, rowWriteUsedS3)
 }
 
-// runPlain measures the server through the plain parallel client:
-// s3cli bigget (8 ranged GETs at a time) and bigput (8 parts at a time).
+// runPlain measures the server through the plain client: s3cli bigget (8
+// ranged GETs at a time), bigput (8 parts at a time), lsl (the listing and
+// HEADs of ls -l, 32 HEADs at a time) and lsf (the listing alone). Each is
+// a session of its own, so that one failure skips nothing else.
 func (b *bench) runPlain() {
-	s := b.limitSession("plain")
 	b.drop()
-	s.step(rowReadCold, func(ctx context.Context) (float64, error) {
+	b.limitSession("plain").step(rowReadCold, func(ctx context.Context) (float64, error) {
 		secs, err := b.s3cliSeconds(ctx, "bigget", bucketName, bigObject)
 		return float64(b.opt.size) / (1 << 20) / secs, err
 	})
-	s = b.limitSession("plain")
-	s.step(rowWriteS3, func(ctx context.Context) (float64, error) {
+	// One multipart PUT per round is the limit of both big-write rows.
+	b.limitSession("plain").step(rowWriteS3, func(ctx context.Context) (float64, error) {
 		return b.s3cliSeconds(ctx, "bigput", bucketName, outPrefix("plain")+"big", strconv.FormatInt(b.opt.size, 10))
 	})
+	runs := b.res[rowWriteS3]["plain"]
+	b.add(rowWriteUsedS3, "plain", runs[len(runs)-1])
 	b.deletePrefix(context.Background(), outPrefix("plain"))
+	for _, l := range []struct {
+		row  rowID
+		cmd  string
+		dir  string
+		want int
+	}{
+		{rowLsCold, "lsl", smallDir, b.opt.smallFiles},
+		{rowLsfMany, "lsf", manyDir, b.opt.manyFiles},
+		{rowLslMany, "lsl", manyDir, b.opt.manyFiles},
+	} {
+		b.drop()
+		b.limitSession("plain").step(l.row, func(ctx context.Context) (float64, error) {
+			out, err := b.s3cli(ctx, l.cmd, bucketName, l.dir)
+			if err != nil {
+				return 0, err
+			}
+			var n int
+			var secs float64
+			if _, err := fmt.Sscanf(out, "%d %g", &n, &secs); err != nil || secs <= 0 {
+				return 0, fmt.Errorf("s3cli %s printed %q", l.cmd, out)
+			}
+			if n != l.want {
+				return 0, fmt.Errorf("s3cli %s %s listed %d names, want %d", l.cmd, l.dir, n, l.want)
+			}
+			return secs * 1000, nil
+		})
+	}
 }
 
 func (b *bench) s3cliSeconds(ctx context.Context, args ...string) (float64, error) {
@@ -457,20 +570,41 @@ func (b *bench) s3cliSeconds(ctx context.Context, args ...string) (float64, erro
 	return secs, err
 }
 
+// runLocal is the limit of random reads of a cached file: the same fio on
+// a file of the same size on the file system of the cache directories,
+// read whole once first so that, like the mounts' cached file, it is in
+// the page cache.
+func (b *bench) runLocal() {
+	path := filepath.Join(b.work, "cache", "local-file")
+	defer os.Remove(path)
+	size := b.opt.size
+	b.limitSession("local").step(rowRandCached, func(ctx context.Context) (float64, error) {
+		if err := writeFile(ctx, path, size, b.pattern); err != nil {
+			return 0, err
+		}
+		if _, err := readFile(ctx, path, size); err != nil {
+			return 0, err
+		}
+		return fioRandRead(ctx, path, size, b.opt.fioRuntime, true)
+	})
+}
+
 // runTmpfs reads a file of the same size from /dev/shm; the best of three
-// reads is the warm-read limit.
+// reads is the warm-read limit of the round.
 func (b *bench) runTmpfs() {
 	s := b.limitSession("tmpfs")
 	const dir = "/dev/shm"
 	if !isTmpfs(dir) {
-		b.note("tmpfs: %s is not tmpfs; its column is empty", dir)
-		b.set(rowReadWarm, "tmpfs", cell{status: "n/a"})
+		if b.round == 1 {
+			b.note("tmpfs: %s is not tmpfs; its column is empty", dir)
+		}
+		b.add(rowReadWarm, "tmpfs", sample{status: "n/a"})
 		return
 	}
 	f, err := os.CreateTemp(dir, "keelfs-bench-")
 	if err != nil {
 		b.note("tmpfs: %v", err)
-		b.set(rowReadWarm, "tmpfs", cell{status: "error"})
+		b.add(rowReadWarm, "tmpfs", sample{status: "error"})
 		return
 	}
 	path := f.Name()
@@ -482,7 +616,6 @@ func (b *bench) runTmpfs() {
 		if err := writeFile(ctx, path, size, b.pattern); err != nil {
 			return 0, err
 		}
-		// The limit is the best of three reads.
 		best := 0.0
 		for range 3 {
 			d, err := readFile(ctx, path, size)

@@ -1,10 +1,14 @@
 // Command bench is `make bench`. It starts a private versitygw on a free
 // loopback port, fills a bucket from outside any mount with the plain S3
 // client (test/s3cli), then runs the same fixed workloads on keelfs, s3fs
-// and rclone mount, and on two limits: the plain parallel S3 client and
-// tmpfs. It prints one markdown table with every result, keelfs's ratio to
-// the best peer, and the targets of issue 6, and with -out writes it into
-// docs/benchmarks.md together with the machine and the versions measured.
+// and rclone mount, and on three limits: the plain S3 client, a local file
+// and tmpfs. Every column runs -runs times (default 2), in rounds: round 1
+// runs every column once in order, then round 2 does the same, so that a
+// change in the machine's load hits every system alike. It prints one
+// markdown table with, in each cell, the best run and the spread of the
+// runs, keelfs's ratio to the best peer, and the targets of issue 17; with
+// -out it writes it into docs/benchmarks.md together with the method, the
+// machine, the versions measured and every run's value.
 //
 // It is never a timed test: the numbers depend on the machine, so it runs
 // only on demand, on a quiet machine, as root (it drops the page cache).
@@ -41,8 +45,10 @@ type options struct {
 	quick      bool
 	timeout    time.Duration
 	workDir    string
+	runs       int           // rounds; every column runs once in each
 	smallFiles int           // objects in the directory listed by ls -l
 	smallSize  int           // bytes in each of them
+	manyFiles  int           // objects of 1 KiB in the big directory
 	treeFiles  int           // files in the tar
 	appends    int           // open-append-close cycles
 	fioRuntime time.Duration // random-read duration
@@ -89,9 +95,14 @@ func run(opt *options, cl *cleaner) (code int) {
 		fmt.Fprintln(os.Stderr, "bench: setup:", err)
 		return 1
 	}
-	for _, name := range opt.systems {
-		b.runColumn(name)
+	for b.round = 1; b.round <= opt.runs; b.round++ {
+		logf("round %d of %d: %s", b.round, opt.runs, strings.Join(opt.systems, ", "))
+		for _, name := range opt.systems {
+			b.runColumn(name)
+		}
 	}
+	b.elapsed = time.Since(b.started)
+	logf("all rounds done in %v", b.elapsed.Round(time.Second))
 	table := b.table()
 	fmt.Println(table)
 	if opt.out != "" {
@@ -115,8 +126,11 @@ func parseFlags() (*options, error) {
 	}
 	size := fs.String("size", "1GiB", "size of the big object (sequential and random reads, the big write)")
 	systems := fs.String("systems", strings.Join(allColumns, ","), "comma list of columns to run")
-	fs.StringVar(&opt.out, "out", "", "also write the report (intro, table, notes) to this markdown file")
-	fs.BoolVar(&opt.quick, "quick", false, "a short run: 64MiB (unless -size is given), fewer files and appends, 3 s of random reads")
+	fs.StringVar(&opt.out, "out", "", "also write the report (method, machine, table, every run, problems) to this markdown file")
+	fs.IntVar(&opt.runs, "runs", 2, "rounds: how many times each column runs, interleaved with the others")
+	fs.IntVar(&opt.manyFiles, "many", 100000, "objects in the big directory listed by ls -f and ls -l")
+	fs.BoolVar(&opt.quick, "quick", false, "a short run: 64MiB (unless -size is given), fewer files and appends,\n"+
+		"5000 objects in the big directory (unless -many is given), 3 s of random reads")
 	fs.DurationVar(&opt.timeout, "timeout", 5*time.Minute, "time limit of each step of a workload")
 	fs.StringVar(&opt.workDir, "workdir", "", "parent of the temporary directory (default $TMPDIR, or /var/tmp when that is tmpfs)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -125,10 +139,19 @@ func parseFlags() (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	sizeSet := false
-	fs.Visit(func(f *flag.Flag) { sizeSet = sizeSet || f.Name == "size" })
-	if opt.quick && !sizeSet {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if opt.quick && !set["size"] {
 		*size = "64MiB"
+	}
+	if opt.quick && !set["many"] {
+		opt.manyFiles = 5000
+	}
+	if opt.runs < 1 {
+		return nil, fmt.Errorf("-runs %d: give at least 1 (2 or more to see the spread)", opt.runs)
+	}
+	if opt.manyFiles < 1 {
+		return nil, fmt.Errorf("-many %d: give at least 1", opt.manyFiles)
 	}
 	n, err := parseSize(*size)
 	if err != nil || n < 1<<20 {

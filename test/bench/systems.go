@@ -6,7 +6,7 @@ import (
 )
 
 // The columns of the table, in order: keelfs, its peers, the limits.
-var allColumns = []string{"keelfs", "s3fs", "s3fs-cache", "rclone-full", "rclone-writes", "plain", "tmpfs"}
+var allColumns = []string{"keelfs", "s3fs", "s3fs-cache", "rclone-full", "rclone-writes", "plain", "local", "tmpfs"}
 
 var columnTitles = map[string]string{
 	"keelfs":        "keelfs",
@@ -15,6 +15,7 @@ var columnTitles = map[string]string{
 	"rclone-full":   "rclone full",
 	"rclone-writes": "rclone writes",
 	"plain":         "plain S3 client",
+	"local":         "local file",
 	"tmpfs":         "tmpfs",
 }
 

@@ -90,6 +90,24 @@ func lsLong(ctx context.Context, dir string, want int) (time.Duration, error) {
 	return d, nil
 }
 
+// lsNames runs `ls -f dir`, which lists names only (unsorted, no stat of
+// each entry), and checks it listed want entries besides . and ..
+func lsNames(ctx context.Context, dir string, want int) (time.Duration, error) {
+	var out, stderr bytes.Buffer
+	cmd := command(ctx, "ls", "-f", dir)
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	d := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("ls -f: %v: %s", err, tail(stderr.String(), 500))
+	}
+	if got := bytes.Count(out.Bytes(), []byte("\n")) - 2; got != want {
+		return 0, fmt.Errorf("ls -f listed %d entries besides . and .., want %d", got, want)
+	}
+	return d, nil
+}
+
 // untar extracts the tar into dir as a user would (no chown).
 func untar(ctx context.Context, tarPath, dir string) error {
 	cmd := command(ctx, "tar", "-x", "--no-same-owner", "-f", tarPath, "-C", dir)
@@ -126,11 +144,16 @@ func appendLines(ctx context.Context, p string, n int) error {
 }
 
 // fioRandRead runs fio's 4 KiB random reads on p (buffered, one thread)
-// and returns the read IOPS.
-func fioRandRead(ctx context.Context, p string, size int64, runtime time.Duration) (float64, error) {
+// and returns the read IOPS. With keepCache, fio leaves the file's page
+// cache as it is (--invalidate=0); by default it drops it before the job.
+func fioRandRead(ctx context.Context, p string, size int64, runtime time.Duration, keepCache bool) (float64, error) {
+	invalidate := "--invalidate=1"
+	if keepCache {
+		invalidate = "--invalidate=0"
+	}
 	cmd := command(ctx, "fio", "--name=r", "--filename="+p, "--rw=randread", "--bs=4k",
 		fmt.Sprintf("--runtime=%d", int(runtime.Seconds())), "--time_based", "--ioengine=psync", "--direct=0",
-		"--size="+strconv.FormatInt(size, 10), "--readonly", "--output-format=json")
+		invalidate, "--size="+strconv.FormatInt(size, 10), "--readonly", "--output-format=json")
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {

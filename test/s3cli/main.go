@@ -36,7 +36,12 @@ const usage = `usage: s3cli COMMAND ARGS
   rm BUCKET KEY                     delete an object
   fill BUCKET PREFIX N SIZE         create N objects of SIZE bytes, in parallel
   bigput BUCKET KEY SIZE [PARALLEL] multipart-upload SIZE random bytes; prints seconds
-  bigget BUCKET KEY [PARALLEL]      ranged-GET an object in parallel; prints seconds`
+  bigget BUCKET KEY [PARALLEL]      ranged-GET an object in parallel; prints seconds
+  lsf BUCKET PREFIX                 list one directory level (ListObjectsV2 with delimiter /,
+                                    every page); prints the count of names and seconds
+  lsl BUCKET PREFIX [PARALLEL]      the same listing plus a HEAD of every object, PARALLEL
+                                    (default 32) at a time while the pages arrive; prints
+                                    the count of names and seconds`
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -167,6 +172,25 @@ func run(args []string) error {
 			fmt.Printf("%.3f\n", d.Seconds())
 		}
 		return err
+	case "lsf", "lsl":
+		if len(args) < 3 {
+			return errors.New(usage)
+		}
+		par := 0
+		if args[0] == "lsl" {
+			par = headWorkers
+			if len(args) > 3 {
+				par, _ = strconv.Atoi(args[3])
+			}
+			if par < 1 {
+				return errors.New(usage)
+			}
+		}
+		n, d, err := listDir(ctx, c, args[1], args[2], par)
+		if err == nil {
+			fmt.Printf("%d %.3f\n", n, d.Seconds())
+		}
+		return err
 	}
 	return errors.New(usage)
 }
@@ -271,4 +295,71 @@ func bigGet(ctx context.Context, c *s3.Client, bucket, key string, par int) (tim
 	}
 	wg.Wait()
 	return time.Since(start), firstErr
+}
+
+// headWorkers is how many HEADs lsl keeps in flight: keelfs's default
+// for filling a directory (cache.Options.HeadWorkers).
+const headWorkers = 32
+
+// listDir lists one level below prefix as a directory listing does: every
+// page of ListObjectsV2 with delimiter "/", counting objects and common
+// prefixes. With heads > 0 it also HEADs every object, heads at a time,
+// starting while later pages are still being listed, as `ls -l` needs
+// each object's x-amz-meta-* headers. It returns the count of names.
+func listDir(ctx context.Context, c *s3.Client, bucket, prefix string, heads int) (int, time.Duration, error) {
+	if prefix != "" && !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	start := time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	keys := make(chan string, 1000)
+	var wg sync.WaitGroup
+	var emu sync.Mutex
+	var firstErr error
+	fail := func(err error) {
+		emu.Lock()
+		if firstErr == nil {
+			firstErr = err
+			cancel()
+		}
+		emu.Unlock()
+	}
+	for i := 0; i < heads; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range keys {
+				if ctx.Err() != nil {
+					continue // drain
+				}
+				if _, err := c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(bucket), Key: aws.String(k)}); err != nil {
+					fail(fmt.Errorf("head %s: %w", k, err))
+				}
+			}
+		}()
+	}
+	n := 0
+	p := s3.NewListObjectsV2Paginator(c, &s3.ListObjectsV2Input{Bucket: aws.String(bucket), Prefix: aws.String(prefix),
+		Delimiter: aws.String("/")})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			fail(err)
+			break
+		}
+		n += len(page.CommonPrefixes)
+		for _, o := range page.Contents {
+			if aws.ToString(o.Key) == prefix {
+				continue // the directory's own marker is not a name in it
+			}
+			n++
+			if heads > 0 {
+				keys <- aws.ToString(o.Key)
+			}
+		}
+	}
+	close(keys)
+	wg.Wait()
+	return n, time.Since(start), firstErr
 }
