@@ -418,6 +418,21 @@ func (c *Cache) Lookup(ctx context.Context, parent uint64, name string) (Attr, e
 	return c.attrOf(c.learnHeaders(ctx, child)), nil
 }
 
+// Listed returns the attributes of name in directory parent as the cache
+// holds them, for a readdirplus: without a request to S3 and without
+// waiting for headers. ok is false when the entry is not known, not
+// fresh, or its headers are not read yet: the kernel then gets the name
+// alone and asks with a LOOKUP when it needs more. A readdirplus that
+// asked S3 per name cost a HEAD and a LIST for each entry of a big
+// directory once its listing was older than the TTL.
+func (c *Cache) Listed(parent uint64, name string) (a Attr, ok bool) {
+	child, err := c.childOf(parent, name)
+	if err != nil || !c.fresh(child) || c.needsHeaders(child) {
+		return Attr{}, false
+	}
+	return c.attrOf(child), true
+}
+
 // unavailable reports whether err says S3 did not answer (an outage, a
 // storm of throttling), as opposed to an answer about the request. The
 // cache then serves what it knows, however old (stale-if-error).

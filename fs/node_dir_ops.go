@@ -51,13 +51,30 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		{Name: ".", Ino: n.ino(), Mode: syscall.S_IFDIR},
 		{Name: "..", Ino: parentIno, Mode: syscall.S_IFDIR},
 	}
-	return &dirStream{r: r, dots: dot, initDots: dot}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return &dirStream{node: n, r: r, dots: dot, initDots: dot}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+var _ = (gofs.FileLookuper)((*dirStream)(nil))
+
+// Lookup answers the lookup a READDIRPLUS makes for each entry, from
+// what the cache holds (Cache.Listed): never an S3 request, never a wait
+// for an entry's headers. An entry it cannot answer so is sent as a name
+// alone (node ID 0, which the kernel takes as "no attributes", not as
+// ENOENT), and the kernel sends a LOOKUP if a program stats it.
+func (d *dirStream) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	a, ok := d.node.fsys.c.Listed(d.node.ino(), name)
+	if !ok {
+		return nil, syscall.EAGAIN
+	}
+	fillAttr(a, &out.Attr)
+	return d.node.newChild(ctx, a), 0
 }
 
 // dirStream yields "." and "..", then the cache's entries. Offsets are
 // positions (1-based), so telldir/seekdir work: a seek restarts the
 // stream and skips that many entries.
 type dirStream struct {
+	node     *Node
 	r        *cache.DirReader
 	dots     []cache.DirEntry
 	initDots []cache.DirEntry
