@@ -788,6 +788,11 @@ func (c *Cache) applyHead(j headJob, info s3backend.ObjectInfo, err error) {
 			c.applyHeaders(n, &info)
 			return nil
 		}
+		// The HEAD confirmed the object as a listing does: a lookup
+		// within the TTL needs no request of its own (an ls -l of a
+		// directory that took longer than the TTL to list asked again,
+		// name by name).
+		n.ValidUntil = c.now() + int64(c.opt.MetadataTTL)
 		if info.ETag != n.ETag {
 			return c.newVersionLocked(t, n, j.key, s3backend.ListEntry{Key: j.key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}, &info)
 		}
