@@ -751,7 +751,12 @@ func (c *Cache) attrOf(n *Inode) Attr {
 	case KindFile:
 		a.Size = n.Size
 	case KindSymlink:
+		// A symlink listed from S3 learns its target on first readlink;
+		// until then the object's size is the target's length.
 		a.Size = int64(len(n.Target))
+		if n.Target == "" {
+			a.Size = n.Size
+		}
 	case KindDir:
 		a.Size = 4096
 		a.Nlink = c.dirNlink(n)

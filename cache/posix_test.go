@@ -490,3 +490,21 @@ func TestAtimeOfPendingFileKept(t *testing.T) {
 		t.Fatalf("x-amz-meta-atime %q, want %q", info.Metadata[metaAtime], want)
 	}
 }
+
+// A symlink listed from S3 has its target's length as its size before
+// any readlink (its object's size), as after: lstat said 0 on a fresh
+// cache, ls -l too.
+func TestListedSymlinkSize(t *testing.T) {
+	e := newEnv(t, nil)
+	e.store.PutObject("d/ln", []byte("a-target-of-22-bytes!!"), s3backend.Metadata{"mode": "41471"})
+	a := e.mustLookup("d/ln")
+	if a.Mode&0o170000 != 0o120000 || a.Size != 22 {
+		t.Fatalf("listed symlink: mode %o size %d, want a symlink of 22 bytes", a.Mode, a.Size)
+	}
+	if target, err := e.c.Readlink(ctx, a.Ino); err != nil || target != "a-target-of-22-bytes!!" {
+		t.Fatalf("readlink: %q, %v", target, err)
+	}
+	if a := e.mustLookup("d/ln"); a.Size != 22 {
+		t.Fatalf("after readlink: size %d, want 22", a.Size)
+	}
+}
