@@ -126,11 +126,10 @@ func TestNames(t *testing.T) {
 	})
 
 	// POSIX allows paths up to PATH_MAX (4096) bytes; an S3 key is at
-	// most 1024 bytes. keelfs does not check the length of the key a name
-	// makes: a deeper name is made locally, versitygw stores it, and AWS
-	// would refuse its upload (KeyTooLongError) and keep it pending (see
-	// EXPECTED_FAILURES.md, "key length"). The correct answer would be
-	// ENAMETOOLONG.
+	// most 1024 bytes (see EXPECTED_FAILURES.md, "paths over 1024
+	// bytes"). A name whose key would be longer fails with ENAMETOOLONG
+	// when it is made, rather than being made locally and never uploaded
+	// (AWS refuses it with KeyTooLongError; versitygw takes it).
 	t.Run("KeyLength", func(t *testing.T) {
 		f.m.AllowLog(`KeyTooLong`) // against AWS; versitygw takes long keys
 		d := f.dir(t)
