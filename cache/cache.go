@@ -232,7 +232,7 @@ type Cache struct {
 	// to after the last open).
 	passMu     sync.Mutex
 	assembling map[uint64]bool
-	lingering  []*Backing
+	lingering  []*lingering
 	assemblies sync.WaitGroup
 
 	bufMem    *bufferBudget
@@ -379,9 +379,9 @@ func (c *Cache) groupCommit() {
 func (c *Cache) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
-		c.closeLingering()
 		c.wb.Stop() // attempts end first: they may start tasks of their own
 		c.tasks.close()
+		c.closeLingering() // after the group commit, which looks at them too
 		c.flushAllBuffers()
 		c.blocks.Close()
 		if serr := c.blocks.Sync(); serr != nil {

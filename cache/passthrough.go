@@ -138,8 +138,7 @@ func (c *Cache) assemble(st *inodeState, snap *Inode, seq uint64) (*blocks.Backi
 	st.mu.Unlock()
 	if !same {
 		// A write landed while it was copied: it may hold either.
-		c.blocks.Stale(snap.Ino)
-		b.Release()
+		b.Discard()
 		return nil, nil
 	}
 	c.stats.BackingsMade.Add(1)
@@ -239,9 +238,10 @@ func (b *Backing) AddWriter() {
 	b.mu.Unlock()
 }
 
-// WriterClosed is called when a writer's open that used the backing file
-// is released: what a mapping wrote to the file is taken into the cache.
-func (b *Backing) WriterClosed(ctx context.Context) error {
+// TakeInMapped takes into the cache what a mapping wrote to the backing
+// file, if it wrote anything: when a writer's open that used the backing
+// file is flushed, synced or released.
+func (b *Backing) TakeInMapped(ctx context.Context) error {
 	changed, err := b.b.ForeignChange()
 	if err != nil || !changed {
 		return err
@@ -282,13 +282,27 @@ func (c *Cache) takeIn(ctx context.Context, b *Backing) error {
 	st := b.st
 	f := b.b.File()
 	bs := c.opt.BlockSize
-	st.mu.Lock()
-	rec := st.rec
-	if rec == nil || rec.ContentVer != b.b.Ver || !b.b.Current() {
-		st.mu.Unlock()
-		return nil // replaced or gone: what the mapping wrote has no file to go to
+	// current reports, st.mu held, whether the backing file still holds
+	// the file's content version: what it holds may go into the file.
+	current := func() bool {
+		return st.rec != nil && st.rec.ContentVer == b.b.Ver && b.b.Current()
 	}
-	size := rec.Size
+	st.mu.Lock()
+	if !current() {
+		path := ""
+		if st.rec != nil {
+			path = st.rec.Path
+		}
+		st.mu.Unlock()
+		// Replaced by another writer's version, or gone: what a mapping
+		// wrote has no file to go to. Say so if it wrote anything.
+		if changed, err := b.b.ForeignChange(); err == nil && changed {
+			c.stats.BackingErrors.Add(1)
+			c.log.Error("cache: what a writable mapping wrote to a file is lost: the file was replaced or removed meanwhile", "path", path, "ino", st.ino)
+		}
+		return nil
+	}
+	size := st.rec.Size
 	st.mu.Unlock()
 	h := &Handle{c: c, st: st, write: true}
 	mine := make([]byte, bs)
@@ -307,9 +321,17 @@ func (c *Cache) takeIn(ctx context.Context, b *Backing) error {
 		if same {
 			continue
 		}
+		// Run under st.mu, where the writes through keelfs are mirrored
+		// to the backing file: it is read again as it is now, and only
+		// while it still holds the file's version (another writer's
+		// version may have replaced it since the check above).
 		fresh := func(blk []byte) error {
+			if !current() {
+				return ErrStale
+			}
 			clear(blk)
-			if _, err := f.ReadAt(blk[:n], idx*bs); err != nil && !errors.Is(err, io.EOF) {
+			m := int(min(bs, max(0, st.rec.Size-idx*bs)))
+			if _, err := f.ReadAt(blk[:m], idx*bs); err != nil && !errors.Is(err, io.EOF) {
 				return fmt.Errorf("cache: read backing file: %w", err)
 			}
 			return nil
@@ -321,7 +343,9 @@ func (c *Cache) takeIn(ctx context.Context, b *Backing) error {
 	}
 	if taken > 0 {
 		st.mu.Lock()
+		path := ""
 		if st.rec != nil {
+			path = st.rec.Path
 			now := c.now()
 			st.rec.Mtime, st.rec.Ctime = now, now
 			st.rec.Pending |= pendData
@@ -336,7 +360,7 @@ func (c *Cache) takeIn(ctx context.Context, b *Backing) error {
 			return err
 		}
 		c.wb.Add(writeback.Inode(st.ino))
-		c.log.Info("cache: took in what a writable mapping wrote to a passthrough file", "path", rec.Path, "blocks", taken)
+		c.log.Info("cache: took in what a writable mapping wrote to a passthrough file", "path", path, "blocks", taken)
 	}
 	return b.b.Restamp()
 }
@@ -354,40 +378,66 @@ func allZero(b []byte) bool {
 // checkLingering looks at it again.
 func (c *Cache) lingerBacking(b *Backing) {
 	c.passMu.Lock()
-	c.lingering = append(c.lingering, b)
+	c.lingering = append(c.lingering, &lingering{b: b})
 	c.passMu.Unlock()
 }
 
+// lingering is a backing file that a mapping may still write to.
+type lingering struct {
+	b     *Backing
+	fails int // takeIns that failed in a row
+}
+
+// lingerMaxFails bounds the looks at a lingering backing file whose
+// content cannot be taken in (its object vanished, a block is corrupt):
+// about five minutes of group commits.
+const lingerMaxFails = 60
+
 // checkLingering takes in what lingering backing files got since the last
-// look, and lets go of those no mapping uses any more. It runs with the
-// group commit.
+// look, and lets go of those no mapping uses any more: after a last full
+// comparison, since a mapping's write may not have moved the file's
+// mtime. It runs with the group commit.
 func (c *Cache) checkLingering(ctx context.Context) {
 	c.passMu.Lock()
 	list := c.lingering
 	c.lingering = nil
 	c.passMu.Unlock()
-	var keep []*Backing
-	for _, b := range list {
-		changed, err := b.b.ForeignChange()
-		if err == nil && changed {
+	var keep []*lingering
+	for _, l := range list {
+		b := l.b
+		mapped, lerr := b.b.MappedElsewhere()
+		if lerr != nil {
+			// Leases are not to be had here (fs.leases-enable=0): there
+			// is no telling when the mapping is gone. Take in what it
+			// wrote so far, and let go.
+			c.log.Warn("cache: cannot tell whether a writable mapping of a passthrough file is gone; what it writes from now on is not seen", "path", b.path(), "err", lerr)
+			mapped = false
+		}
+		var err error
+		if mapped {
+			var changed bool
+			if changed, err = b.b.ForeignChange(); err == nil && changed {
+				err = c.takeIn(ctx, b)
+			}
+		} else {
 			err = c.takeIn(ctx, b)
 		}
-		mapped := true
-		if err == nil {
-			mapped, err = b.b.MappedElsewhere()
-		}
 		if err != nil {
-			c.log.Warn("cache: backing file still mapped", "err", err)
-		}
-		if err != nil || mapped {
-			keep = append(keep, b)
-			continue
-		}
-		if changed, err := b.b.ForeignChange(); err == nil && changed {
-			if err := c.takeIn(ctx, b); err != nil {
-				keep = append(keep, b)
+			l.fails++
+			if l.fails < lingerMaxFails {
+				c.log.Warn("cache: what a writable mapping wrote to a passthrough file could not be taken in yet", "path", b.path(), "err", err)
+				keep = append(keep, l)
 				continue
 			}
+			c.stats.BackingErrors.Add(1)
+			c.log.Error("cache: what a writable mapping wrote to a passthrough file could not be taken in; given up", "path", b.path(), "err", err)
+			mapped = false
+		} else {
+			l.fails = 0
+		}
+		if mapped {
+			keep = append(keep, l)
+			continue
 		}
 		b.b.Release()
 		c.release(b.st)
@@ -399,21 +449,28 @@ func (c *Cache) checkLingering(ctx context.Context) {
 
 // closeLingering takes in, one last time, what lingering backing files
 // got, as the cache closes; a mapping that writes after that is not seen.
+// The group commit, which looks at them too, has stopped.
 func (c *Cache) closeLingering() {
 	c.passMu.Lock()
 	list := c.lingering
 	c.lingering = nil
 	c.passMu.Unlock()
-	for _, b := range list {
-		if changed, err := b.b.ForeignChange(); err != nil || changed {
-			if err == nil {
-				err = c.takeIn(context.Background(), b)
-			}
-			if err != nil {
-				c.log.Error("cache: what a mapping wrote to a passthrough file could not be taken in", "path", b.st.ino, "err", err)
-			}
+	for _, l := range list {
+		if err := c.takeIn(context.Background(), l.b); err != nil {
+			c.stats.BackingErrors.Add(1)
+			c.log.Error("cache: what a writable mapping wrote to a passthrough file could not be taken in", "path", l.b.path(), "err", err)
 		}
-		b.b.Release()
-		c.release(b.st)
+		l.b.b.Release()
+		c.release(l.b.st)
 	}
+}
+
+// path is the file's path, for logs.
+func (b *Backing) path() string {
+	b.st.mu.Lock()
+	defer b.st.mu.Unlock()
+	if b.st.rec == nil {
+		return fmt.Sprintf("(inode %d, removed)", b.st.ino)
+	}
+	return b.st.rec.Path
 }

@@ -3,7 +3,6 @@ package cache
 import (
 	"bytes"
 	"io"
-	"os"
 	"testing"
 	"time"
 )
@@ -203,11 +202,11 @@ func TestBackingTakesInAMappingsWrite(t *testing.T) {
 		t.Fatalf("OpenBacking: %v", err)
 	}
 	b.AddWriter()
-	f := os.NewFile(uintptr(b.Fd()), "backing")
+	f := b.b.File() // what a writable mapping does to it
 	if _, err := f.WriteAt([]byte("mapped"), e.opt.BlockSize+3); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.WriterClosed(ctx); err != nil {
+	if err := b.TakeInMapped(ctx); err != nil {
 		t.Fatal(err)
 	}
 	want := append([]byte{}, data...)
@@ -267,5 +266,76 @@ func TestBackingReadsMoveAtime(t *testing.T) {
 	b.NoteReads()
 	if a := e.mustLookup("f"); !a.Atime.Equal(e.clock.Now()) {
 		t.Fatalf("atime %v after a read that passed through, want %v", a.Atime, e.clock.Now())
+	}
+}
+
+// A mapping's write seen just before a write through keelfs is mirrored
+// into the backing file is not absorbed into the stamp taken after the
+// mirrored write: it is still taken in.
+func TestBackingMappingWriteNotAbsorbedByMirroredWrite(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.logs.allow("took in what a writable mapping wrote")
+	data := randBytes(int(2 * e.opt.BlockSize))
+	e.write("f", 0, data)
+	r := e.openR("f")
+	defer e.close(r)
+	b, err := e.c.OpenBacking(ctx, r)
+	if err != nil || b == nil {
+		t.Fatalf("OpenBacking: %v", err)
+	}
+	defer b.Release(ctx)
+	b.AddWriter()
+	if _, err := b.b.File().WriteAt([]byte("mapped"), e.opt.BlockSize+3); err != nil { // the mapping
+		t.Fatal(err)
+	}
+	w := e.openW("f")
+	if _, err := w.Write(ctx, []byte("written"), 0); err != nil { // through keelfs, mirrored
+		t.Fatal(err)
+	}
+	e.close(w)
+	if err := b.TakeInMapped(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte{}, data...)
+	copy(want, "written")
+	copy(want[e.opt.BlockSize+3:], "mapped")
+	if got := e.read("f"); !bytes.Equal(got, want) {
+		t.Fatal("the mapping's write was lost behind the mirrored write")
+	}
+}
+
+// A mapping wrote to the backing file of a version that another writer's
+// version then replaced: there is no file for it to go to, and that is
+// said (ERROR, counted), not dropped in silence; the new version stands.
+func TestBackingMappingWriteToReplacedVersionReported(t *testing.T) {
+	e := newEnv(t, nil)
+	e.logs.allow("what a writable mapping wrote to a file is lost")
+	e.write("f", 0, randBytes(int(e.opt.BlockSize)))
+	e.drain()
+	r := e.openR("f")
+	defer e.close(r)
+	b, err := e.c.OpenBacking(ctx, r)
+	if err != nil || b == nil {
+		t.Fatalf("OpenBacking: %v", err)
+	}
+	defer b.Release(ctx)
+	b.AddWriter()
+	if _, err := b.b.File().WriteAt([]byte("mapped"), 3); err != nil {
+		t.Fatal(err)
+	}
+	newer := []byte("another writer's version")
+	e.store.PutObject("f", newer, nil)
+	e.clock.Advance(2 * time.Second) // past the TTL
+	if got := e.read("f"); !bytes.Equal(got, newer) {
+		t.Fatalf("after the other writer: %q", got)
+	}
+	if err := b.TakeInMapped(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.c.Stats().BackingErrors.Load(); n != 1 {
+		t.Fatalf("%d backing errors counted, want 1", n)
+	}
+	if got := e.read("f"); !bytes.Equal(got, newer) {
+		t.Fatalf("the new version became %q", got)
 	}
 }

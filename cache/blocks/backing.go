@@ -68,6 +68,11 @@ type Backing struct {
 	mu    sync.Mutex
 	size  int64
 	stamp fileStamp // after the last change made through Changed
+	// foreign: the file changed other than through Changed (a mapping
+	// wrote to it) since the last Restamp. Sticky, so that a change
+	// seen just before a mirrored write is not absorbed into the stamp
+	// taken after it.
+	foreign bool
 }
 
 // fileStamp is what fstat says about a file's last change of content. A
@@ -281,6 +286,20 @@ func (s *Store) Assemble(ino, ver uint64, size, blockSize int64, blockAt func(id
 	s.backingCount.Add(1)
 	var old *Backing
 	s.mu.Lock()
+	if prev := s.backings.byIno[ino]; prev != nil && prev.refs > 0 && prev.Ver == ver && !prev.stale {
+		// Another assembly of the same version won, and its file is in
+		// use, kept in step with writes: that one stands, and this open
+		// reads through keelfs.
+		s.mu.Unlock()
+		s.backingCount.Add(-1)
+		if cerr := f.Close(); cerr != nil {
+			s.log.Warn("cache: close backing file", "err", cerr)
+		}
+		if rerr := os.Remove(name); rerr != nil {
+			s.log.Warn("cache: remove backing file", "err", rerr)
+		}
+		return nil, ErrNoBacking
+	}
 	if prev := s.backings.byIno[ino]; prev != nil {
 		if prev.refs == 0 {
 			s.backings.forgetLocked(prev)
@@ -431,6 +450,9 @@ func (s *Store) Changed(ino, ver uint64, op func(f *os.File) (int64, error)) err
 	defer b.Release()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if before, err := stampOf(b.f); err == nil && before != b.stamp {
+		b.foreign = true
+	}
 	size, err := op(b.f)
 	if err == nil {
 		b.size = size
@@ -501,7 +523,7 @@ func (b *Backing) ForeignChange() (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("cache: backing file: %w", err)
 	}
-	return now != b.stamp, nil
+	return b.foreign || now != b.stamp, nil
 }
 
 // Restamp records the file as it is now, after its content was taken in.
@@ -510,9 +532,18 @@ func (b *Backing) Restamp() error {
 	defer b.mu.Unlock()
 	st, err := stampOf(b.f)
 	if err == nil {
-		b.stamp = st
+		b.stamp, b.foreign = st, false
 	}
 	return err
+}
+
+// Discard drops a user of a backing file that must not be used: it goes
+// stale (no new user gets it) and its last user removes it.
+func (b *Backing) Discard() {
+	b.s.mu.Lock()
+	b.s.staleLocked(b)
+	b.s.mu.Unlock()
+	b.Release()
 }
 
 // MappedElsewhere reports whether another open of the backing file is
