@@ -121,13 +121,29 @@ var _ = (gofs.FileFlusher)((*fileHandle)(nil))
 // Flush runs at every close(2): the data is durable in the cache when it
 // returns (and in S3 with --sync-on-close).
 func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
+	if err := f.takeInMapped(ctx); err != nil {
+		return toErrno("flush", err)
+	}
 	return toErrno("flush", f.h.Flush(ctx))
+}
+
+// takeInMapped brings into the cache what a writer's shared mapping wrote
+// to the passthrough backing file (its msync goes there, not to keelfs),
+// so that a close or fsync covers it as it covers write(2)s.
+func (f *fileHandle) takeInMapped(ctx context.Context) error {
+	if f.mode != ioEpoch || !f.h.Writable() {
+		return nil
+	}
+	return f.ep.bk.TakeInMapped(ctx)
 }
 
 var _ = (gofs.FileFsyncer)((*fileHandle)(nil))
 
 // Fsync returns once the file is in S3, or EIO.
 func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if err := f.takeInMapped(ctx); err != nil {
+		return toErrno("fsync", err)
+	}
 	return toErrno("fsync", f.h.Fsync(ctx))
 }
 

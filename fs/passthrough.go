@@ -196,7 +196,7 @@ func (n *Node) ioRelease(ctx context.Context, f *fileHandle) {
 	if f.mode == ioEpoch && f.h.Writable() {
 		// While it still counts in the epoch, which keeps the backing
 		// file.
-		if err := f.ep.bk.WriterClosed(ctx); err != nil {
+		if err := f.ep.bk.TakeInMapped(ctx); err != nil {
 			n.fsys.log.Error("fs: what a mapping wrote to a passthrough file could not be taken in", "ino", n.ino(), "err", err)
 		}
 	}

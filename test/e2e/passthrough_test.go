@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/keelfs/keelfs/test/harness"
 )
 
@@ -341,5 +343,54 @@ func TestPassthroughReadMovesAtime(t *testing.T) {
 	}
 	if at := time.Unix(st.Atim.Unix()); at.Before(start.Add(-time.Second)) {
 		t.Fatalf("atime %v after a read that passed through; want it moved to about %v", at, start)
+	}
+}
+
+// TestPassthroughFsyncCoversMapping: a writer that joins a passthrough
+// epoch and writes through a shared mapping (msync goes to the backing
+// file, not to keelfs) gets it into S3 with fsync on its descriptor,
+// before any close, as it would without passthrough.
+func TestPassthroughFsyncCoversMapping(t *testing.T) {
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	m, reads, _ := ptMount(t, srv, b)
+	m.AllowLog(`took in what a writable mapping wrote`)
+	base := randBytes(64 << 10)
+	if err := os.WriteFile(m.Path("db"), base, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.Open(m.Path("db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	before := reads()
+	if _, err := r.ReadAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := reads() - before; n != 0 {
+		t.Fatalf("the reader came to keelfs (%v READs): no passthrough epoch to join", n)
+	}
+	rw, err := os.OpenFile(m.Path("db"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	mapped, err := syscall.Mmap(int(rw.Fd()), 0, len(base), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("writable mmap: %v", err)
+	}
+	defer syscall.Munmap(mapped)
+	copy(mapped[8192:], "a page written through the mapping")
+	if err := unix.Msync(mapped, unix.MS_SYNC); err != nil {
+		t.Fatal(err)
+	}
+	if err := rw.Sync(); err != nil {
+		t.Fatalf("fsync: %v", err)
+	}
+	want := append([]byte{}, base...)
+	copy(want[8192:], "a page written through the mapping")
+	if got, _ := srv.Get(t, b, "db"); !bytes.Equal(got, want) {
+		t.Fatal("after fsync, S3 does not hold what the mapping wrote")
 	}
 }
