@@ -974,3 +974,39 @@ func TestHeadersReadOnceUnderStats(t *testing.T) {
 		t.Fatalf("%d HEADs for %d objects (and the directory's marker)", c["Head"], n)
 	}
 }
+
+// Stats of the names of a big directory in order, once its listing is
+// older than the TTL (ls -l, find): each costs S3 a request only at the
+// start of a window of names, not a HEAD and a LIST per name; and what
+// changed in S3 meanwhile is seen: a new version, a deleted name.
+func TestStatsInOrderOfBigDirectoryAskS3PerWindow(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.SkipHeaders = true }) // the header walk would HEAD each name
+	const n = 2500
+	for i := 0; i < n; i++ {
+		e.store.PutObject(fmt.Sprintf("d/f%04d", i), []byte("x"), nil)
+	}
+	e.readDir("d")
+	e.clock.Advance(2 * time.Second) // the listing and every entry are stale
+	e.store.PutObject("d/f1500", []byte("a new version"), nil)
+	e.store.DeleteObject("d/f2000")
+	e.store.ResetCounts()
+	for i := 0; i < n; i++ {
+		p := fmt.Sprintf("d/f%04d", i)
+		a, err := e.lookup(p)
+		switch {
+		case i == 2000:
+			if !errors.Is(err, ErrNotExist) {
+				t.Fatalf("%s, deleted in S3: %v, want ErrNotExist", p, err)
+			}
+		case err != nil:
+			t.Fatalf("%s: %v", p, err)
+		case i == 1500 && a.Size != int64(len("a new version")):
+			t.Fatalf("%s: size %d, want the new version's", p, a.Size)
+		}
+	}
+	c := e.store.Counts()
+	t.Logf("%d stats: %v", n, c)
+	if c["List"] > 8 || c["Head"] > 8 {
+		t.Fatalf("stats of %d names in order cost %v, want a few windows", n, c)
+	}
+}

@@ -77,7 +77,7 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		if len(batch) == 0 {
 			return nil
 		}
-		d, ok, err := c.mergeBatch(ino, prefix, batch, epoch, start)
+		d, ok, err := c.mergeBatch(ino, prefix, batch, epoch, start, false)
 		deferred = append(deferred, d...)
 		batch = batch[:0]
 		if err == nil && !ok {
@@ -107,7 +107,7 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		return err
 	}
 	if len(deferred) > 0 {
-		if _, _, err := c.mergeBatch(ino, prefix, deferred, epoch, start); err != nil {
+		if _, _, err := c.mergeBatch(ino, prefix, deferred, epoch, start, false); err != nil {
 			return err
 		}
 	}
@@ -142,8 +142,11 @@ func busy(n *Inode) bool { return n.needsWork() || n.UploadKey != "" }
 // mergeBatch merges listed entries of directory ino. ok is false if the
 // directory moved since the listing began (its result must be dropped).
 // Objects whose name is taken by a directory entry not yet confirmed by
-// this listing are returned, to be decided after the sweep.
-func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEntry, epoch, start uint64) (deferred []s3backend.ListEntry, ok bool, err error) {
+// this listing are returned, to be decided after the sweep. confirm makes
+// each listed entry fresh for the TTL by itself (a window of a big
+// directory, see refreshWindow) rather than through the directory's
+// listing.
+func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEntry, epoch, start uint64, confirm bool) (deferred []s3backend.ListEntry, ok bool, err error) {
 	err = c.transact(txBookkeeping, func(t *nsTx) error {
 		dir, err := t.get(ino)
 		if err != nil {
@@ -162,7 +165,7 @@ func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEn
 				c.logBadKey(e.Key)
 				continue
 			}
-			if d, err := c.mergeEntry(t, dir, name, e, nil, epoch, start); err != nil {
+			if d, err := c.mergeEntry(t, dir, name, e, nil, epoch, start, confirm); err != nil {
 				return err
 			} else if d {
 				deferred = append(deferred, e)
@@ -191,8 +194,9 @@ func (c *Cache) mergeMarker(t *nsTx, dir *Inode, e s3backend.ListEntry, start ui
 
 // mergeEntry merges one listed entry (or a HEAD result, info) into dir.
 // It returns deferred=true for an object shadowed by a directory entry that
-// this listing has not confirmed yet.
-func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEntry, info *s3backend.ObjectInfo, epoch, start uint64) (deferred bool, err error) {
+// this listing has not confirmed yet. With info or confirm, the entry is
+// fresh for the TTL by itself (see mergeBatch).
+func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEntry, info *s3backend.ObjectInfo, epoch, start uint64, confirm bool) (deferred bool, err error) {
 	key := e.Key
 	d, exists, err := t.dentry(dir.Ino, name)
 	if err != nil {
@@ -208,7 +212,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 				d.Epoch = epoch
 				t.seenDentry(dir.Ino, name, d)
 			}
-			if info != nil {
+			if info != nil || confirm {
 				child.ValidUntil = c.now() + int64(c.opt.MetadataTTL)
 			}
 		}
@@ -277,7 +281,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 			t.head(ino, key, e.ETag)
 		}
 	}
-	if info != nil {
+	if info != nil || confirm {
 		rec.ValidUntil = now + int64(c.opt.MetadataTTL)
 	}
 	t.add(rec)
@@ -909,6 +913,72 @@ func (c *Cache) refreshName(ctx context.Context, ino uint64, name string) error 
 	return nil
 }
 
+// listWindow is how many entries after a looked-up name refreshWindow
+// confirms with its LIST page.
+const listWindow = 1000
+
+// refreshWindow asks S3 about one name of a big directory and about the
+// names after it: a HEAD for the object, and at once one LIST page that
+// starts after it. Every entry the page shows is fresh for the TTL, so a
+// program that stats the names in order (ls -l, find) asks S3 once per
+// page rather than once, or twice, per name once the directory's listing
+// is older than the TTL. The page also shows a directory of the same
+// name, which then wins, as in a listing.
+func (c *Cache) refreshWindow(ctx context.Context, ino uint64, name string) error {
+	dir, err := c.snapshot(ino)
+	if err != nil {
+		return err
+	}
+	if checkName(name) != nil {
+		return nil
+	}
+	prefix := dirPrefix(dir.Path)
+	key := childPath(dir.Path, name)
+	start := c.nextSeq()
+	var (
+		info    s3backend.ObjectInfo
+		headErr error
+		wg      sync.WaitGroup
+		window  []s3backend.ListEntry
+		isDir   bool
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		info, headErr = c.store.Head(ctx, key)
+	}()
+	listErr := c.store.List(ctx, s3backend.ListInput{Prefix: prefix, Delimiter: "/", StartAfter: key, MaxKeys: listWindow}, func(e s3backend.ListEntry) error {
+		if e.IsPrefix && e.Key == key+"/" {
+			isDir = true // merged with the name itself
+			return nil
+		}
+		window = append(window, e)
+		return nil
+	})
+	wg.Wait()
+	if listErr != nil {
+		return listErr
+	}
+	found := headErr == nil
+	if headErr != nil && !errors.Is(headErr, s3backend.ErrNotFound) {
+		return headErr
+	}
+	jobs, err := c.mergeName(ino, dir.Path, name, key, isDir, found, &info, start)
+	if err != nil {
+		return err
+	}
+	if len(window) > 0 {
+		if _, _, err := c.mergeBatch(ino, prefix, window, 0, start, true); err != nil {
+			return err
+		}
+	}
+	for _, j := range jobs {
+		info, err := c.store.Head(ctx, j.key)
+		c.applyHead(j, info, err)
+	}
+	return nil
+}
+
 // mergeName merges what refreshName learned about one name.
 func (c *Cache) mergeName(ino uint64, origPath, name, key string, isDir, found bool, info *s3backend.ObjectInfo, start uint64) ([]headJob, error) {
 	var heads []headJob
@@ -922,10 +992,10 @@ func (c *Cache) mergeName(ino uint64, origPath, name, key string, isDir, found b
 		}
 		switch {
 		case isDir:
-			_, err = c.mergeEntry(t, dir, name, s3backend.ListEntry{Key: key + "/", IsPrefix: true}, nil, 0, start)
+			_, err = c.mergeEntry(t, dir, name, s3backend.ListEntry{Key: key + "/", IsPrefix: true}, nil, 0, start, false)
 		case found:
 			e := s3backend.ListEntry{Key: key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
-			_, err = c.mergeEntry(t, dir, name, e, info, 0, start)
+			_, err = c.mergeEntry(t, dir, name, e, info, 0, start, false)
 		default:
 			d, ok, derr := t.dentry(ino, name)
 			if derr != nil || !ok {

@@ -468,8 +468,14 @@ func (c *Cache) refreshForLookup(ctx context.Context, dir *Inode, name string) e
 	}
 	// A name with pending local state needs no answer from S3.
 	if d, ok, _ := c.peekDentry(dir.Ino, name); ok {
-		if child, err := c.snapshot(d.Ino); err == nil && (child.needsWork() || child.Kind == KindDir) {
+		child, err := c.snapshot(d.Ino)
+		if err == nil && (child.needsWork() || child.Kind == KindDir) {
 			return nil
+		}
+		if err == nil {
+			// A name the cache knows, in a big directory: its
+			// neighbours are likely next (ls -l, find).
+			return c.refreshWindow(ctx, dir.Ino, name)
 		}
 	}
 	return c.refreshName(ctx, dir.Ino, name)

@@ -365,6 +365,9 @@ func (s *Store) List(ctx context.Context, in ListInput, fn func(ListEntry) error
 	if in.MaxKeys > 0 && in.MaxKeys < int(s.listPageSize) {
 		input.MaxKeys = aws.Int32(int32(in.MaxKeys))
 	}
+	if in.StartAfter != "" {
+		input.StartAfter = aws.String(s.prefix + in.StartAfter)
+	}
 	pages := s3.NewListObjectsV2Paginator(s.client, input)
 	n := 0
 	for pages.HasMorePages() {

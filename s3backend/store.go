@@ -84,9 +84,10 @@ type ObjectInfo struct {
 
 // ListInput selects what List walks.
 type ListInput struct {
-	Prefix    string
-	Delimiter string // "" for a flat, recursive walk
-	MaxKeys   int    // 0: no limit
+	Prefix     string
+	Delimiter  string // "" for a flat, recursive walk
+	MaxKeys    int    // 0: no limit
+	StartAfter string // only keys after this one (relative, as Prefix); "" from the start
 }
 
 // ListEntry is one row of a listing: an object, or with IsPrefix a rolled-up

@@ -112,7 +112,8 @@ func scenario(t *testing.T, s s3backend.ObjectStore) []string {
 			t.Fatalf("put %s: %v", k, err)
 		}
 	}
-	for _, in := range []s3backend.ListInput{{Delimiter: "/"}, {Prefix: "d/", Delimiter: "/"}, {Prefix: "d"}, {Delimiter: "/", MaxKeys: 2}} {
+	for _, in := range []s3backend.ListInput{{Delimiter: "/"}, {Prefix: "d/", Delimiter: "/"}, {Prefix: "d"}, {Delimiter: "/", MaxKeys: 2},
+		{Delimiter: "/", StartAfter: "d"}, {Prefix: "d/", Delimiter: "/", StartAfter: "d/a", MaxKeys: 2}} {
 		var entries []string
 		err := s.List(ctx, in, func(e s3backend.ListEntry) error {
 			entries = append(entries, fmt.Sprint(e.Key, " ", e.IsPrefix, " ", e.Size, " ", e.ETag))

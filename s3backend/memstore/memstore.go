@@ -339,8 +339,8 @@ func (s *Store) Get(ctx context.Context, key string, off, length int64, etag str
 
 func (s *Store) List(ctx context.Context, in s3backend.ListInput, fn func(s3backend.ListEntry) error) error {
 	var (
-		token   string // last entry of the previous page
-		skipDir string // token, when it was a common prefix: skip what it rolled up
+		token   = in.StartAfter // last entry of the previous page
+		skipDir string          // token, when it was a common prefix: skip what it rolled up
 		n       int
 	)
 	for {
