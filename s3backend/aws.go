@@ -115,7 +115,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		tr.MaxIdleConns = cfg.MaxConnections
 		tr.MaxIdleConnsPerHost = cfg.MaxConnections
 		if dial := tr.DialContext; dial != nil {
-			tr.DialContext = idleTimeoutDial(dial, cfg.IdleTimeout)
+			tr.DialContext = idleTimeoutDial(dial, cfg.IdleTimeout, cfg.DialFailed)
 		}
 	})
 	opts := []func(*config.LoadOptions) error{

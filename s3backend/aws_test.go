@@ -1379,3 +1379,50 @@ func TestStoreIdleTimeout(t *testing.T) {
 		t.Fatal("a request into a black hole did not end with the idle timeout")
 	}
 }
+
+// A connection refused is no answer, and none is coming: Config.DialFailed
+// hears of it at once, and a Reach told so fails the request at once,
+// rather than after the SDK's retries and its own Wait (a cat of a cached
+// file on a mount whose server had stopped took 5.4 s, every Wait long).
+func TestDialRefusedMakesReachUnreachableAtOnce(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "k")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	t.Setenv("AWS_REGION", "us-east-1")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now: connections are refused
+	var reach atomic.Pointer[Reach]
+	var told atomic.Int32
+	s := newStore(t, "http://"+addr, "b", func(c *Config) {
+		c.MaxAttempts, c.MaxBackoff = 5, 4*time.Second
+		c.DialFailed = func(err error) {
+			told.Add(1)
+			if r := reach.Load(); r != nil {
+				r.DialFailed(err)
+			}
+		}
+	})
+	s.log.expected = true // the SDK's retries and Reach's WARN
+	r := NewReach(s.Store, ReachOptions{Wait: time.Minute, Logger: slog.New(s.log)})
+	defer r.Close()
+	reach.Store(r)
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Head(context.Background(), "x")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("HEAD against a refused port: %v, want ErrUnavailable", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("HEAD against a refused port did not end within 30 s (Wait is a minute)")
+	}
+	if told.Load() == 0 || r.Reachable() {
+		t.Fatalf("DialFailed told %d times, reachable %v; want told and unreachable", told.Load(), r.Reachable())
+	}
+}

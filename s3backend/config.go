@@ -38,6 +38,11 @@ type Config struct {
 	// (the payload is still protected by TLS on https endpoints).
 	UnsignedPayload bool
 
+	// DialFailed is told when a connection to S3 cannot be made at all
+	// (refused, no route to the host or network): no answer is coming,
+	// so Reach.DialFailed need not wait out its timeout. May be nil.
+	DialFailed func(error)
+
 	Observer Observer     // may be nil
 	Logger   *slog.Logger // may be nil (slog.Default())
 }

@@ -106,6 +106,13 @@ func (r *Reach) track(ctx context.Context) (context.Context, func()) {
 	}
 }
 
+// DialFailed makes S3 unreachable at once: a connection to it was
+// refused or has no route (Config.DialFailed), so no answer is coming and
+// the requests under way need not wait out Wait, nor the SDK's retries.
+func (r *Reach) DialFailed(err error) {
+	r.fail(&Error{Op: "connect", Kind: ErrUnavailable, Cause: err})
+}
+
 // Close stops the probe.
 func (r *Reach) Close() {
 	r.mu.Lock()

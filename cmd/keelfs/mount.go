@@ -386,6 +386,13 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	met := newMetrics()
 	scfg := storeConfig(cfg, log)
 	scfg.Observer = met
+	// A refused connection makes S3 unreachable at once (see reach below).
+	var reachNow atomic.Pointer[s3backend.Reach]
+	scfg.DialFailed = func(err error) {
+		if r := reachNow.Load(); r != nil {
+			r.DialFailed(err)
+		}
+	}
 	store, err := s3backend.New(ctx, scfg)
 	if err != nil {
 		return nil, withCode(exitAccess, fmt.Errorf("s3 client: %w", err))
@@ -445,6 +452,7 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 				c.Kick()
 			}
 		}})
+	reachNow.Store(reach)
 	fsys := kfs.New(kfs.Options{
 		FsName: "keelfs:" + strings.TrimSuffix(cfg.Bucket+"/"+cfg.Prefix, "/"), ReadOnly: cfg.ReadOnly,
 		AllowOther: cfg.AllowOther, AllowRoot: cfg.AllowRoot, TTL: cfg.MetadataTTL.duration(), Debug: cfg.Debug, Logger: log,
