@@ -181,7 +181,7 @@ func TestSigtermWithS3Down(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
 	m := srv.Mount(t, b, harness.MountOptions{Args: []string{"--write-back-delay", "1h", "--shutdown-timeout", "3s"}})
-	m.AllowLog(`upload failed|s3 request failed|retrying|not yet in S3|resuming`)
+	m.AllowLog(`upload failed|s3 request failed|retrying|not yet in S3|resuming|s3 is unreachable`)
 	os.WriteFile(m.Path("pending.txt"), []byte("must survive"), 0o644)
 	srv.Stop()
 	start := time.Now()
