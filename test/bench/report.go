@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -194,6 +195,17 @@ func (b *bench) cell(row rowID, col string) string {
 	return out
 }
 
+// peersTimedOut reports whether some peer ran out of the step's time in
+// row (and none gave a value: the caller asks when there is no best peer).
+func (b *bench) peersTimedOut(row rowID) bool {
+	for _, p := range peers {
+		if s, ok := b.summary(row, p); ok && s.ok == 0 && slices.Contains(s.failed, "timeout") {
+			return true
+		}
+	}
+	return false
+}
+
 // bestPeer is the peer column with the best value in row.
 func (b *bench) bestPeer(row rowID) (string, float64) {
 	best, bestV := "", 0.0
@@ -232,7 +244,11 @@ func (b *bench) verdict(row rowID) (ratio, result string) {
 	var missed, unknown []string
 	if def.peerFactor > 0 {
 		if peer == "" {
-			unknown = append(unknown, "no peer result")
+			// keelfs finished within the step's time limit; a peer that
+			// ran out of it did worse, whatever the factor.
+			if !b.peersTimedOut(row) {
+				unknown = append(unknown, "no peer result")
+			}
 		} else if def.ratio(k.v, peerV) < def.peerFactor {
 			missed = append(missed, "peer")
 		}
