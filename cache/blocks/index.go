@@ -110,24 +110,21 @@ func (s *Store) deleteIndex(ids []ID) error {
 }
 
 // DropInode deletes the blocks of ino whose generation is at most upTo
-// and not in keep (all of them when keep is nil).
+// and not in keep (all of them when keep is nil). It finds them in the
+// accounting, not in the index: every indexed block is accounted for
+// (Added follows the index commit at once, Recover accounts for what an
+// earlier run left); one whose commit is still under way is newer than
+// upTo, or is found by the next DropInode, or by Recover.
 func (s *Store) DropInode(ino uint64, keep map[uint64]bool, upTo uint64) error {
 	var ids []ID
-	err := s.db.View(func(txn *badger.Txn) error {
-		prefix := inoPrefix(ino)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		defer it.Close()
-		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
-			id, ok := parseKey(it.Item().Key())
-			if ok && id.Gen <= upTo && !keep[id.Gen] {
-				ids = append(ids, id)
-			}
+	s.mu.Lock()
+	refs := s.inoBlocks[ino]
+	for i := len(refs) - 1; i >= 0; i-- {
+		if r := refs[i]; r.gen <= upTo && !keep[r.gen] {
+			ids = append(ids, ID{Ino: ino, Gen: r.gen, Idx: r.idx})
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cache: list blocks of inode %d: %w", ino, err)
 	}
+	s.mu.Unlock()
 	return s.Delete(ids)
 }
 

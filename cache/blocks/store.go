@@ -127,6 +127,12 @@ type Store struct {
 	lru        *list.List // of ID, front = most recently used; clean blocks only
 	lruIndex   map[ID]*list.Element
 	size       map[ID]int64 // disk size of every block, clean or dirty
+	// inoBlocks lists, for each inode, the blocks that size holds, so
+	// that DropInode finds an inode's blocks without scanning the index:
+	// such a scan also walks every deleted key still in badger's
+	// memtable, one per close of a file appended to line by line, so
+	// that each close of a log took longer than the one before.
+	inoBlocks  map[uint64][]blockRef
 	cleanBytes int64
 	dirtyBytes int64
 	// verified holds blocks whose whole file passed its checksum since
@@ -191,7 +197,7 @@ func Open(o Options) (*Store, error) {
 		}
 	}
 	s := &Store{dir: o.Dir, db: o.DB, limit: o.Limit, log: o.Log, lru: list.New(),
-		lruIndex: make(map[ID]*list.Element), size: make(map[ID]int64),
+		lruIndex: make(map[ID]*list.Element), size: make(map[ID]int64), inoBlocks: make(map[uint64][]blockRef),
 		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}),
 		files: make(map[ID]*openBlock), fileLRU: list.New(), maxFiles: 128,
 		pins: make(map[ID]bool), pinsByIno: make(map[uint64][]ID), pinnedIn: make(map[ID]struct{}),
@@ -246,6 +252,7 @@ func (s *Store) Added(id ID, n uint32, dirty bool) {
 	s.forgetLocked(id)
 	sz := s.diskSize(n)
 	s.size[id] = sz
+	s.inoBlocks[id.Ino] = append(s.inoBlocks[id.Ino], blockRef{id.Gen, id.Idx})
 	if dirty {
 		s.unsynced[id] = struct{}{}
 		s.dirtyBytes += sz
@@ -380,6 +387,7 @@ func (s *Store) forgetLocked(id ID) {
 		return
 	}
 	delete(s.size, id)
+	s.unlistLocked(id)
 	delete(s.verified, id)
 	s.dropFileLocked(id)
 	if e, clean := s.lruIndex[id]; clean {
@@ -392,6 +400,34 @@ func (s *Store) forgetLocked(id ID) {
 		s.cleanBytes -= sz
 	} else {
 		s.dirtyBytes -= sz
+	}
+}
+
+// blockRef is a block of a known inode, in Store.inoBlocks.
+type blockRef struct {
+	gen uint64
+	idx int64
+}
+
+// unlistLocked removes id from inoBlocks. It searches from the end, where
+// DropInode's blocks are (it lists them last first) and where a block
+// just added is, so that dropping all the blocks of a big file costs
+// one step per block.
+func (s *Store) unlistLocked(id ID) {
+	refs := s.inoBlocks[id.Ino]
+	for i := len(refs) - 1; i >= 0; i-- {
+		if refs[i] != (blockRef{id.Gen, id.Idx}) {
+			continue
+		}
+		last := len(refs) - 1
+		refs[i] = refs[last]
+		refs = refs[:last]
+		break
+	}
+	if len(refs) == 0 {
+		delete(s.inoBlocks, id.Ino)
+	} else {
+		s.inoBlocks[id.Ino] = refs
 	}
 }
 
