@@ -373,6 +373,9 @@ type mount struct {
 	metrics *metrics
 	// metricsLn is the --metrics-addr listener; closed at exit.
 	metricsLn net.Listener
+	// cacheDir holds the cache, and the note that says this process is
+	// stopping (see handover.go).
+	cacheDir string
 }
 
 func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
@@ -463,21 +466,23 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	if cfg.Conflict == "overwrite" {
 		conflict = cache.ConflictOverwrite
 	}
-	c, err := cache.Open(ctx, cache.Options{
-		Dir: cacheDir, Store: reach, ReadOnly: cfg.ReadOnly, BlockSize: int64(cfg.BlockSize),
-		CacheSize: int64(cfg.CacheSize), MetadataTTL: cfg.MetadataTTL.duration(), WriteBackDelay: cfg.WriteBackDelay,
-		SyncOnClose: cfg.SyncOnClose, NoAtime: cfg.NoAtime, PartSize: int64(cfg.PartSize), MaxUploads: cfg.MaxUploads,
-		SkipHeaders: cfg.SkipHeaders, Conflict: conflict, ConditionalWrites: conditional,
-		UID: cfg.UID, GID: cfg.GID, FileMode: uint32(cfg.FileMode), DirMode: uint32(cfg.DirMode),
-		MaxKeyLen: maxKeyLen(cfg.Prefix), CommitInterval: cfg.CommitInterval,
-		EncryptionKey: key, Logger: log, Invalidate: fsys.Invalidate, InvalidateEntry: fsys.InvalidateEntry,
-	})
+	c, err := openCacheWaiting(ctx, cacheDir, log, func() (*cache.Cache, error) {
+		return cache.Open(ctx, cache.Options{
+			Dir: cacheDir, Store: reach, ReadOnly: cfg.ReadOnly, BlockSize: int64(cfg.BlockSize),
+			CacheSize: int64(cfg.CacheSize), MetadataTTL: cfg.MetadataTTL.duration(), WriteBackDelay: cfg.WriteBackDelay,
+			SyncOnClose: cfg.SyncOnClose, NoAtime: cfg.NoAtime, PartSize: int64(cfg.PartSize), MaxUploads: cfg.MaxUploads,
+			SkipHeaders: cfg.SkipHeaders, Conflict: conflict, ConditionalWrites: conditional,
+			UID: cfg.UID, GID: cfg.GID, FileMode: uint32(cfg.FileMode), DirMode: uint32(cfg.DirMode),
+			MaxKeyLen: maxKeyLen(cfg.Prefix), CommitInterval: cfg.CommitInterval,
+			EncryptionKey: key, Logger: log, Invalidate: fsys.Invalidate, InvalidateEntry: fsys.InvalidateEntry,
+		})
+	}, time.Now, sleepCtx)
 	if err != nil {
 		reach.Close()
 		return nil, withCode(exitCache, err)
 	}
 	kick.Store(c)
-	m := &mount{cfg: cfg, log: log, reach: reach, cache: c, fsys: fsys, metrics: met}
+	m := &mount{cfg: cfg, log: log, reach: reach, cache: c, fsys: fsys, metrics: met, cacheDir: cacheDir}
 	met.watchCache(c, int64(cfg.CacheSize))
 	met.watchReach(reach)
 	if cfg.MetricsAddr != "" {
@@ -678,6 +683,12 @@ func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
 	notifySystemd(m.log, daemon.SdNotifyStopping+"\nSTATUS=uploading what is pending, then unmounting")
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
 	defer cancel()
+	deadline, _ := ctx.Deadline()
+	if err := writeDrainNote(m.cacheDir, deadline); err != nil {
+		// Only a new mount of this cache needs it: it would then report
+		// the cache in use instead of waiting for us.
+		m.log.Warn("could not note that this mount is stopping", "err", err)
+	}
 	go func() {
 		for {
 			select {
@@ -713,6 +724,9 @@ func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
 	}
 	if err := m.cache.Close(); err != nil {
 		m.log.Error("closing cache", "err", err)
+	}
+	if err := removeDrainNote(m.cacheDir); err != nil {
+		m.log.Warn("could not remove the note that this mount is stopping", "err", err)
 	}
 	m.reach.Close()
 	if len(left) > 0 || derr != nil {

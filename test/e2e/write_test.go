@@ -312,6 +312,49 @@ func TestCacheDirInUse(t *testing.T) {
 	}
 }
 
+// TestRemountWhileTheLastMountUploads: after a plain unmount the daemon
+// goes on uploading what is pending (for up to --shutdown-timeout) and
+// holds the cache directory meanwhile. A mount of the same cache in that
+// window (umount then mount in a script, a restart of an fstab mount)
+// waits for it, saying so, instead of failing with "in use"; and what the
+// first mount left is there and in S3.
+func TestRemountWhileTheLastMountUploads(t *testing.T) {
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	p := srv.StartProxy(t)
+	m1 := srv.Mount(t, b, harness.MountOptions{Endpoint: p.Endpoint, Args: []string{"--write-back-delay", "1h"}})
+	data := bytes.Repeat([]byte("uploaded by the mount that is gone\n"), 1000)
+	if err := os.WriteFile(m1.Path("pending.txt"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Its upload now takes 4 s, so the drain after the unmount outlasts
+	// the start of the second mount.
+	p.SetFaults(func(op string, r *http.Request) harness.Fault {
+		if op == "PutObject" && strings.HasSuffix(r.URL.Path, "/pending.txt") {
+			return harness.Fault{Delay: 4 * time.Second}
+		}
+		return harness.Fault{}
+	})
+	harness.Run(t, "/", "fusermount3 -u "+m1.Dir)
+	start := time.Now()
+	m2 := srv.Mount(t, b, harness.MountOptions{CacheDir: m1.CacheDir, Endpoint: p.Endpoint})
+	waited := time.Since(start)
+	if code := m1.Stop(); code != 0 {
+		t.Errorf("the first mount exited %d after its drain:\n%s", code, m1.Log())
+	}
+	if !strings.Contains(m2.Log(), "still uploading") {
+		t.Errorf("the second mount (live after %v) did not say what it waited for:\n%s", waited, m2.Log())
+	}
+	got, err := os.ReadFile(m2.Path("pending.txt"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("pending.txt through the second mount: %d bytes, %v; want %d bytes", len(got), err, len(data))
+	}
+	if obj, ok := srv.Get(t, b, "pending.txt"); !ok || !bytes.Equal(obj, data) {
+		t.Fatalf("pending.txt in S3: present %v, %d bytes; want %d", ok, len(obj), len(data))
+	}
+	t.Logf("the second mount was live %v after the unmount", waited)
+}
+
 // TestFsyncMeansInS3: fsync returns only once the object is in S3.
 func TestFsyncMeansInS3(t *testing.T) {
 	srv := harness.StartServer(t)
