@@ -126,12 +126,14 @@ type Store struct {
 	spaceFreed *sync.Cond
 	lru        *list.List // of ID, front = most recently used; clean blocks only
 	lruIndex   map[ID]*list.Element
-	size       map[ID]int64 // disk size of every block, clean or dirty
+	size       map[ID]sized // every block, clean or dirty
 	// inoBlocks lists, for each inode, the blocks that size holds, so
 	// that DropInode finds an inode's blocks without scanning the index:
 	// such a scan also walks every deleted key still in badger's
 	// memtable, one per close of a file appended to line by line, so
-	// that each close of a log took longer than the one before.
+	// that each close of a log took longer than the one before. A
+	// block's place in its list is in size, so that removing any block
+	// (eviction takes the oldest) costs one step.
 	inoBlocks  map[uint64][]blockRef
 	cleanBytes int64
 	dirtyBytes int64
@@ -197,7 +199,7 @@ func Open(o Options) (*Store, error) {
 		}
 	}
 	s := &Store{dir: o.Dir, db: o.DB, limit: o.Limit, log: o.Log, lru: list.New(),
-		lruIndex: make(map[ID]*list.Element), size: make(map[ID]int64), inoBlocks: make(map[uint64][]blockRef),
+		lruIndex: make(map[ID]*list.Element), size: make(map[ID]sized), inoBlocks: make(map[uint64][]blockRef),
 		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}),
 		files: make(map[ID]*openBlock), fileLRU: list.New(), maxFiles: 128,
 		pins: make(map[ID]bool), pinsByIno: make(map[uint64][]ID), pinnedIn: make(map[ID]struct{}),
@@ -251,7 +253,7 @@ func (s *Store) Added(id ID, n uint32, dirty bool) {
 	defer s.mu.Unlock()
 	s.forgetLocked(id)
 	sz := s.diskSize(n)
-	s.size[id] = sz
+	s.size[id] = sized{bytes: sz, pos: len(s.inoBlocks[id.Ino])}
 	s.inoBlocks[id.Ino] = append(s.inoBlocks[id.Ino], blockRef{id.Gen, id.Idx})
 	if dirty {
 		s.unsynced[id] = struct{}{}
@@ -304,7 +306,7 @@ func (s *Store) Pin(ino uint64, ids []ID, missing int64) bool {
 	var present int64
 	for _, id := range ids {
 		if _, ok := s.lruIndex[id]; ok {
-			present += s.size[id]
+			present += s.size[id].bytes
 		}
 	}
 	if s.pinnedBytes+present+missing > s.limit/4 {
@@ -316,7 +318,7 @@ func (s *Store) Pin(ino uint64, ids []ID, missing int64) bool {
 			s.lru.Remove(e)
 			delete(s.lruIndex, id)
 			s.pinnedIn[id] = struct{}{}
-			s.pinnedBytes += s.size[id]
+			s.pinnedBytes += s.size[id].bytes
 		}
 	}
 	s.pinsByIno[ino] = ids
@@ -331,7 +333,7 @@ func (s *Store) Unpin(ino uint64) {
 		delete(s.pins, id)
 		if _, ok := s.pinnedIn[id]; ok {
 			delete(s.pinnedIn, id)
-			s.pinnedBytes -= s.size[id]
+			s.pinnedBytes -= s.size[id].bytes
 			s.lruIndex[id] = s.lru.PushFront(id)
 		}
 	}
@@ -358,10 +360,11 @@ func (s *Store) Trust(id ID, meta Meta) {
 func (s *Store) MarkClean(id ID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sz, ok := s.size[id]
+	e, ok := s.size[id]
 	if !ok {
 		return
 	}
+	sz := e.bytes
 	if _, clean := s.lruIndex[id]; clean {
 		return
 	}
@@ -382,12 +385,13 @@ func (s *Store) removed(id ID) {
 }
 
 func (s *Store) forgetLocked(id ID) {
-	sz, ok := s.size[id]
+	e, ok := s.size[id]
 	if !ok {
 		return
 	}
+	sz := e.bytes
 	delete(s.size, id)
-	s.unlistLocked(id)
+	s.unlistLocked(id, e.pos)
 	delete(s.verified, id)
 	s.dropFileLocked(id)
 	if e, clean := s.lruIndex[id]; clean {
@@ -403,27 +407,33 @@ func (s *Store) forgetLocked(id ID) {
 	}
 }
 
+// sized is what the store keeps of a block: its size on disk and its
+// place in inoBlocks[id.Ino].
+type sized struct {
+	bytes int64
+	pos   int
+}
+
 // blockRef is a block of a known inode, in Store.inoBlocks.
 type blockRef struct {
 	gen uint64
 	idx int64
 }
 
-// unlistLocked removes id from inoBlocks. It searches from the end, where
-// DropInode's blocks are (it lists them last first) and where a block
-// just added is, so that dropping all the blocks of a big file costs
-// one step per block.
-func (s *Store) unlistLocked(id ID) {
+// unlistLocked removes id, at pos, from inoBlocks: the last block of the
+// inode's list takes its place.
+func (s *Store) unlistLocked(id ID, pos int) {
 	refs := s.inoBlocks[id.Ino]
-	for i := len(refs) - 1; i >= 0; i-- {
-		if refs[i] != (blockRef{id.Gen, id.Idx}) {
-			continue
-		}
-		last := len(refs) - 1
-		refs[i] = refs[last]
-		refs = refs[:last]
-		break
+	last := len(refs) - 1
+	if pos < last {
+		moved := refs[last]
+		refs[pos] = moved
+		mid := ID{Ino: id.Ino, Gen: moved.gen, Idx: moved.idx}
+		e := s.size[mid]
+		e.pos = pos
+		s.size[mid] = e
 	}
+	refs = refs[:last]
 	if len(refs) == 0 {
 		delete(s.inoBlocks, id.Ino)
 	} else {
@@ -601,7 +611,7 @@ func (s *Store) evictBytes(n int64) victims {
 			break
 		}
 		id := e.Value.(ID)
-		freed += s.size[id]
+		freed += s.size[id].bytes
 		v.blocks = append(v.blocks, id)
 		s.forgetLocked(id)
 		s.stats.Evictions++

@@ -206,6 +206,7 @@ func TestDropInode(t *testing.T) {
 		want(s, id, id.Gen != 1)
 	}
 	want(s, other, true)
+	checkInoBlocks(t, s)
 	clean, dirty := s.Usage()
 	if wantClean, wantDirty := 3*s.diskSize(1000), 2*s.diskSize(1000); clean != wantClean || dirty != wantDirty {
 		t.Errorf("usage clean %d dirty %d, want %d and %d", clean, dirty, wantClean, wantDirty)
@@ -228,8 +229,66 @@ func TestDropInode(t *testing.T) {
 		want(s, id, false)
 	}
 	want(s, other, true)
+	checkInoBlocks(t, s)
 	if len(s.inoBlocks) != 1 || len(s.inoBlocks[8]) != 1 {
 		t.Errorf("inoBlocks = %v, want only inode 8's block", s.inoBlocks)
+	}
+}
+
+// checkInoBlocks fails the test unless inoBlocks lists exactly the
+// blocks in size, each at the place size records.
+func checkInoBlocks(t *testing.T, s *Store) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for ino, refs := range s.inoBlocks {
+		if len(refs) == 0 {
+			t.Errorf("inode %d has an empty list", ino)
+		}
+		for i, r := range refs {
+			e, ok := s.size[ID{Ino: ino, Gen: r.gen, Idx: r.idx}]
+			if !ok || e.pos != i {
+				t.Fatalf("block %d/%d/%d at %d of its list: in size %v at %d", ino, r.gen, r.idx, i, ok, e.pos)
+			}
+			n++
+		}
+	}
+	if n != len(s.size) {
+		t.Fatalf("inoBlocks lists %d blocks, size holds %d", n, len(s.size))
+	}
+}
+
+// TestInoBlocksInAnyOrder: blocks removed oldest first (as eviction
+// does), newest first (as DropInode does), from the middle, and added
+// again keep inoBlocks and size in step.
+func TestInoBlocksInAnyOrder(t *testing.T) {
+	s := newTestStore(t, 1<<30, nil)
+	data := []byte("x")
+	var ids []ID
+	for i := int64(0); i < 40; i++ {
+		id := ID{Ino: 3, Gen: 1, Idx: i}
+		put(t, s, id, data, false)
+		ids = append(ids, id)
+	}
+	checkInoBlocks(t, s)
+	if err := s.Delete(ids[:10]); err != nil { // oldest first
+		t.Fatal(err)
+	}
+	checkInoBlocks(t, s)
+	if err := s.Delete([]ID{ids[39], ids[38], ids[20], ids[25]}); err != nil {
+		t.Fatal(err)
+	}
+	checkInoBlocks(t, s)
+	put(t, s, ids[15], data, true) // again, now dirty
+	put(t, s, ids[0], data, false)
+	checkInoBlocks(t, s)
+	if err := s.DropInode(3, nil, ^uint64(0)); err != nil {
+		t.Fatal(err)
+	}
+	checkInoBlocks(t, s)
+	if len(s.size) != 0 {
+		t.Fatalf("%d blocks left after dropping the inode", len(s.size))
 	}
 }
 
