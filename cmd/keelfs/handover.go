@@ -33,34 +33,67 @@ const drainNoteName = "stopping"
 // take to close the cache and exit.
 const drainGrace = 10 * time.Second
 
+// noteWait is how long a cache in use without a note is tried again: an
+// umount(2) returns before the daemon has seen it and written its note.
+const noteWait = 2 * time.Second
+
 // drainPoll is how often a waiting mount tries the cache again.
 const drainPoll = 100 * time.Millisecond
 
 type drainNote struct {
 	pid   int
 	until time.Time // the drain's deadline
+	pidNS string    // the PID namespace pid belongs to ("" if unknown)
+}
+
+// pidNamespace names this process's PID namespace, so that a pid in a
+// note written in another container is not taken for one of ours.
+func pidNamespace() string {
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return ""
+	}
+	return ns
 }
 
 // writeDrainNote records that this process is stopping and holds the
-// cache at most until until (and drainGrace).
-func writeDrainNote(dir string, until time.Time) error {
+// cache at most until until (and drainGrace). It returns what it wrote,
+// for removeDrainNote.
+func writeDrainNote(dir string, until time.Time) (string, error) {
 	p := filepath.Join(dir, drainNoteName)
 	tmp := p + ".tmp"
-	body := fmt.Sprintf("%d %d\n", os.Getpid(), until.UnixNano())
-	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
-		return err
+	body := fmt.Sprintf("%d %d %s\n", os.Getpid(), until.UnixNano(), pidNamespace())
+	err := os.WriteFile(tmp, []byte(body), 0o600)
+	if err == nil {
+		err = os.Rename(tmp, p)
 	}
-	return os.Rename(tmp, p)
+	if err != nil {
+		if rerr := os.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+		return "", err
+	}
+	return body, nil
 }
 
-// removeDrainNote removes the note if it is this process's (a mount that
-// waited for us may have removed it and written its own since).
-func removeDrainNote(dir string) error {
-	n, ok, err := readDrainNote(dir)
-	if err != nil || !ok || n.pid != os.Getpid() {
+// removeDrainNote removes the note if it is still the one written (body):
+// a mount that waited for us may have removed it and written its own.
+func removeDrainNote(dir, body string) error {
+	if body == "" {
+		return nil
+	}
+	p := filepath.Join(dir, drainNoteName)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	if err := os.Remove(filepath.Join(dir, drainNoteName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if string(b) != body {
+		return nil
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	return nil
@@ -76,43 +109,51 @@ func readDrainNote(dir string) (n drainNote, ok bool, err error) {
 	if err != nil {
 		return n, false, err
 	}
-	pid, until, found := strings.Cut(strings.TrimSpace(string(b)), " ")
-	if !found {
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
 		return n, false, nil
 	}
-	p, err1 := strconv.Atoi(pid)
-	u, err2 := strconv.ParseInt(until, 10, 64)
+	p, err1 := strconv.Atoi(f[0])
+	u, err2 := strconv.ParseInt(f[1], 10, 64)
 	if err1 != nil || err2 != nil || p <= 0 {
 		return n, false, nil
 	}
-	return drainNote{pid: p, until: time.Unix(0, u)}, true, nil
+	n = drainNote{pid: p, until: time.Unix(0, u)}
+	if len(f) > 2 {
+		n.pidNS = f[2]
+	}
+	return n, true, nil
 }
 
-// alive reports whether process pid exists.
-func alive(pid int) bool {
-	err := syscall.Kill(pid, 0)
+// mayBeStopping reports whether the process the note names may still be
+// the one stopping: it exists, or it is in another PID namespace, where
+// only the deadline tells.
+func (n drainNote) mayBeStopping() bool {
+	if n.pidNS != "" && n.pidNS != pidNamespace() {
+		return true
+	}
+	err := syscall.Kill(n.pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // openCacheWaiting opens the cache with open, waiting while a stopping
-// keelfs that the note names holds it. The first failure other than "in
-// use", or "in use" by anything else, is returned at once; so is "in use"
-// once the stopping process's deadline and drainGrace have passed. now
-// and sleep are the clock (a test's may be fake).
+// keelfs that the note names holds it, up to that one's deadline and
+// drainGrace; a cache in use without a note is tried for noteWait, in
+// case its holder has been unmounted but has not yet written its note.
+// Any other failure is returned at once, and so is "in use" once those
+// waits are over or ctx ends (a stop signal). notify, if not nil, tells
+// the user once that the mount waits. now and sleep are the clock.
 func openCacheWaiting(ctx context.Context, dir string, log *slog.Logger, open func() (*cache.Cache, error),
-	now func() time.Time, sleep func(context.Context, time.Duration) error) (*cache.Cache, error) {
-	logged := false
+	notify func(string), now func() time.Time, sleep func(context.Context, time.Duration) error) (*cache.Cache, error) {
+	told := false
+	first := now()
 	for {
 		c, err := open()
 		if err == nil {
-			// A note left by a stopping process that was killed before it
-			// could remove it is stale now: we hold the cache.
-			if n, ok, rerr := readDrainNote(dir); rerr != nil {
-				log.Warn("reading the note of an earlier mount", "err", rerr)
-			} else if ok && n.pid != os.Getpid() {
-				if rerr := os.Remove(filepath.Join(dir, drainNoteName)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-					log.Warn("removing the note of an earlier mount", "err", rerr)
-				}
+			// We hold the cache: a note still there is stale (its writer
+			// was killed before removing it).
+			if rerr := os.Remove(filepath.Join(dir, drainNoteName)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+				log.Warn("removing the note of an earlier mount", "err", rerr)
 			}
 			return c, nil
 		}
@@ -123,21 +164,26 @@ func openCacheWaiting(ctx context.Context, dir string, log *slog.Logger, open fu
 		if rerr != nil {
 			return nil, fmt.Errorf("%w (and its note: %v)", err, rerr)
 		}
-		if !ok || !alive(n.pid) {
-			return nil, err
-		}
-		limit := n.until.Add(drainGrace)
-		if !now().Before(limit) {
+		switch {
+		case !ok || !n.mayBeStopping():
+			if now().Sub(first) >= noteWait {
+				return nil, err
+			}
+		case !now().Before(n.until.Add(drainGrace)):
 			return nil, fmt.Errorf("%w: keelfs process %d has been stopping since before %s and still holds it",
 				err, n.pid, n.until.Format(time.RFC3339))
-		}
-		if !logged {
+		case !told:
+			limit := n.until.Add(drainGrace)
 			log.Info("the previous mount of this cache is still uploading what was pending; waiting for it",
 				"pid", n.pid, "until", limit.Format(time.RFC3339))
-			logged = true
+			if notify != nil {
+				notify(fmt.Sprintf("the previous mount of this cache (process %d) is still uploading what was pending; waiting for it, at most until %s",
+					n.pid, limit.Format(time.RFC3339)))
+			}
+			told = true
 		}
 		if serr := sleep(ctx, drainPoll); serr != nil {
-			return nil, fmt.Errorf("%w (stopped waiting for keelfs process %d: %v)", err, n.pid, serr)
+			return nil, fmt.Errorf("%w (stopped waiting for it: %w)", err, serr)
 		}
 	}
 }

@@ -257,7 +257,12 @@ func daemonize(args []string) error {
 		return fmt.Errorf("start mount process: %w", err)
 	}
 	w.Close()
-	line, _ := bufio.NewReader(r).ReadString('\n')
+	br := bufio.NewReader(r)
+	line, _ := br.ReadString('\n')
+	for strings.HasPrefix(line, "note ") {
+		fmt.Fprintln(os.Stderr, "keelfs: "+strings.TrimSpace(strings.TrimPrefix(line, "note ")))
+		line, _ = br.ReadString('\n')
+	}
 	r.Close()
 	line = strings.TrimSpace(line)
 	if line == "ok" {
@@ -294,6 +299,15 @@ func (p *readyPipe) ok() {
 	p.f.Close()
 	// The parent has exited: stop writing logs to its terminal only if it
 	// is gone; stderr stays as inherited (journal, container log).
+}
+
+// note shows msg to the waiting parent, which goes on waiting.
+func (p *readyPipe) note(msg string) {
+	if p == nil {
+		return
+	}
+	// A parent that is gone cannot be told; the log has it.
+	fmt.Fprintf(p.f, "note %s\n", strings.ReplaceAll(msg, "\n", " "))
 }
 
 func (p *readyPipe) fail(err error) error {
@@ -346,7 +360,7 @@ func serve(cfg *mountConfig) error {
 		return ready.fail(withCode(exitUsage, err))
 	}
 	slog.SetDefault(log)
-	m, err := startMount(cfg, log)
+	m, err := startMount(cfg, log, ready.note)
 	if err != nil {
 		return ready.fail(err)
 	}
@@ -378,7 +392,10 @@ type mount struct {
 	cacheDir string
 }
 
-func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
+// startMount checks, opens the cache and mounts. notify, if not nil,
+// shows the user a message while start-up waits (a background mount's
+// caller, which does not see the log).
+func startMount(cfg *mountConfig, log *slog.Logger, notify func(string)) (*mount, error) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, withCode(exitFuse, fmt.Errorf("FUSE is not available (/dev/fuse: %v); install fuse3, or run the container with --device /dev/fuse --cap-add SYS_ADMIN", err))
 	}
@@ -466,7 +483,10 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 	if cfg.Conflict == "overwrite" {
 		conflict = cache.ConflictOverwrite
 	}
-	c, err := openCacheWaiting(ctx, cacheDir, log, func() (*cache.Cache, error) {
+	// A stop signal ends a wait for the cache; the signal also reaches the
+	// caller's handler, which then stops.
+	wctx, stopWait := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	c, err := openCacheWaiting(wctx, cacheDir, log, func() (*cache.Cache, error) {
 		return cache.Open(ctx, cache.Options{
 			Dir: cacheDir, Store: reach, ReadOnly: cfg.ReadOnly, BlockSize: int64(cfg.BlockSize),
 			CacheSize: int64(cfg.CacheSize), MetadataTTL: cfg.MetadataTTL.duration(), WriteBackDelay: cfg.WriteBackDelay,
@@ -476,7 +496,8 @@ func startMount(cfg *mountConfig, log *slog.Logger) (*mount, error) {
 			MaxKeyLen: maxKeyLen(cfg.Prefix), CommitInterval: cfg.CommitInterval,
 			EncryptionKey: key, Logger: log, Invalidate: fsys.Invalidate, InvalidateEntry: fsys.InvalidateEntry,
 		})
-	}, time.Now, sleepCtx)
+	}, notify, time.Now, sleepCtx)
+	stopWait()
 	if err != nil {
 		reach.Close()
 		return nil, withCode(exitCache, err)
@@ -684,7 +705,8 @@ func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
-	if err := writeDrainNote(m.cacheDir, deadline); err != nil {
+	note, err := writeDrainNote(m.cacheDir, deadline)
+	if err != nil {
 		// Only a new mount of this cache needs it: it would then report
 		// the cache in use instead of waiting for us.
 		m.log.Warn("could not note that this mount is stopping", "err", err)
@@ -725,7 +747,7 @@ func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
 	if err := m.cache.Close(); err != nil {
 		m.log.Error("closing cache", "err", err)
 	}
-	if err := removeDrainNote(m.cacheDir); err != nil {
+	if err := removeDrainNote(m.cacheDir, note); err != nil {
 		m.log.Warn("could not remove the note that this mount is stopping", "err", err)
 	}
 	m.reach.Close()

@@ -166,7 +166,7 @@ func supervise(cfg *mountConfig, command []string, o appOptions) error {
 		}
 		log.Info("created the mount point", "mountpoint", cfg.MountPoint)
 	}
-	m, err := startMount(cfg, log)
+	m, err := startMount(cfg, log, nil)
 	if err != nil {
 		return err
 	}
