@@ -24,7 +24,7 @@ import (
 // the cache directory naming itself and its deadline, and a new mount
 // that finds the cache locked while that process lives waits for it, up
 // to the deadline and drainGrace. A cache held by a mount that is not
-// stopping is refused at once, as before.
+// stopping is refused once noteWait has passed without a note.
 
 // drainNoteName is the note's file in the cache directory.
 const drainNoteName = "stopping"
@@ -68,10 +68,7 @@ func writeDrainNote(dir string, until time.Time) (string, error) {
 		err = os.Rename(tmp, p)
 	}
 	if err != nil {
-		if rerr := os.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-			err = errors.Join(err, rerr)
-		}
-		return "", err
+		return "", errors.Join(err, removeIfPresent(tmp))
 	}
 	return body, nil
 }
@@ -93,6 +90,11 @@ func removeDrainNote(dir, body string) error {
 	if string(b) != body {
 		return nil
 	}
+	return removeIfPresent(p)
+}
+
+// removeIfPresent removes p; that it is already gone is no error.
+func removeIfPresent(p string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -152,7 +154,7 @@ func openCacheWaiting(ctx context.Context, dir string, log *slog.Logger, open fu
 		if err == nil {
 			// We hold the cache: a note still there is stale (its writer
 			// was killed before removing it).
-			if rerr := os.Remove(filepath.Join(dir, drainNoteName)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			if rerr := removeIfPresent(filepath.Join(dir, drainNoteName)); rerr != nil {
 				log.Warn("removing the note of an earlier mount", "err", rerr)
 			}
 			return c, nil

@@ -54,8 +54,9 @@ func writeNote(t *testing.T, dir string, pid int, until time.Time, ns string) {
 }
 
 // TestOpenCacheWaiting: a cache held by a stopping keelfs (a live process
-// that its note names, before its deadline) is waited for; one held by
-// anything else, or past the deadline, is refused at once.
+// that its note names, before its deadline) is waited for; one held past
+// that deadline is refused at once, and one held by anything else once
+// noteWait has passed without a note.
 func TestOpenCacheWaiting(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	start := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
@@ -164,5 +165,23 @@ func TestDrainNoteIsOurs(t *testing.T) {
 	}
 	if n, ok, _ := readDrainNote(dir); !ok || n.pid != os.Getpid() {
 		t.Fatalf("removeDrainNote removed another process's note (left %+v, %v)", n, ok)
+	}
+}
+
+// TestAwaitReady: the parent of a background mount shows the child's
+// notes as they come and returns its final report.
+func TestAwaitReady(t *testing.T) {
+	for _, tc := range []struct{ in, want, shown string }{
+		{in: "ok\n", want: "ok"},
+		{in: "note waiting for process 7\nnote still waiting\nok\n", want: "ok",
+			shown: "keelfs: waiting for process 7\nkeelfs: still waiting\n"},
+		{in: "note waiting\n6 cache directory is in use\n", want: "6 cache directory is in use", shown: "keelfs: waiting\n"},
+		{in: "note waiting\n", want: "", shown: "keelfs: waiting\n"}, // the child died
+		{in: "", want: ""},
+	} {
+		var shown strings.Builder
+		if got := awaitReady(strings.NewReader(tc.in), &shown); got != tc.want || shown.String() != tc.shown {
+			t.Errorf("awaitReady(%q) = %q, showed %q; want %q, showing %q", tc.in, got, shown.String(), tc.want, tc.shown)
+		}
 	}
 }

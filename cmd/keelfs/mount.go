@@ -257,14 +257,8 @@ func daemonize(args []string) error {
 		return fmt.Errorf("start mount process: %w", err)
 	}
 	w.Close()
-	br := bufio.NewReader(r)
-	line, _ := br.ReadString('\n')
-	for strings.HasPrefix(line, "note ") {
-		fmt.Fprintln(os.Stderr, "keelfs: "+strings.TrimSpace(strings.TrimPrefix(line, "note ")))
-		line, _ = br.ReadString('\n')
-	}
+	line := awaitReady(r, os.Stderr)
 	r.Close()
-	line = strings.TrimSpace(line)
 	if line == "ok" {
 		cmd.Process.Release()
 		return nil
@@ -277,6 +271,21 @@ func daemonize(args []string) error {
 	}
 	err = cmd.Wait()
 	return withCode(exitError, fmt.Errorf("mount process exited before the mount was ready: %v", err))
+}
+
+// awaitReady reads the child's report from the ready pipe: "ok", or "CODE
+// message", or nothing if the child died. Lines "note MESSAGE" before it
+// are shown on stderr as they come, and reading goes on.
+func awaitReady(r io.Reader, stderr io.Writer) string {
+	br := bufio.NewReader(r)
+	for {
+		line, err := br.ReadString('\n')
+		msg, isNote := strings.CutPrefix(line, "note ")
+		if !isNote || err != nil {
+			return strings.TrimSpace(line)
+		}
+		fmt.Fprintln(stderr, "keelfs: "+strings.TrimSpace(msg))
+	}
 }
 
 // readyPipe reports the outcome of start-up to a waiting parent.
