@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 
+	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/s3backend"
 )
 
@@ -186,9 +188,12 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 			} else {
 				body := c.newSnapReader(pctx, snap, off, l)
 				body.abort = func(error) { cancel() }
+				body.sent = new([]blocks.ID)
 				etag, err = c.store.UploadPart(pctx, s3backend.UploadPartInput{Key: p.target, UploadID: id,
 					Part: int32(i + 1), Body: body, Size: l})
-				err = body.baseErr(err)
+				if err = body.baseErr(err); err == nil {
+					body.dropPages()
+				}
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -314,7 +319,25 @@ type snapReader struct {
 	// happens: the SDK would take a body that broke off for a network
 	// error and send the request again, and again, for nothing.
 	abort context.CancelCauseFunc
+	// sent, if set, collects the written blocks the body read, for
+	// dropPages once the request that sent them succeeded.
+	sent *[]blocks.ID
 }
+
+// dropPages drops the page cache of the written blocks r sent (a part of
+// a multipart upload, which only big files have): see blocks.DropPages.
+func (r *snapReader) dropPages() {
+	if r.sent == nil {
+		return
+	}
+	if testHookDropPages != nil {
+		testHookDropPages(*r.sent)
+	}
+	r.c.blocks.DropPages(*r.sent)
+}
+
+// testHookDropPages, if set, sees the blocks of each part sent.
+var testHookDropPages func([]blocks.ID)
 
 // baseErr turns the failure of a request whose body was r into a
 // *baseChanged when the body broke off because the object the unchanged
@@ -356,7 +379,8 @@ func (r *snapReader) Read(p []byte) (int, error) {
 	idx := abs / bs
 	if idx != r.curIdx {
 		r.drop()
-		data, release, err := r.c.loadBlock(r.ctx, r.c.sourceOf(r.snap, idx), nil)
+		src := r.c.sourceOf(r.snap, idx)
+		data, release, err := r.c.loadBlock(r.ctx, src, nil)
 		if err != nil {
 			if errors.Is(err, ErrStale) {
 				r.stale.Store(true)
@@ -367,6 +391,9 @@ func (r *snapReader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		r.cur, r.curIdx, r.release = data, idx, release
+		if r.sent != nil && src.dirty && !src.hole && !slices.Contains(*r.sent, src.id) {
+			*r.sent = append(*r.sent, src.id)
+		}
 	}
 	inBlock := abs - idx*bs
 	n := int(min(int64(len(p)), r.end-abs, bs-inBlock))

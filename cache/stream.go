@@ -13,6 +13,7 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 
+	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/s3backend"
 )
 
@@ -241,9 +242,13 @@ func (c *Cache) sendStreamPart(s *stream, p int64) bool {
 		return false
 	}
 	body := c.newSnapReader(s.ctx, snap, p*s.ps, s.ps)
+	body.sent = new([]blocks.ID)
 	etag, err := c.store.UploadPart(s.ctx, s3backend.UploadPartInput{Key: s.key, UploadID: s.id,
 		Part: int32(p + 1), Body: body, Size: s.ps})
 	body.drop()
+	if err == nil {
+		body.dropPages()
+	}
 	if err != nil {
 		if s.ctx.Err() == nil {
 			c.log.Debug("cache: early part not sent; the upload will send it", "key", s.key, "part", p+1, "err", err)

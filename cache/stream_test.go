@@ -2,8 +2,11 @@ package cache
 
 import (
 	"bytes"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/keelfs/keelfs/cache/blocks"
 )
 
 // streamEnv has 5 MiB parts of 64 KiB blocks and a write-back delay that
@@ -190,4 +193,59 @@ func TestStreamSkipsCopiedParts(t *testing.T) {
 			c, e.c.Stats().PartsReused.Load())
 	}
 	e.waitNoUploads()
+}
+
+// TestBigUploadDropsPages: once a part of a big file is in S3, the page
+// cache of the blocks it was read from is dropped, for the parts sent
+// while writing and for those the upload after close sends; a file small
+// enough for one PUT keeps its pages.
+func TestBigUploadDropsPages(t *testing.T) {
+	e := streamEnv(t)
+	var mu sync.Mutex
+	dropped := map[blocks.ID]int{}
+	testHookDropPages = func(ids []blocks.ID) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, id := range ids {
+			dropped[id]++
+		}
+	}
+	t.Cleanup(func() { testHookDropPages = nil })
+	count := func() (n int, idx map[int64]bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		idx = map[int64]bool{}
+		for id, k := range dropped {
+			n += k
+			idx[id.Idx] = true
+		}
+		return n, idx
+	}
+	e.write("small.bin", 0, randBytes(100<<10))
+	e.drain()
+	if n, _ := count(); n != 0 {
+		t.Fatalf("a single-PUT file had %d blocks dropped", n)
+	}
+	ps, bs := int(e.opt.PartSize), int(e.opt.BlockSize)
+	data := randBytes(3*ps + 1<<20)
+	h := e.openW("big.bin")
+	writeSeq(t, h, data, 0)
+	e.waitCount("UploadPart", 3)
+	deadline := time.Now().Add(10 * time.Second)
+	for n, _ := count(); n < 3*ps/bs; n, _ = count() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d blocks dropped after 3 parts were sent, want %d", n, 3*ps/bs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.close(h)
+	e.drain()
+	n, idx := count()
+	want := (len(data) + bs - 1) / bs
+	if n != want || len(idx) != want {
+		t.Fatalf("%d drops of %d blocks, want each of the %d blocks once", n, len(idx), want)
+	}
+	if got := e.object("big.bin"); !bytes.Equal(got, data) {
+		t.Fatal("content differs")
+	}
 }

@@ -286,3 +286,32 @@ func (s *Store) scanFiles(known func(ID) bool) error {
 		return nil
 	})
 }
+
+// DropPages asks the kernel to drop the page cache of blocks whose bytes
+// are in S3 now: the parts of a big upload. Writing a file of many GiB
+// through the cache would otherwise leave two copies of it in the host's
+// page cache (the kernel's pages of the FUSE file and the block files'),
+// pushing out what other programs use; and on a VM whose free memory goes
+// back to the hypervisor (free page reporting), every new page costs a
+// fault on the host, so a big write after other work was up to 3x slower
+// than on a fresh host. The dropped pages are reused by the next blocks.
+//
+// It is advice: a page still dirty is only queued for write-back (the
+// group commit syncs it), and a block removed meanwhile has no pages.
+// Reads of a dropped block come from the disk. Nothing here can lose data,
+// so a failure is logged at debug level and otherwise ignored.
+func (s *Store) DropPages(ids []ID) {
+	for _, id := range ids {
+		fd, err := unix.Open(s.path(id), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				s.log.Debug("cache: drop pages of an uploaded block: open", "block", id.String(), "err", err)
+			}
+			continue
+		}
+		if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil {
+			s.log.Debug("cache: drop pages of an uploaded block", "block", id.String(), "err", err)
+		}
+		unix.Close(fd) // read-only: nothing to report
+	}
+}

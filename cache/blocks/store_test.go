@@ -9,8 +9,10 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
 )
 
 // newTestStore opens a block store of limit bytes on a fresh badger in a
@@ -325,5 +327,64 @@ func BenchmarkAppendCloseBlocks(b *testing.B) {
 		if err := s.DropInode(1, map[uint64]bool{gen: true}, gen); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// residentPages counts the pages of p's file in the page cache.
+func residentPages(t *testing.T, p string) int {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
+}
+
+// TestDropPages: the pages of a block that was synced leave the page
+// cache; its bytes stay on disk and read back whole; a block removed
+// meanwhile is no error.
+func TestDropPages(t *testing.T) {
+	s := newTestStore(t, 1<<30, nil)
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type == unix.TMPFS_MAGIC {
+		t.Fatalf("%s is on tmpfs, whose pages are its storage and cannot be dropped; set TMPDIR to a disk", s.dir)
+	}
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	id, gone := ID{Ino: 5, Gen: 1, Idx: 0}, ID{Ino: 5, Gen: 1, Idx: 1}
+	meta := put(t, s, id, data, true)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if n := residentPages(t, s.path(id)); n == 0 {
+		t.Fatal("a block just written has no pages in the page cache: the test cannot see a drop")
+	}
+	s.DropPages([]ID{id, gone})
+	if n := residentPages(t, s.path(id)); n != 0 {
+		t.Fatalf("%d pages of the block still cached after DropPages", n)
+	}
+	buf := make([]byte, len(data))
+	if err := s.Read(id, meta, buf); err != nil || !bytes.Equal(buf, data) {
+		t.Fatalf("read after the drop: %v", err)
 	}
 }
