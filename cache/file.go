@@ -263,7 +263,8 @@ func (c *Cache) readBlock(ctx context.Context, h *Handle, idx int64) (data []byt
 		}
 		data, release, err = c.loadBlock(ctx, src, st)
 		// A rename's copy and delete can land between working out a
-		// clean block's object and fetching it: look again.
+		// clean block's object and fetching it, and a writer can store
+		// a dirty block again under a new ID: look again.
 		if err == nil || !errors.Is(err, ErrStale) || attempt == 3 {
 			return data, release, err
 		}
@@ -306,11 +307,12 @@ var testHookBlockLookedUp func(blocks.ID)
 // readLocal reads a block from the block store; found is false when it is
 // not cached (a clean block then comes from S3). It never asks S3, so it
 // may be called with the inode's lock held. st, when not nil (and not
-// locked by the caller), is the block's inode: a writer rewrites a dirty
-// block by renaming its new file into place and then updating the index,
-// under st.mu, so a read that took the index entry before and the file
-// after fails its checksum; it is read again under that lock, where the
-// two agree.
+// locked by the caller), is the block's inode: a writer that stores a
+// dirty block again stores it under a new ID and deletes the old one, under
+// st.mu (see flushBufLocked), so a read that took the old ID before may
+// find it gone. Under that lock it is told apart from a lost block: if the
+// inode no longer refers to the ID, the answer is ErrStale (look again);
+// if it still does, the block is read again there.
 func (c *Cache) readLocal(src blockSource, st *inodeState) (data []byte, release func(), found bool, err error) {
 	meta, found, err := c.blocks.Lookup(src.id)
 	if err != nil {
@@ -323,13 +325,18 @@ func (c *Cache) readLocal(src blockSource, st *inodeState) (data []byte, release
 			testHookBlockLookedUp(src.id)
 		}
 		err = c.blocks.Read(src.id, meta, buf)
-		if err != nil && src.dirty && st != nil {
-			st.mu.Lock()
-			if meta, found, err = c.blocks.Lookup(src.id); err == nil && found {
-				err = c.blocks.Read(src.id, meta, buf)
-			}
+	}
+	if (err != nil || !found) && src.dirty && st != nil {
+		st.mu.Lock()
+		if st.rec == nil || c.sourceOf(st.rec, src.id.Idx).id != src.id {
 			st.mu.Unlock()
+			release()
+			return nil, nil, false, ErrStale
 		}
+		if meta, found, err = c.blocks.Lookup(src.id); err == nil && found {
+			err = c.blocks.Read(src.id, meta, buf)
+		}
+		st.mu.Unlock()
 	}
 	switch {
 	case err == nil && found:
@@ -488,7 +495,9 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 			}
 		}
 		src := c.sourceOf(rec, idx)
-		inOpenGen := !src.hole && src.dirty && src.id.Gen == rec.OpenGen && rec.OpenGen != 0
+		// A dirty block of the open generation (or a later one: see
+		// flushBufLocked) replaces itself, so it needs no new room.
+		inOpenGen := !src.hole && src.dirty && src.id.Gen >= rec.OpenGen && rec.OpenGen != 0
 		if !inOpenGen && !reserved {
 			// A new dirty block: make room first, without the lock.
 			st.mu.Unlock()
@@ -575,6 +584,10 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 	}
 }
 
+// testHookFlushCommit, if set, runs inside the transaction that records a
+// flushed block, before it commits; an error fails the commit.
+var testHookFlushCommit func() error
+
 // flushBufLocked stores the write buffer as a dirty block and records it in
 // the block map, in one transaction. st.mu is held.
 func (c *Cache) flushBufLocked(st *inodeState) error {
@@ -592,17 +605,43 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	// Only the part inside the file is stored.
 	n := min(bs, max(0, rec.Size-b.idx*bs))
 	id := blocks.ID{Ino: rec.Ino, Gen: b.gen, Idx: b.idx}
+	// A block this open generation stored before (an earlier close,
+	// or the write buffer moving on and coming back) is committed:
+	// the record on disk refers to it, and nothing else does (a seal
+	// flushes the buffer and starts a new generation, so an upload's
+	// snapshot never holds one). The new content must not go over
+	// it before the new record commits, or a failed commit, or a
+	// kill -9 between the two, would lose what an earlier close
+	// acknowledged. It goes under a new generation; the old block
+	// leaves the index in the same transaction, and its file after.
+	var replaced blocks.ID
+	if src := c.sourceOf(rec, b.idx); !src.hole && src.dirty && src.id.Gen >= b.gen {
+		replaced = src.id
+		if src.id == id {
+			id.Gen = c.newGen()
+		}
+	}
 	meta, err := c.blocks.Write(id, b.data[:n])
 	if err != nil {
 		return err
 	}
 	old := rec.clone()
-	rec.Runs = setBlock(rec.Runs, b.idx, b.gen, true)
+	rec.Runs = setBlock(rec.Runs, b.idx, id.Gen, true)
 	rec.Runs = truncateRuns(rec.Runs, (rec.Size+bs-1)/bs)
 	rec.Pending |= pendData
 	err = update(c.db, func(txn *badger.Txn) error {
 		if err := c.blocks.Index(txn, id, meta); err != nil {
 			return err
+		}
+		if replaced.Gen != 0 {
+			if err := c.blocks.Unindex(txn, replaced); err != nil {
+				return err
+			}
+		}
+		if testHookFlushCommit != nil {
+			if err := testHookFlushCommit(); err != nil {
+				return err
+			}
 		}
 		return putInode(txn, old, rec)
 	})
@@ -613,6 +652,9 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	}
 	c.blocks.Added(id, meta.Len, true)
 	c.blocks.Trust(id, meta)
+	if replaced.Gen != 0 {
+		c.blocks.Replaced(replaced)
+	}
 	c.bufMem.release(b)
 	st.buf = nil
 	return nil

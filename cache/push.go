@@ -319,6 +319,9 @@ type snapReader struct {
 	// happens: the SDK would take a body that broke off for a network
 	// error and send the request again, and again, for nothing.
 	abort context.CancelCauseFunc
+	// st, if set, is the inode of a snapshot whose dirty blocks the
+	// writer may store again meanwhile (a stream's): see readLocal.
+	st *inodeState
 	// sent, if set, collects the written blocks the body read, for
 	// dropPages once the request that sent them succeeded.
 	sent *[]blocks.ID
@@ -380,7 +383,7 @@ func (r *snapReader) Read(p []byte) (int, error) {
 	if idx != r.curIdx {
 		r.drop()
 		src := r.c.sourceOf(r.snap, idx)
-		data, release, err := r.c.loadBlock(r.ctx, src, nil)
+		data, release, err := r.c.loadBlock(r.ctx, src, r.st)
 		if err != nil {
 			if errors.Is(err, ErrStale) {
 				r.stale.Store(true)

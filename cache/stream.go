@@ -242,7 +242,7 @@ func (c *Cache) sendStreamPart(s *stream, p int64) bool {
 		return false
 	}
 	body := c.newSnapReader(s.ctx, snap, p*s.ps, s.ps)
-	body.sent = new([]blocks.ID)
+	body.st, body.sent = st, new([]blocks.ID)
 	etag, err := c.store.UploadPart(s.ctx, s3backend.UploadPartInput{Key: s.key, UploadID: s.id,
 		Part: int32(p + 1), Body: body, Size: s.ps})
 	body.drop()

@@ -60,6 +60,23 @@ func (s *Store) Index(txn *badger.Txn, id ID, m Meta) error {
 	return txn.Set(key(id), m.marshal())
 }
 
+// Unindex deletes block id's index entry in the caller's transaction, the
+// one that also stores the record no longer referring to it. Once that
+// transaction has committed, the caller calls Replaced; if it fails,
+// nothing changed.
+func (s *Store) Unindex(txn *badger.Txn, id ID) error {
+	return txn.Delete(key(id))
+}
+
+// Replaced deletes the file and the accounting of a block that Unindex
+// took out of a committed transaction. A file that cannot be removed is
+// logged; the next start-up deletes it, as it deletes every file the
+// index does not know.
+func (s *Store) Replaced(id ID) {
+	s.removeFile(id)
+	s.removed(id)
+}
+
 // StoreClean caches a block fetched from S3, if there is room. A failure
 // is logged: the block is simply not cached.
 func (s *Store) StoreClean(id ID, data []byte) {
