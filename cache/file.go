@@ -25,6 +25,13 @@ type writeBuf struct {
 	gen    uint64
 	data   []byte // full block size
 	pooled bool   // counted in bufferBudget
+	// base is the committed block of the open generation the buffer
+	// was loaded from (Gen 0: none), with its committed meta; the
+	// first same bytes of data are still that block's bytes. A flush
+	// that only added bytes after them appends those in place.
+	base     blocks.ID
+	baseMeta blocks.Meta
+	same     int64
 }
 
 // bufferBudget bounds the memory held by write buffers of all files.
@@ -427,7 +434,7 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 			_, err := f.WriteAt(chunk, pos)
 			return size, err
 		}
-		if err := c.writeBlock(ctx, st, idx, patch, blockOff == 0 && int64(len(chunk)) == bs, pos+int64(len(chunk)), mirror); err != nil {
+		if err := c.writeBlock(ctx, st, idx, patch, blockOff, blockOff == 0 && int64(len(chunk)) == bs, pos+int64(len(chunk)), mirror); err != nil {
 			if n > 0 {
 				break
 			}
@@ -462,7 +469,7 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 // overwrites the entire block, so its old content need not be read.
 // mirror makes the same change to a backing file in use (see
 // contentChangedLocked); nil when the caller does that itself.
-func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch func([]byte) error, whole bool, growTo int64, mirror func(f *os.File, size int64) (int64, error)) error {
+func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch func([]byte) error, from int64, whole bool, growTo int64, mirror func(f *os.File, size int64) (int64, error)) error {
 	reserved := false
 	staleRetries := 0
 	var fetched []byte // the block's old content, fetched without the lock
@@ -483,6 +490,7 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 				st.mu.Unlock()
 				return err
 			}
+			b.same = min(b.same, from)
 			rec.Size = max(rec.Size, growTo)
 			c.contentChangedLocked(st, mirror)
 			st.mu.Unlock()
@@ -508,6 +516,8 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 			continue
 		}
 		var base []byte
+		var baseID blocks.ID
+		var baseMeta blocks.Meta
 		if !whole && !src.hole {
 			// Under the lock the old content comes from the block store
 			// only: never from S3 (see readLocal).
@@ -542,6 +552,13 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 				release()
 				continue
 			}
+			if inOpenGen && len(data) > 0 {
+				// Stored by this open generation and committed: remember
+				// it, so that an append to it need not store it whole.
+				if m, ok, err := c.blocks.Lookup(src.id); err == nil && ok && int(m.Len) == len(data) {
+					baseID, baseMeta = src.id, m
+				}
+			}
 			base = c.bufMem.get(c.opt.BlockSize)
 			pooled = base != nil
 			if base == nil {
@@ -573,7 +590,8 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 		}
 		rec.Size = max(rec.Size, growTo)
 		c.contentChangedLocked(st, mirror)
-		st.buf = &writeBuf{idx: idx, gen: rec.OpenGen, data: buf, pooled: pooled}
+		st.buf = &writeBuf{idx: idx, gen: rec.OpenGen, data: buf, pooled: pooled,
+			base: baseID, baseMeta: baseMeta, same: min(int64(baseMeta.Len), from)}
 		var err error
 		if !pooled {
 			// Over the memory budget: write through.
@@ -621,9 +639,26 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 			id.Gen = c.newGen()
 		}
 	}
-	meta, err := c.blocks.Write(id, b.data[:n])
+	var meta blocks.Meta
+	err := blocks.ErrNoAppend
+	if replaced.Gen != 0 && replaced == b.base && b.same >= int64(b.baseMeta.Len) && n >= int64(b.baseMeta.Len) {
+		// Only bytes after the committed ones changed (a file
+		// appended to, closed after each line): add them to the
+		// committed block in place. Its committed bytes stay as they
+		// are, so the committed record reads them back whatever
+		// happens before the new one commits; a failed append or
+		// commit leaves bytes past the committed length, which no
+		// read looks at. No new file, no rewrite of what is there.
+		if meta, err = c.blocks.Append(b.base, b.baseMeta, b.data[:n]); err == nil {
+			id, replaced = b.base, blocks.ID{}
+		} else if !errors.Is(err, blocks.ErrNoAppend) {
+			c.log.Debug("cache: append to a stored block failed; storing it whole", "block", b.base.String(), "err", err)
+		}
+	}
 	if err != nil {
-		return err
+		if meta, err = c.blocks.Write(id, b.data[:n]); err != nil {
+			return err
+		}
 	}
 	old := rec.clone()
 	rec.Runs = setBlock(rec.Runs, b.idx, id.Gen, true)
@@ -647,7 +682,9 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	})
 	if err != nil {
 		rec.Runs = old.Runs
-		c.blocks.Discard(id)
+		if id != b.base { // never the committed block appended to
+			c.blocks.Discard(id)
+		}
 		return fmt.Errorf("cache commit: %w", err)
 	}
 	c.blocks.Added(id, meta.Len, true)
@@ -706,7 +743,7 @@ func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
 		tail := size % bs
 		zero := func(b []byte) error { clear(b[tail:]); return nil }
 		// The truncate below cuts the backing file alike.
-		if err := c.writeBlock(ctx, st, size/bs, zero, false, 0, nil); err != nil {
+		if err := c.writeBlock(ctx, st, size/bs, zero, tail, false, 0, nil); err != nil {
 			return err
 		}
 	}

@@ -176,3 +176,141 @@ func TestReadWhileABlockIsStoredAgain(t *testing.T) {
 		}
 	}
 }
+
+// blockIDs returns the IDs of ino's committed blocks, in order.
+func (e *env) blockIDs(ino uint64) []blocks.ID {
+	e.t.Helper()
+	rec, err := e.c.loadInode(ino)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var ids []blocks.ID
+	for idx := int64(0); idx*e.opt.BlockSize < rec.Size; idx++ {
+		ids = append(ids, e.c.sourceOf(rec, idx).id)
+	}
+	return ids
+}
+
+// TestAppendToAStoredBlock: appending to a file closed before adds the
+// new bytes to its committed tail block in place (same block, same file),
+// and leaves the committed bytes readable under the committed checksum
+// until the new record commits, and after a failed commit. A change
+// inside the committed bytes (a write before the end, a truncate) stores
+// the block whole under a new generation, and so does an encrypted cache.
+func TestAppendToAStoredBlock(t *testing.T) {
+	for _, encrypted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("encrypted=%v", encrypted), func(t *testing.T) {
+			e := newEnv(t, func(o *Options) {
+				o.WriteBackDelay = time.Hour
+				if encrypted {
+					o.EncryptionKey = bytes.Repeat([]byte{7}, 32)
+				}
+			})
+			want := randBytes(70 << 10) // a full block and a tail of 6 KiB
+			e.write("log", 0, want)
+			ino := e.mustLookup("log").Ino
+			before := e.blockIDs(ino)
+			line := []byte("one more line\n")
+
+			h := e.openW("log")
+			if _, err := h.Write(ctx, line, int64(len(want))); err != nil {
+				t.Fatal(err)
+			}
+			ran := 0
+			testHookFlushCommit = func() error {
+				ran++
+				if got, err := e.committedContent(ino); err != nil || !bytes.Equal(got, want) {
+					t.Errorf("just before the commit, the committed file reads back wrong (err %v)", err)
+				}
+				return errors.New("injected commit failure")
+			}
+			t.Cleanup(func() { testHookFlushCommit = nil })
+			err := h.Flush(ctx)
+			testHookFlushCommit = nil
+			if err == nil || ran == 0 {
+				t.Fatalf("flush with a failing commit: %v (hook ran %d times)", err, ran)
+			}
+			if got, err := e.committedContent(ino); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("after the failed commit, the committed file reads back wrong (err %v)", err)
+			}
+			e.close(h)
+			want = append(want, line...)
+			if got, err := e.committedContent(ino); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("after the append, the committed file reads back wrong (err %v)", err)
+			}
+			after := e.blockIDs(ino)
+			if inPlace := after[1] == before[1]; inPlace == encrypted {
+				t.Fatalf("tail block %v before the append, %v after: in place %v, encrypted %v", before[1], after[1], inPlace, encrypted)
+			}
+			if after[0] != before[0] {
+				t.Fatal("the full block was stored again")
+			}
+			if n := e.blockFiles(ino); n != 2 {
+				t.Fatalf("%d block files for a file of two blocks", n)
+			}
+
+			// Appends and a close, many times: each adds to the block.
+			for i := range 20 {
+				l := []byte(fmt.Sprintf("line %d\n", i))
+				e.write("log", int64(len(want)), l)
+				want = append(want, l...)
+			}
+			// A write inside the committed bytes and an append, in one
+			// open, in either order: the block is stored whole, under a
+			// new generation.
+			for _, innerFirst := range []bool{true, false} {
+				prev := e.blockIDs(ino)[1]
+				inner, tail := int64(len(want)-3), int64(len(want))
+				h = e.openW("log")
+				if innerFirst {
+					if _, err := h.Write(ctx, []byte("XY"), inner); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := h.Write(ctx, []byte("tail\n"), tail); err != nil {
+					t.Fatal(err)
+				}
+				if !innerFirst {
+					if _, err := h.Write(ctx, []byte("XY"), inner); err != nil {
+						t.Fatal(err)
+					}
+				}
+				e.close(h)
+				copy(want[inner:], "XY")
+				want = append(want, "tail\n"...)
+				if got := e.blockIDs(ino)[1]; got == prev {
+					t.Fatalf("a block changed before its end was appended to in place (inner write first %v)", innerFirst)
+				}
+				if got, err := e.committedContent(ino); err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("content differs after a write inside the block (inner write first %v, err %v)", innerFirst, err)
+				}
+			}
+			// A truncate into the block, then an append.
+			if err := e.c.Truncate(ctx, ino, int64(len(want)-10)); err != nil {
+				t.Fatal(err)
+			}
+			want = want[:len(want)-10]
+			e.write("log", int64(len(want)), []byte("after truncate\n"))
+			want = append(want, "after truncate\n"...)
+			for _, check := range []func() ([]byte, error){
+				func() ([]byte, error) { return e.committedContent(ino) },
+				func() ([]byte, error) { return e.read("log"), nil },
+			} {
+				if got, err := check(); err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("content differs at the end (err %v)", err)
+				}
+			}
+			if n := e.blockFiles(ino); n != 2 {
+				t.Fatalf("%d block files for a file of two blocks", n)
+			}
+			e.drain()
+			if got := e.object("log"); !bytes.Equal(got, want) {
+				t.Fatal("uploaded content differs")
+			}
+			e.reopen()
+			if got := e.read("log"); !bytes.Equal(got, want) {
+				t.Fatal("content differs after a remount")
+			}
+		})
+	}
+}

@@ -109,6 +109,38 @@ func (s *Store) writeOnce(id ID, data []byte) (Meta, error) {
 	return Meta{Len: uint32(len(data)), CRC: crc32.Checksum(data, crcTable)}, nil
 }
 
+// ErrNoAppend: the store cannot add to a block in place (an encrypted
+// block is sealed whole, under one nonce).
+var ErrNoAppend = errors.New("cache block: cannot append in place")
+
+// Append stores data as block id, where data's first meta.Len bytes are
+// the block's bytes as committed with meta, by writing only the bytes after
+// them to its file. The committed bytes are not touched, so meta still
+// describes the file whatever happens before the caller commits the
+// returned meta (Index, in the same transaction as the record that refers
+// to it, then Added): a failed append or commit leaves bytes past
+// meta.Len, which no read looks at, and the next Append or Write covers.
+func (s *Store) Append(id ID, meta Meta, data []byte) (Meta, error) {
+	if s.aead != nil || len(data) < int(meta.Len) {
+		return Meta{}, ErrNoAppend
+	}
+	f, err := os.OpenFile(s.path(id), os.O_WRONLY, 0)
+	if err != nil {
+		return Meta{}, fmt.Errorf("cache block: %w", err)
+	}
+	_, err = f.WriteAt(data[meta.Len:], int64(meta.Len))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, unix.ENOSPC) {
+		return Meta{}, ErrNoSpace
+	}
+	if err != nil {
+		return Meta{}, fmt.Errorf("cache block: %w", err)
+	}
+	return Meta{Len: uint32(len(data)), CRC: crc32.Update(meta.CRC, crcTable, data[meta.Len:])}, nil
+}
+
 // Read fills buf (at least meta.Len long) with block id and verifies it.
 // A missing file (fs.ErrNotExist inside) or a checksum mismatch is
 // ErrCorrupt.
