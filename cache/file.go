@@ -32,6 +32,30 @@ type writeBuf struct {
 	base     blocks.ID
 	baseMeta blocks.Meta
 	same     int64
+	// lazy: data[:same] was never read in; it is base's bytes on disk.
+	// A buffer made for an append past the committed end starts so,
+	// and fillBufLocked reads them in before anything looks at them.
+	lazy bool
+}
+
+// fillBufLocked reads a lazy write buffer's committed bytes in from its
+// base block (st.mu held; the block store only, never S3).
+func (c *Cache) fillBufLocked(st *inodeState) error {
+	b := st.buf
+	if b == nil || !b.lazy {
+		return nil
+	}
+	data, release, found, err := c.readLocal(blockSource{id: b.base, dirty: true}, nil)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if !found || int64(len(data)) < b.same {
+		return fmt.Errorf("%w: stored block %v behind a write buffer is gone", ErrCorrupt, b.base)
+	}
+	copy(b.data[:b.same], data)
+	b.lazy = false
+	return nil
 }
 
 // bufferBudget bounds the memory held by write buffers of all files.
@@ -258,6 +282,10 @@ func (c *Cache) readBlock(ctx context.Context, h *Handle, idx int64) (data []byt
 		}
 		rec := h.sourceLocked()
 		if rec == st.rec && st.buf != nil && st.buf.idx == idx {
+			if err := c.fillBufLocked(st); err != nil {
+				st.mu.Unlock()
+				return nil, nil, err
+			}
 			out := c.getBlockBuf()
 			copy(out, st.buf.data)
 			st.mu.Unlock()
@@ -486,6 +514,12 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 			if st.stream != nil {
 				st.stream.touch(idx)
 			}
+			if from < b.same {
+				if err := c.fillBufLocked(st); err != nil {
+					st.mu.Unlock()
+					return err
+				}
+			}
 			if err := patch(b.data); err != nil {
 				st.mu.Unlock()
 				return err
@@ -518,7 +552,15 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 		var base []byte
 		var baseID blocks.ID
 		var baseMeta blocks.Meta
-		if !whole && !src.hole {
+		lazy := false
+		if !whole && inOpenGen {
+			// An append past the end of a block this open generation
+			// stored: its bytes need not be read (see writeBuf.lazy).
+			if m, ok, err := c.blocks.Lookup(src.id); err == nil && ok && from >= int64(m.Len) {
+				baseID, baseMeta, lazy = src.id, m, true
+			}
+		}
+		if !whole && !src.hole && !lazy {
 			// Under the lock the old content comes from the block store
 			// only: never from S3 (see readLocal).
 			data, release, found, err := c.readLocal(src, nil)
@@ -591,7 +633,7 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 		rec.Size = max(rec.Size, growTo)
 		c.contentChangedLocked(st, mirror)
 		st.buf = &writeBuf{idx: idx, gen: rec.OpenGen, data: buf, pooled: pooled,
-			base: baseID, baseMeta: baseMeta, same: min(int64(baseMeta.Len), from)}
+			base: baseID, baseMeta: baseMeta, same: min(int64(baseMeta.Len), from), lazy: lazy}
 		var err error
 		if !pooled {
 			// Over the memory budget: write through.
@@ -656,6 +698,9 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 		}
 	}
 	if err != nil {
+		if err := c.fillBufLocked(st); err != nil {
+			return err
+		}
 		if meta, err = c.blocks.Write(id, b.data[:n]); err != nil {
 			return err
 		}

@@ -216,6 +216,11 @@ func TestAppendToAStoredBlock(t *testing.T) {
 			if _, err := h.Write(ctx, line, int64(len(want))); err != nil {
 				t.Fatal(err)
 			}
+			// The write buffer holds only the new bytes; a read of the
+			// block through it gets the stored ones too.
+			if got := e.read("log"); !bytes.Equal(got, append(bytes.Clone(want), line...)) {
+				t.Fatal("a read during the append differs")
+			}
 			ran := 0
 			testHookFlushCommit = func() error {
 				ran++
