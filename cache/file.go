@@ -292,11 +292,15 @@ func (c *Cache) readBlock(ctx context.Context, h *Handle, idx int64) (data []byt
 			return out, func() { c.putBlockBuf(out) }, nil
 		}
 		src := c.sourceOf(rec, idx)
+		live := st // readLocal may follow the live record, not a snapshot
+		if rec != st.rec {
+			live = nil
+		}
 		st.mu.Unlock()
 		if attempt > 0 && src == last {
 			return nil, nil, err // the source did not move: the failure stands
 		}
-		data, release, err = c.loadBlock(ctx, src, st)
+		data, release, err = c.loadBlock(ctx, src, live)
 		// A rename's copy and delete can land between working out a
 		// clean block's object and fetching it, and a writer can store
 		// a dirty block again under a new ID: look again.
@@ -342,12 +346,13 @@ var testHookBlockLookedUp func(blocks.ID)
 // readLocal reads a block from the block store; found is false when it is
 // not cached (a clean block then comes from S3). It never asks S3, so it
 // may be called with the inode's lock held. st, when not nil (and not
-// locked by the caller), is the block's inode: a writer that stores a
-// dirty block again stores it under a new ID and deletes the old one, under
-// st.mu (see flushBufLocked), so a read that took the old ID before may
-// find it gone. Under that lock it is told apart from a lost block: if the
-// inode no longer refers to the ID, the answer is ErrStale (look again);
-// if it still does, the block is read again there.
+// locked by the caller), is the block's inode, whose live record src comes
+// from: a writer that stores a dirty block again stores it under a new ID
+// and deletes the old one, under st.mu (see flushBufLocked), so a read that
+// took the old ID before may find it gone. Under that lock it is told
+// apart from a lost block: the block the record names there is read (the
+// one src named, or the one that replaced it); if the record no longer
+// names a stored block there, the answer is ErrStale (look again).
 func (c *Cache) readLocal(src blockSource, st *inodeState) (data []byte, release func(), found bool, err error) {
 	meta, found, err := c.blocks.Lookup(src.id)
 	if err != nil {
@@ -363,10 +368,19 @@ func (c *Cache) readLocal(src blockSource, st *inodeState) (data []byte, release
 	}
 	if (err != nil || !found) && src.dirty && st != nil {
 		st.mu.Lock()
-		if st.rec == nil || c.sourceOf(st.rec, src.id.Idx).id != src.id {
-			st.mu.Unlock()
-			release()
-			return nil, nil, false, ErrStale
+		var cur blockSource
+		if st.rec != nil {
+			cur = c.sourceOf(st.rec, src.id.Idx)
+		}
+		if cur.id != src.id {
+			if st.rec == nil || cur.hole || !cur.dirty {
+				st.mu.Unlock()
+				release()
+				return nil, nil, false, ErrStale // look again
+			}
+			// Stored again meanwhile: read the block the record names
+			// now, here, where no writer can replace it.
+			src = cur
 		}
 		if meta, found, err = c.blocks.Lookup(src.id); err == nil && found {
 			err = c.blocks.Read(src.id, meta, buf)
@@ -673,13 +687,16 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	// it before the new record commits, or a failed commit, or a
 	// kill -9 between the two, would lose what an earlier close
 	// acknowledged. It goes under a new generation; the old block
-	// leaves the index in the same transaction, and its file after.
+	// leaves the index in the same transaction, and its file once a
+	// sync has made that transaction durable (blocks.Replaced).
 	var replaced blocks.ID
 	if src := c.sourceOf(rec, b.idx); !src.hole && src.dirty && src.id.Gen >= b.gen {
 		replaced = src.id
-		if src.id == id {
-			id.Gen = c.newGen()
-		}
+	}
+	if replaced.Gen != 0 || c.blocks.Taken(id) {
+		// Never over a block that is, or may still be, committed:
+		// a fresh generation is unique.
+		id.Gen = c.newGen()
 	}
 	var meta blocks.Meta
 	err := blocks.ErrNoAppend

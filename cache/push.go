@@ -320,7 +320,9 @@ type snapReader struct {
 	// error and send the request again, and again, for nothing.
 	abort context.CancelCauseFunc
 	// st, if set, is the inode of a snapshot whose dirty blocks the
-	// writer may store again meanwhile (a stream's): see readLocal.
+	// writer may store again meanwhile (a stream's): see readLocal, which
+	// may then read the block that replaced one; every write bumps the
+	// version of its part, so the stream never counts such a part.
 	st *inodeState
 	// sent, if set, collects the written blocks the body read, for
 	// dropPages once the request that sent them succeeded.

@@ -112,7 +112,15 @@ func TestStoringABlockAgainKeepsTheCommittedOne(t *testing.T) {
 	if got, err := e.committedContent(ino); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("after the flush, the committed file reads back wrong (err %v)", err)
 	}
-	// The replaced block left the index and the disk.
+	// The replaced block left the index; its file stays until a sync
+	// has made that durable (a power cut before leaves the old record),
+	// then goes.
+	if n := e.blockFiles(ino); n != 3 {
+		t.Fatalf("%d block files before the sync, want the two blocks and the replaced one", n)
+	}
+	if err := e.c.blocks.Sync(); err != nil {
+		t.Fatal(err)
+	}
 	if n := e.blockFiles(ino); n != 2 {
 		t.Fatalf("%d block files for a file of two blocks", n)
 	}
@@ -151,6 +159,10 @@ func TestReadWhileABlockIsStoredAgain(t *testing.T) {
 				t.Error(err)
 			}
 			if err := w.Flush(ctx); err != nil {
+				t.Error(err)
+			}
+			// The old block's file goes at the sync after the commit.
+			if err := e.c.blocks.Sync(); err != nil {
 				t.Error(err)
 			}
 		})
@@ -250,6 +262,9 @@ func TestAppendToAStoredBlock(t *testing.T) {
 			if after[0] != before[0] {
 				t.Fatal("the full block was stored again")
 			}
+			if err := e.c.blocks.Sync(); err != nil {
+				t.Fatal(err)
+			}
 			if n := e.blockFiles(ino); n != 2 {
 				t.Fatalf("%d block files for a file of two blocks", n)
 			}
@@ -305,6 +320,9 @@ func TestAppendToAStoredBlock(t *testing.T) {
 					t.Fatalf("content differs at the end (err %v)", err)
 				}
 			}
+			if err := e.c.blocks.Sync(); err != nil {
+				t.Fatal(err)
+			}
 			if n := e.blockFiles(ino); n != 2 {
 				t.Fatalf("%d block files for a file of two blocks", n)
 			}
@@ -317,5 +335,84 @@ func TestAppendToAStoredBlock(t *testing.T) {
 				t.Fatal("content differs after a remount")
 			}
 		})
+	}
+}
+
+// TestReaderNotStarvedByRewrites: a writer stores the block again between
+// every index lookup of a reader and its read (found by review). The
+// reader must not run out of attempts and fail with ESTALE: under the
+// inode's lock it reads the block the record names.
+func TestReaderNotStarvedByRewrites(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	bs := int(e.opt.BlockSize)
+	e.write("f", 0, bytes.Repeat([]byte{'a'}, bs))
+	ino := e.mustLookup("f").Ino
+	w := e.openW("f")
+	r, _, err := e.c.Open(ctx, ino, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, inHook := 0, false
+	var last byte
+	testHookBlockLookedUp = func(blocks.ID) {
+		if inHook {
+			return // the writer's own lookup
+		}
+		inHook = true
+		defer func() { inHook = false }()
+		n++
+		last = byte('b' + n%20)
+		if _, err := w.Write(ctx, []byte{last}, 5); err != nil { // inside the block: a new ID
+			t.Error(err)
+		}
+		if err := w.Flush(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := e.c.blocks.Sync(); err != nil { // the old block's file goes
+			t.Error(err)
+		}
+	}
+	t.Cleanup(func() { testHookBlockLookedUp = nil })
+	data, release, err := e.c.readBlock(ctx, r, 0)
+	testHookBlockLookedUp = nil
+	if err != nil {
+		t.Fatalf("read after %d rewrites: %v", n, err)
+	}
+	if n == 0 || data[5] != last || data[0] != 'a' {
+		t.Fatalf("read %q at 5 after %d rewrites, want the last one %q", data[5], n, last)
+	}
+	release()
+	for _, h := range []*Handle{r, w} {
+		if err := h.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFailedTruncateThenAppend (from review): a truncate into a stored
+// block whose commit fails keeps its write buffer, with the bytes past the
+// cut zeroed; a later write past the old end must not be taken for an
+// append in place, which would leave the cut bytes on disk.
+func TestFailedTruncateThenAppend(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	want := randBytes(70 << 10)
+	e.write("f", 0, want)
+	ino := e.mustLookup("f").Ino
+	h := e.openW("f")
+	testHookFlushCommit = func() error { return errors.New("injected commit failure") }
+	t.Cleanup(func() { testHookFlushCommit = nil })
+	if err := e.c.Truncate(ctx, ino, 65536+1000); err == nil {
+		t.Fatal("truncate did not fail")
+	}
+	testHookFlushCommit = nil
+	want = want[:65536+1000]
+	if _, err := h.Write(ctx, []byte("X"), 65536+7000); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, make([]byte, 6000)...)
+	want = append(want, 'X')
+	e.close(h)
+	if got, err := e.committedContent(ino); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("committed content differs (err %v)", err)
 	}
 }

@@ -68,13 +68,18 @@ func (s *Store) Unindex(txn *badger.Txn, id ID) error {
 	return txn.Delete(key(id))
 }
 
-// Replaced deletes the file and the accounting of a block that Unindex
-// took out of a committed transaction. A file that cannot be removed is
-// logged; the next start-up deletes it, as it deletes every file the
-// index does not know.
+// Replaced forgets a block that Unindex took out of a committed
+// transaction. Its file stays until the next sync has made that
+// transaction durable (see retired): the cache does not sync at commit,
+// and a power cut before then leaves the record that refers to it. A
+// file that cannot be removed is logged; the next start-up deletes it, as
+// it deletes every file the index does not know.
 func (s *Store) Replaced(id ID) {
-	s.removeFile(id)
-	s.removed(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.forgetLocked(id)
+	s.retired[id] = struct{}{}
+	s.spaceFreed.Broadcast()
 }
 
 // StoreClean caches a block fetched from S3, if there is room. A failure

@@ -161,6 +161,12 @@ type Store struct {
 	// newSubdir is set when a subdirectory of dir was created since the
 	// last sync, which must then fsync dir as well.
 	newSubdir bool
+	// retired holds blocks a committed transaction took out of the index
+	// (Replaced) whose files must stay until a sync has made that
+	// transaction durable: a power cut before then leaves the old record,
+	// which still refers to them. No block is written under a retired ID
+	// (Taken).
+	retired map[ID]struct{}
 	// files keeps descriptors of verified block files that small reads
 	// used lately (fileLRU, front = newest), so that a 4 KiB read costs a
 	// pread, not an open, a pread and a close.
@@ -200,7 +206,7 @@ func Open(o Options) (*Store, error) {
 	}
 	s := &Store{dir: o.Dir, db: o.DB, limit: o.Limit, log: o.Log, lru: list.New(),
 		lruIndex: make(map[ID]*list.Element), size: make(map[ID]sized), inoBlocks: make(map[uint64][]blockRef),
-		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}),
+		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), retired: make(map[ID]struct{}),
 		files: make(map[ID]*openBlock), fileLRU: list.New(), maxFiles: 128,
 		pins: make(map[ID]bool), pinsByIno: make(map[uint64][]ID), pinnedIn: make(map[ID]struct{}),
 		minFree: o.MinFree, statfs: o.Statfs, background: o.Background,
@@ -283,6 +289,16 @@ func (s *Store) addCleanLocked(id ID, sz int64) {
 		return
 	}
 	s.lruIndex[id] = s.lru.PushFront(id)
+}
+
+// Taken reports whether a block may not be written as id: it is in the
+// store, or retired and still needed by what is durable.
+func (s *Store) Taken(id ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, known := s.size[id]
+	_, retired := s.retired[id]
+	return known || retired
 }
 
 // Has reports whether block id is in the store (clean or dirty).

@@ -388,3 +388,38 @@ func TestDropPages(t *testing.T) {
 		t.Fatalf("read after the drop: %v", err)
 	}
 }
+
+// TestReplacedKeptUntilSync: a block replaced by a committed transaction
+// leaves the accounting at once, but its file stays until a sync has made
+// that transaction durable (before it, a power cut leaves the record that
+// refers to the old block), and its ID is not handed out meanwhile.
+func TestReplacedKeptUntilSync(t *testing.T) {
+	s := newTestStore(t, 1<<30, nil)
+	id := ID{Ino: 9, Gen: 1, Idx: 0}
+	put(t, s, id, bytes.Repeat([]byte{'a'}, 4096), true)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return s.Unindex(txn, id) }); err != nil {
+		t.Fatal(err)
+	}
+	s.Replaced(id)
+	if _, err := os.Stat(s.path(id)); err != nil {
+		t.Fatalf("the replaced block's file went before a sync: %v", err)
+	}
+	if !s.Taken(id) || s.Has(id) {
+		t.Fatalf("replaced block: taken %v, has %v; want taken, not had", s.Taken(id), s.Has(id))
+	}
+	if clean, dirty := s.Usage(); clean+dirty != 0 {
+		t.Fatalf("the replaced block is still accounted for: %d bytes", clean+dirty)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.path(id)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the replaced block's file is still there after the sync: %v", err)
+	}
+	if s.Taken(id) {
+		t.Fatal("the ID is still taken after the sync")
+	}
+}

@@ -86,6 +86,10 @@ func (s *Store) syncAll() error {
 	s.mu.Lock()
 	ids, newSubdir := s.unsynced, s.newSubdir
 	s.unsynced, s.newSubdir, s.unsyncedBytes = make(map[ID]struct{}), false, 0
+	// Retired before this sync began: the transactions that unindexed
+	// them are in the log the db.Sync below makes durable.
+	retired := s.retired
+	s.retired = make(map[ID]struct{})
 	s.mu.Unlock()
 	fail := func(err error) error {
 		s.mu.Lock()
@@ -93,6 +97,9 @@ func (s *Store) syncAll() error {
 			s.unsynced[id] = struct{}{}
 		}
 		s.newSubdir = s.newSubdir || newSubdir
+		for id := range retired {
+			s.retired[id] = struct{}{}
+		}
 		s.mu.Unlock()
 		return fmt.Errorf("cache sync: %w", err)
 	}
@@ -144,7 +151,10 @@ func (s *Store) syncAll() error {
 		return fail(first)
 	}
 	if err := s.db.Sync(); err != nil {
-		return fmt.Errorf("cache sync: %w", err)
+		return fail(err)
+	}
+	for id := range retired {
+		s.removeFile(id)
 	}
 	return nil
 }
