@@ -646,7 +646,9 @@ func (s *Scheduler) setTimerLocked(now time.Time) {
 		s.timer.Stop()
 	}
 	s.timerAt = at
-	s.timer = s.opt.Clock.AfterFunc(at.Sub(now), func() {
+	// The clock is read again: time may have passed since now was read
+	// (this may run on a timer's goroutine while the clock moves on).
+	s.timer = s.opt.Clock.AfterFunc(at.Sub(s.now()), func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.timer, s.timerAt = nil, time.Time{}
