@@ -413,6 +413,19 @@ func TestReplacedKeptUntilSync(t *testing.T) {
 	if clean, dirty := s.Usage(); clean+dirty != 0 {
 		t.Fatalf("the replaced block is still accounted for: %d bytes", clean+dirty)
 	}
+	// A sync that fails keeps the file, and the ID taken, for the next.
+	other := ID{Ino: 9, Gen: 2, Idx: 0}
+	put(t, s, other, []byte("unsynced"), true)
+	orig := FsyncPath
+	FsyncPath = func(string) error { return errors.New("injected fsync failure") }
+	err := s.Sync()
+	FsyncPath = orig
+	if err == nil {
+		t.Fatal("sync with a failing fsync succeeded")
+	}
+	if _, err := os.Stat(s.path(id)); err != nil || !s.Taken(id) {
+		t.Fatalf("after a failed sync, the replaced block's file: %v, taken %v", err, s.Taken(id))
+	}
 	if err := s.Sync(); err != nil {
 		t.Fatal(err)
 	}

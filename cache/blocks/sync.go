@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -87,9 +88,10 @@ func (s *Store) syncAll() error {
 	ids, newSubdir := s.unsynced, s.newSubdir
 	s.unsynced, s.newSubdir, s.unsyncedBytes = make(map[ID]struct{}), false, 0
 	// Retired before this sync began: the transactions that unindexed
-	// them are in the log the db.Sync below makes durable.
-	retired := s.retired
-	s.retired = make(map[ID]struct{})
+	// them are in the log the db.Sync below makes durable. They stay in
+	// s.retired until their files are gone, so that Taken keeps their IDs
+	// from being written meanwhile.
+	retired := maps.Clone(s.retired)
 	s.mu.Unlock()
 	fail := func(err error) error {
 		s.mu.Lock()
@@ -97,9 +99,6 @@ func (s *Store) syncAll() error {
 			s.unsynced[id] = struct{}{}
 		}
 		s.newSubdir = s.newSubdir || newSubdir
-		for id := range retired {
-			s.retired[id] = struct{}{}
-		}
 		s.mu.Unlock()
 		return fmt.Errorf("cache sync: %w", err)
 	}
@@ -155,6 +154,9 @@ func (s *Store) syncAll() error {
 	}
 	for id := range retired {
 		s.removeFile(id)
+		s.mu.Lock()
+		delete(s.retired, id)
+		s.mu.Unlock()
 	}
 	return nil
 }
