@@ -568,10 +568,11 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 		var baseMeta blocks.Meta
 		lazy := false
 		if !whole && inOpenGen {
-			// An append past the end of a block this open generation
-			// stored: its bytes need not be read (see writeBuf.lazy).
-			if m, ok, err := c.blocks.Lookup(src.id); err == nil && ok && from >= int64(m.Len) {
-				baseID, baseMeta, lazy = src.id, m, true
+			// Stored by this open generation and committed: remember it,
+			// so that an append to it need not store it whole, nor, past
+			// its end, read it in (see writeBuf).
+			if m, ok, err := c.blocks.Lookup(src.id); err == nil && ok {
+				baseID, baseMeta, lazy = src.id, m, from >= int64(m.Len)
 			}
 		}
 		if !whole && !src.hole && !lazy {
@@ -608,12 +609,8 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 				release()
 				continue
 			}
-			if inOpenGen && len(data) > 0 {
-				// Stored by this open generation and committed: remember
-				// it, so that an append to it need not store it whole.
-				if m, ok, err := c.blocks.Lookup(src.id); err == nil && ok && int(m.Len) == len(data) {
-					baseID, baseMeta = src.id, m
-				}
+			if baseID.Gen != 0 && int(baseMeta.Len) != len(data) {
+				baseID, baseMeta = blocks.ID{}, blocks.Meta{} // not what was looked up
 			}
 			base = c.bufMem.get(c.opt.BlockSize)
 			pooled = base != nil

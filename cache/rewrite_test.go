@@ -133,6 +133,28 @@ func TestStoringABlockAgainKeepsTheCommittedOne(t *testing.T) {
 	}
 }
 
+// oneBlockWriterAndReader makes f, one block of 'a' stored and committed,
+// and opens it for writing and for reading; both are released when the
+// test ends.
+func oneBlockWriterAndReader(t *testing.T) (e *env, w, r *Handle) {
+	t.Helper()
+	e = newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e.write("f", 0, bytes.Repeat([]byte{'a'}, int(e.opt.BlockSize)))
+	w = e.openW("f")
+	r, _, err := e.c.Open(ctx, e.mustLookup("f").Ino, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, h := range []*Handle{r, w} {
+			if err := h.Release(ctx); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	return e, w, r
+}
+
 // TestReadWhileABlockIsStoredAgain: a reader looks a dirty block up, and
 // before it reads the file the writer stores the block again, which
 // deletes the one the reader found. The read must follow the record to
@@ -140,15 +162,8 @@ func TestStoringABlockAgainKeepsTheCommittedOne(t *testing.T) {
 // the read failed with EIO and logged "block of data not yet uploaded is
 // missing".
 func TestReadWhileABlockIsStoredAgain(t *testing.T) {
-	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	e, w, r := oneBlockWriterAndReader(t)
 	bs := int(e.opt.BlockSize)
-	e.write("f", 0, bytes.Repeat([]byte{'a'}, bs))
-	ino := e.mustLookup("f").Ino
-	w := e.openW("f")
-	r, _, err := e.c.Open(ctx, ino, false, false)
-	if err != nil {
-		t.Fatal(err)
-	}
 	newer := bytes.Repeat([]byte{'b'}, bs)
 	var once sync.Once
 	fired := false
@@ -182,11 +197,6 @@ func TestReadWhileABlockIsStoredAgain(t *testing.T) {
 		t.Fatal("read during the store: not the new content")
 	}
 	release()
-	for _, h := range []*Handle{r, w} {
-		if err := h.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // blockIDs returns the IDs of ino's committed blocks, in order.
@@ -343,15 +353,7 @@ func TestAppendToAStoredBlock(t *testing.T) {
 // reader must not run out of attempts and fail with ESTALE: under the
 // inode's lock it reads the block the record names.
 func TestReaderNotStarvedByRewrites(t *testing.T) {
-	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
-	bs := int(e.opt.BlockSize)
-	e.write("f", 0, bytes.Repeat([]byte{'a'}, bs))
-	ino := e.mustLookup("f").Ino
-	w := e.openW("f")
-	r, _, err := e.c.Open(ctx, ino, false, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, w, r := oneBlockWriterAndReader(t)
 	n, inHook := 0, false
 	var last byte
 	testHookBlockLookedUp = func(blocks.ID) {
@@ -382,11 +384,6 @@ func TestReaderNotStarvedByRewrites(t *testing.T) {
 		t.Fatalf("read %q at 5 after %d rewrites, want the last one %q", data[5], n, last)
 	}
 	release()
-	for _, h := range []*Handle{r, w} {
-		if err := h.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // TestFailedTruncateThenAppend (from review): a truncate into a stored
