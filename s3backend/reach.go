@@ -227,6 +227,11 @@ func (r *Reach) fail(err error) {
 	r.down, r.downSince, r.lastErr = true, r.opt.Clock.Now(), err
 	start := !r.probing
 	r.probing = true
+	if start {
+		// Under mu, so that a Close that has not yet set closed waits
+		// for this probe (wg.Add must happen before wg.Wait).
+		r.wg.Add(1)
+	}
 	cut := unreachable{fmt.Sprintf("cut short when s3 stopped answering (%v)", err)}
 	for q := range r.inflight {
 		q.cancel(cut)
@@ -235,7 +240,6 @@ func (r *Reach) fail(err error) {
 	r.opt.Logger.Warn("s3 is unreachable: serving what is cached, keeping writes in the cache until it answers again",
 		"err", err)
 	if start {
-		r.wg.Add(1)
 		go r.probe()
 	}
 	r.changed(false)

@@ -244,3 +244,21 @@ func TestReachCutsRequestsUnderWayWhenS3GoesAway(t *testing.T) {
 		t.Fatal("an upload under way kept waiting after S3 went away")
 	}
 }
+
+// TestReachDialFailedRacingClose: a dial the HTTP transport began before
+// the mount ended can report its failure while Reach closes. Close must
+// not race the probe it starts (seen by the race detector in CI).
+func TestReachDialFailedRacingClose(t *testing.T) {
+	for i := 0; i < 200; i++ {
+		r := s3backend.NewReach(memstore.New(), s3backend.ReachOptions{Clock: clockwork.NewFakeClock(),
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		failed := make(chan struct{})
+		go func() {
+			defer close(failed)
+			r.DialFailed(errors.New("connect: connection refused"))
+		}()
+		r.Close()
+		<-failed
+		r.Close() // a probe started by the late failure is stopped too
+	}
+}
