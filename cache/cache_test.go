@@ -1010,3 +1010,15 @@ func TestStatsInOrderOfBigDirectoryAskS3PerWindow(t *testing.T) {
 		t.Fatalf("stats of %d names in order cost %v, want a few windows", n, c)
 	}
 }
+
+// has reports whether a line logged so far contains s.
+func (l *logCapture) has(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines {
+		if strings.Contains(line, s) {
+			return true
+		}
+	}
+	return false
+}

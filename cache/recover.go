@@ -194,7 +194,7 @@ func (c *Cache) repairJournal() error {
 func (c *Cache) recoverBlocks() error {
 	var cur *Inode
 	var curIno uint64
-	return c.blocks.Recover(func(txn *badger.Txn, id blocks.ID) (keep, dirty bool, err error) {
+	cuts, err := c.blocks.Recover(func(txn *badger.Txn, id blocks.ID) (keep, dirty bool, err error) {
 		if id.Ino != curIno || cur == nil {
 			curIno = id.Ino
 			cur, err = getInode(txn, id.Ino)
@@ -208,6 +208,54 @@ func (c *Cache) recoverBlocks() error {
 		}
 		return true, run.Dirty, nil
 	})
+	if err != nil {
+		return err
+	}
+	for _, cut := range cuts {
+		if err := c.cutBack(cut); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cutBack makes a file's record agree with a block that a power cut left
+// shorter than its index said (blocks.Cut): bytes appended within the
+// last commit interval did not reach the disk, and the block was cut
+// back to what a sync had made durable. The file ends there if the block
+// was its last; a block inside the file reads zeros past its new end.
+func (c *Cache) cutBack(cut blocks.Cut) error {
+	bs := c.opt.BlockSize
+	var path string
+	var from, to int64
+	var ends bool
+	err := update(c.db, func(txn *badger.Txn) error {
+		rec, err := getInode(txn, cut.ID.Ino)
+		if err != nil {
+			return err
+		}
+		path = rec.Path
+		start := cut.ID.Idx * bs
+		from, to = start+int64(cut.Len), min(rec.Size, start+int64(cut.Was))
+		if ends = rec.Size > from && rec.Size <= start+bs; !ends {
+			return nil
+		}
+		old := rec.clone()
+		rec.Size = from
+		return putInode(txn, old, rec)
+	})
+	if err != nil {
+		return fmt.Errorf("cut %q back to what was durable: %w", path, err)
+	}
+	switch {
+	case ends:
+		c.log.Warn("cache: bytes appended just before a power cut did not reach the disk; the file now ends where what was durable ends",
+			"path", path, "size", from, "lost_bytes", to-from)
+	case to > from:
+		c.log.Warn("cache: bytes appended just before a power cut did not reach the disk; they read as zeros",
+			"path", path, "from", from, "to", to)
+	}
+	return nil
 }
 
 func runsOrNil(n *Inode) []Run {

@@ -46,6 +46,10 @@
 // files, shared by concurrent callers), when Commit runs (the group commit
 // the cache runs every few seconds), or in the background once 64 MiB of
 // them wait. A failure of a background sync is reported by the next Sync.
+// An append in place (Append) writes after the committed bytes of a block
+// file, so the disk may keep its new index entry without the appended
+// bytes after a power cut; the entry also names the prefix a sync had made
+// durable (Meta.Durable), and Recover cuts the block back to it.
 //
 // # Locks
 //

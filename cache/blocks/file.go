@@ -120,9 +120,24 @@ var ErrNoAppend = errors.New("cache block: cannot append in place")
 // returned meta (Index, in the same transaction as the record that refers
 // to it, then Added): a failed append or commit leaves bytes past
 // meta.Len, which no read looks at, and the next Append or Write covers.
+//
+// The returned meta also names the block's durable prefix: meta itself
+// if a sync has made the block durable since it was last written, or
+// meta's own durable prefix if not. The disk may keep the new index
+// entry and lose the appended bytes in a power cut (neither is synced
+// until the next group commit); Recover then cuts the block back to that
+// prefix, which a sync made durable, rather than lose what was there.
 func (s *Store) Append(id ID, meta Meta, data []byte) (Meta, error) {
 	if s.aead != nil || len(data) < int(meta.Len) {
 		return Meta{}, ErrNoAppend
+	}
+	out := Meta{Durable: meta.Durable, DurableLen: meta.DurableLen, DurableCRC: meta.DurableCRC}
+	s.mu.Lock()
+	_, unsynced := s.unsynced[id]
+	_, syncing := s.syncing[id]
+	s.mu.Unlock()
+	if !unsynced && !syncing {
+		out.Durable, out.DurableLen, out.DurableCRC = true, meta.Len, meta.CRC
 	}
 	f, err := os.OpenFile(s.path(id), os.O_WRONLY, 0)
 	if err != nil {
@@ -138,7 +153,8 @@ func (s *Store) Append(id ID, meta Meta, data []byte) (Meta, error) {
 	if err != nil {
 		return Meta{}, fmt.Errorf("cache block: %w", err)
 	}
-	return Meta{Len: uint32(len(data)), CRC: crc32.Update(meta.CRC, crcTable, data[meta.Len:])}, nil
+	out.Len, out.CRC = uint32(len(data)), crc32.Update(meta.CRC, crcTable, data[meta.Len:])
+	return out, nil
 }
 
 // Read fills buf (at least meta.Len long) with block id and verifies it.

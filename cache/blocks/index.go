@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"os"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -150,15 +152,28 @@ func (s *Store) DropInode(ino uint64, keep map[uint64]bool, upTo uint64) error {
 	return s.Delete(ids)
 }
 
+// Cut is a dirty block that Recover cut back to its durable prefix: a
+// power cut kept its index entry but not all the bytes appended to it
+// (see Append).
+type Cut struct {
+	ID  ID
+	Len uint32 // its length now
+	Was uint32 // the length its index entry gave
+}
+
 // Recover rebuilds the accounting from the index when the cache opens.
 // classify says, for each indexed block, whether the inode's block map
 // still refers to it (keep) and whether it is dirty; it runs inside the
 // index's read transaction, which it may use. Blocks nothing refers to,
 // and block files the index does not know, are deleted; backing files
-// from an earlier run are all deleted.
-func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool, err error)) error {
+// from an earlier run are all deleted. A dirty block appended to in
+// place whose file no longer matches its entry, but whose durable prefix
+// does, is cut back to that prefix; the caller gets the list, to make
+// the records that refer to them agree.
+func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool, err error)) ([]Cut, error) {
 	known := make(map[ID]bool)
 	var garbage []ID
+	var cuts []Cut
 	err := s.db.View(func(txn *badger.Txn) error {
 		p := []byte{KeyPrefix}
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true})
@@ -187,15 +202,69 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 				continue
 			}
 			known[id] = true
-			s.Added(id, meta.Len, dirty)
+			n := meta.Len
+			if dirty && meta.Durable && s.lostAppended(id, meta) {
+				cuts = append(cuts, Cut{ID: id, Len: meta.DurableLen, Was: meta.Len})
+				n = meta.DurableLen
+			}
+			s.Added(id, n, dirty)
 		}
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
+	}
+	for _, c := range cuts {
+		if err := s.cutBack(c); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.Delete(garbage); err != nil {
-		return err
+		return nil, err
 	}
-	return s.scanFiles(func(id ID) bool { return known[id] })
+	return cuts, s.scanFiles(func(id ID) bool { return known[id] })
+}
+
+// lostAppended reports whether block id's file fails meta's checksum but
+// holds meta's durable prefix intact. A file that matches neither is left
+// as it is: a read reports it.
+func (s *Store) lostAppended(id ID, meta Meta) bool {
+	if s.aead != nil { // never appended to in place
+		return false
+	}
+	b, err := os.ReadFile(s.path(id))
+	if err != nil {
+		return false
+	}
+	if len(b) >= int(meta.Len) && crc32.Checksum(b[:meta.Len], crcTable) == meta.CRC {
+		return false
+	}
+	return len(b) >= int(meta.DurableLen) && crc32.Checksum(b[:meta.DurableLen], crcTable) == meta.DurableCRC
+}
+
+// cutBack makes block c.ID its durable prefix: the file first, then the
+// index entry. A crash in between leaves an entry that Recover cuts back
+// again.
+func (s *Store) cutBack(c Cut) error {
+	if err := os.Truncate(s.path(c.ID), int64(c.Len)); err != nil {
+		return fmt.Errorf("cut block %v back to what was durable: %w", c.ID, err)
+	}
+	err := s.db.Update(func(txn *badger.Txn) error {
+		it, err := txn.Get(key(c.ID))
+		if err != nil {
+			return err
+		}
+		var m Meta
+		if err := it.Value(func(v []byte) error {
+			m, err = unmarshalMeta(v)
+			return err
+		}); err != nil {
+			return err
+		}
+		return s.Index(txn, c.ID, Meta{Len: m.DurableLen, CRC: m.DurableCRC})
+	})
+	if err != nil {
+		return fmt.Errorf("cut block %v back to what was durable: %w", c.ID, err)
+	}
+	return nil
 }

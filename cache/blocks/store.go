@@ -56,20 +56,41 @@ func (id ID) String() string { return fmt.Sprintf("%d/%d/%d", id.Ino, id.Gen, id
 type Meta struct {
 	Len uint32
 	CRC uint32
+	// Durable is set on a block that Append added to in place after a
+	// sync had made its earlier bytes durable: DurableLen and DurableCRC
+	// describe that prefix. A power cut can leave this entry on the disk
+	// without the bytes appended after it; Recover then cuts the block
+	// back to the prefix rather than lose all of it.
+	Durable    bool
+	DurableLen uint32
+	DurableCRC uint32
 }
 
+// The index entry is 8 bytes (length, CRC), or 16 with a durable prefix.
 func (m Meta) marshal() []byte {
-	b := make([]byte, 8)
+	n := 8
+	if m.Durable {
+		n = 16
+	}
+	b := make([]byte, n)
 	binary.BigEndian.PutUint32(b, m.Len)
 	binary.BigEndian.PutUint32(b[4:], m.CRC)
+	if m.Durable {
+		binary.BigEndian.PutUint32(b[8:], m.DurableLen)
+		binary.BigEndian.PutUint32(b[12:], m.DurableCRC)
+	}
 	return b
 }
 
 func unmarshalMeta(b []byte) (Meta, error) {
-	if len(b) != 8 {
+	if len(b) != 8 && len(b) != 16 {
 		return Meta{}, fmt.Errorf("%w: block index entry of %d bytes", ErrCorrupt, len(b))
 	}
-	return Meta{Len: binary.BigEndian.Uint32(b), CRC: binary.BigEndian.Uint32(b[4:])}, nil
+	m := Meta{Len: binary.BigEndian.Uint32(b), CRC: binary.BigEndian.Uint32(b[4:])}
+	if len(b) == 16 {
+		m.Durable, m.DurableLen, m.DurableCRC = true, binary.BigEndian.Uint32(b[8:]), binary.BigEndian.Uint32(b[12:])
+	}
+	return m, nil
 }
 
 // Options configure a Store.
@@ -146,6 +167,9 @@ type Store struct {
 	// fsyncs just those files and their directories. (syncfs flushed the
 	// whole filesystem, with every other program's writes on it.)
 	unsynced map[ID]struct{}
+	// syncing holds the blocks the sync under way took from unsynced:
+	// they are durable once it succeeds, not before.
+	syncing map[ID]struct{}
 	// unsyncedBytes counts what unsynced holds. Past syncAhead, a sync
 	// starts in the background (aheadRunning), so that the disk writes a
 	// big file back while it is written and its close waits for the tail
@@ -206,7 +230,7 @@ func Open(o Options) (*Store, error) {
 	}
 	s := &Store{dir: o.Dir, db: o.DB, limit: o.Limit, log: o.Log, lru: list.New(),
 		lruIndex: make(map[ID]*list.Element), size: make(map[ID]sized), inoBlocks: make(map[uint64][]blockRef),
-		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), retired: make(map[ID]struct{}),
+		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), syncing: make(map[ID]struct{}), retired: make(map[ID]struct{}),
 		files: make(map[ID]*openBlock), fileLRU: list.New(), maxFiles: 128,
 		pins: make(map[ID]bool), pinsByIno: make(map[uint64][]ID), pinnedIn: make(map[ID]struct{}),
 		minFree: o.MinFree, statfs: o.Statfs, background: o.Background,

@@ -221,7 +221,7 @@ func TestDropInode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if err := s.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, false, nil }); err != nil {
+	if _, err := s.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, false, nil }); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DropInode(7, nil, ^uint64(0)); err != nil {
@@ -434,5 +434,105 @@ func TestReplacedKeptUntilSync(t *testing.T) {
 	}
 	if s.Taken(id) {
 		t.Fatal("the ID is still taken after the sync")
+	}
+}
+
+// TestAppendNamesTheDurablePrefix: Append records, with the new length,
+// the longest prefix of the block a sync has made durable: the committed
+// meta once a sync finished after it, else the durable prefix it carried.
+// A sync under way when the append begins has not made anything durable
+// yet. Recover cuts a block whose file lost the appended bytes back to
+// that prefix.
+func TestAppendNamesTheDurablePrefix(t *testing.T) {
+	var opt Options
+	s := newTestStore(t, 64<<20, func(o *Options) { opt = *o })
+	id := ID{Ino: 9, Gen: 1, Idx: 0}
+	data := []byte("0123456789")
+	commit := func(m Meta) {
+		t.Helper()
+		if err := s.db.Update(func(txn *badger.Txn) error { return s.Index(txn, id, m) }); err != nil {
+			t.Fatal(err)
+		}
+		s.Added(id, m.Len, true)
+	}
+	appendTo := func(m Meta, more string) Meta {
+		t.Helper()
+		data = append(data, more...)
+		n, err := s.Append(id, m, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		commit(n)
+		return n
+	}
+	m0 := put(t, s, id, data, true)
+	m1 := appendTo(m0, "ab") // never synced: nothing durable
+	if m1.Durable {
+		t.Fatalf("append to a block never synced names a durable prefix: %+v", m1)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := appendTo(m1, "cd")
+	if !m2.Durable || m2.DurableLen != m1.Len || m2.DurableCRC != m1.CRC {
+		t.Fatalf("append after a sync: %+v, want durable prefix %+v", m2, m1)
+	}
+	m3 := appendTo(m2, "ef") // no sync since: the same prefix
+	if !m3.Durable || m3.DurableLen != m1.Len || m3.DurableCRC != m1.CRC {
+		t.Fatalf("second append without a sync: %+v, want durable prefix %+v", m3, m1)
+	}
+
+	// An append while a sync of the block is under way.
+	hold, held := make(chan struct{}), make(chan struct{}, 16)
+	FsyncPath = func(p string) error { held <- struct{}{}; <-hold; return FsyncFile(p) }
+	t.Cleanup(func() { FsyncPath = FsyncFile })
+	synced := make(chan error, 1)
+	go func() { synced <- s.Sync() }()
+	<-held
+	m4 := appendTo(m3, "gh")
+	close(hold)
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	FsyncPath = FsyncFile
+	if !m4.Durable || m4.DurableLen != m1.Len {
+		t.Fatalf("append during a sync: %+v, want durable prefix of %d bytes", m4, m1.Len)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	m5 := appendTo(m4, "ij")
+	if !m5.Durable || m5.DurableLen != m4.Len || m5.DurableCRC != m4.CRC {
+		t.Fatalf("append after the next sync: %+v, want durable prefix %+v", m5, m4)
+	}
+
+	// The power cut: the index has m5, the file lost "ij".
+	if err := os.Truncate(s.path(id), int64(m4.Len)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2, err := Open(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	cuts, err := s2.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, true, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cuts) != 1 || cuts[0] != (Cut{ID: id, Len: m4.Len, Was: m5.Len}) {
+		t.Fatalf("cuts %+v, want %v cut from %d to %d", cuts, id, m5.Len, m4.Len)
+	}
+	m, found, err := s2.Lookup(id)
+	if err != nil || !found || m != (Meta{Len: m4.Len, CRC: m4.CRC}) {
+		t.Fatalf("index after the cut: %+v %v %v, want %+v", m, found, err, Meta{Len: m4.Len, CRC: m4.CRC})
+	}
+	buf := make([]byte, 64)
+	if err := s2.Read(id, m, buf); err != nil || string(buf[:m.Len]) != "0123456789abcdefgh" {
+		t.Fatalf("block after the cut: %q %v", buf[:m.Len], err)
+	}
+	// An intact block is left alone.
+	if cuts, err := s2.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, true, nil }); err != nil || len(cuts) != 0 {
+		t.Fatalf("a second recovery cut %v (%v)", cuts, err)
 	}
 }

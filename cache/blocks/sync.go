@@ -87,6 +87,7 @@ func (s *Store) syncAll() error {
 	s.mu.Lock()
 	ids, newSubdir := s.unsynced, s.newSubdir
 	s.unsynced, s.newSubdir, s.unsyncedBytes = make(map[ID]struct{}), false, 0
+	s.syncing = ids
 	// Retired before this sync began: the transactions that unindexed
 	// them are in the log the db.Sync below makes durable. They stay in
 	// s.retired until their files are gone, so that Taken keeps their IDs
@@ -98,6 +99,7 @@ func (s *Store) syncAll() error {
 		for id := range ids {
 			s.unsynced[id] = struct{}{}
 		}
+		s.syncing = make(map[ID]struct{})
 		s.newSubdir = s.newSubdir || newSubdir
 		s.mu.Unlock()
 		return fmt.Errorf("cache sync: %w", err)
@@ -152,6 +154,9 @@ func (s *Store) syncAll() error {
 	if err := s.db.Sync(); err != nil {
 		return fail(err)
 	}
+	s.mu.Lock()
+	s.syncing = make(map[ID]struct{})
+	s.mu.Unlock()
 	for id := range retired {
 		s.removeFile(id)
 		s.mu.Lock()
