@@ -139,6 +139,12 @@ func (s *Store) deleteIndex(ids []ID) error {
 // (Added follows the index commit at once, Recover accounts for what an
 // earlier run left); one whose commit is still under way is newer than
 // upTo, or is found by the next DropInode, or by Recover.
+//
+// The caller drops blocks that a committed record no longer refers to,
+// but the cache does not sync at commit: a power cut before the next sync
+// brings back the record that does. Clean blocks go at once (a read
+// fetches them again); the files of dirty and pinned ones, which S3 does
+// not have, are retired like replaced blocks, and go after that sync.
 func (s *Store) DropInode(ino uint64, keep map[uint64]bool, upTo uint64) error {
 	var ids []ID
 	s.mu.Lock()
@@ -149,7 +155,28 @@ func (s *Store) DropInode(ino uint64, keep map[uint64]bool, upTo uint64) error {
 		}
 	}
 	s.mu.Unlock()
-	return s.Delete(ids)
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := s.deleteIndex(ids); err != nil {
+		return fmt.Errorf("cache: delete blocks: %w", err)
+	}
+	for _, id := range ids {
+		s.mu.Lock()
+		_, known := s.size[id]
+		_, clean := s.lruIndex[id]
+		if known && !clean {
+			s.forgetLocked(id)
+			s.retired[id] = struct{}{}
+			s.spaceFreed.Broadcast()
+			s.mu.Unlock()
+			continue
+		}
+		s.mu.Unlock()
+		s.removeFile(id)
+		s.removed(id)
+	}
+	return nil
 }
 
 // Cut is a dirty block that Recover cut back to its durable prefix: a
@@ -171,6 +198,12 @@ type Cut struct {
 // does, is cut back to that prefix; the caller gets the list, to make
 // the records that refer to them agree.
 func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool, err error)) ([]Cut, error) {
+	// After a kill -9 the state read here may be in the page cache only:
+	// make it durable before deleting what it no longer refers to, so that
+	// a power cut after cannot bring back a record without its blocks.
+	if err := s.db.Sync(); err != nil {
+		return nil, fmt.Errorf("sync the index before recovery: %w", err)
+	}
 	known := make(map[ID]bool)
 	var garbage []ID
 	var cuts []Cut

@@ -536,3 +536,50 @@ func TestAppendNamesTheDurablePrefix(t *testing.T) {
 		t.Fatalf("a second recovery cut %v (%v)", cuts, err)
 	}
 }
+
+// TestDroppedDirtyKeptUntilSync: the cache drops blocks once a committed
+// record no longer refers to them (a truncate, an unlink, an upload that
+// replaced them). That commit is durable only after the next sync, and a
+// power cut before it brings back the record that does refer to them:
+// the files of dirty blocks (not in S3) must stay until then. Clean ones
+// can be fetched again and go at once.
+func TestDroppedDirtyKeptUntilSync(t *testing.T) {
+	s := newTestStore(t, 1<<30, nil)
+	dirty := []ID{{Ino: 9, Gen: 1, Idx: 0}, {Ino: 9, Gen: 1, Idx: 1}}
+	clean := ID{Ino: 9, Gen: 2, Idx: 0}
+	for _, id := range dirty {
+		put(t, s, id, bytes.Repeat([]byte{'d'}, 4096), true)
+	}
+	put(t, s, clean, bytes.Repeat([]byte{'c'}, 4096), false)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DropInode(9, nil, ^uint64(0)); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range dirty {
+		if _, err := os.Stat(s.path(id)); err != nil {
+			t.Fatalf("dirty block %v's file went before a sync: %v", id, err)
+		}
+		if _, found, err := s.Lookup(id); err != nil || found {
+			t.Fatalf("dirty block %v still indexed (%v)", id, err)
+		}
+		if !s.Taken(id) || s.Has(id) {
+			t.Fatalf("dropped dirty block: taken %v, has %v; want taken, not had", s.Taken(id), s.Has(id))
+		}
+	}
+	if _, err := os.Stat(s.path(clean)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the clean block's file is still there: %v", err)
+	}
+	if clean, dirty := s.Usage(); clean+dirty != 0 {
+		t.Fatalf("dropped blocks still accounted for: %d bytes", clean+dirty)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range dirty {
+		if _, err := os.Stat(s.path(id)); !errors.Is(err, os.ErrNotExist) || s.Taken(id) {
+			t.Fatalf("after the sync, dirty block %v's file: %v, taken %v", id, err, s.Taken(id))
+		}
+	}
+}
