@@ -796,5 +796,6 @@ type Stats struct {
 // Stats returns the cache's counters.
 func (c *Cache) Stats() *Stats { return &c.stats }
 
-// Usage reports the bytes of clean and dirty blocks in the cache.
+// Usage reports the bytes of dirty blocks in the cache (not yet in S3)
+// and of the rest of it (see blocks.Store.Usage).
 func (c *Cache) Usage() (clean, dirty int64) { return c.blocks.Usage() }

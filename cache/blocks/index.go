@@ -79,9 +79,7 @@ func (s *Store) Unindex(txn *badger.Txn, id ID) error {
 func (s *Store) Replaced(id ID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.forgetLocked(id)
-	s.retired[id] = struct{}{}
-	s.spaceFreed.Broadcast()
+	s.retireLocked(id)
 }
 
 // StoreClean caches a block fetched from S3, if there is room. A failure
@@ -166,9 +164,7 @@ func (s *Store) DropInode(ino uint64, keep map[uint64]bool, upTo uint64) error {
 		_, known := s.size[id]
 		_, clean := s.lruIndex[id]
 		if known && !clean {
-			s.forgetLocked(id)
-			s.retired[id] = struct{}{}
-			s.spaceFreed.Broadcast()
+			s.retireLocked(id)
 			s.mu.Unlock()
 			continue
 		}

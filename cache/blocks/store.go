@@ -186,11 +186,14 @@ type Store struct {
 	// last sync, which must then fsync dir as well.
 	newSubdir bool
 	// retired holds blocks a committed transaction took out of the index
-	// (Replaced) whose files must stay until a sync has made that
-	// transaction durable: a power cut before then leaves the old record,
-	// which still refers to them. No block is written under a retired ID
-	// (Taken).
-	retired map[ID]struct{}
+	// (Replaced, DropInode) whose files must stay until a sync has made
+	// that transaction durable: a power cut before then leaves the old
+	// record, which still refers to them. No block is written under a
+	// retired ID (Taken). Their bytes on disk (retiredBytes) count
+	// against the limit, as dirty ones, until the files are gone; a
+	// writer short of room syncs at once to free them (reserveBytes).
+	retired      map[ID]int64
+	retiredBytes int64
 	// files keeps descriptors of verified block files that small reads
 	// used lately (fileLRU, front = newest), so that a 4 KiB read costs a
 	// pread, not an open, a pread and a close.
@@ -230,7 +233,7 @@ func Open(o Options) (*Store, error) {
 	}
 	s := &Store{dir: o.Dir, db: o.DB, limit: o.Limit, log: o.Log, lru: list.New(),
 		lruIndex: make(map[ID]*list.Element), size: make(map[ID]sized), inoBlocks: make(map[uint64][]blockRef),
-		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), syncing: make(map[ID]struct{}), retired: make(map[ID]struct{}),
+		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), syncing: make(map[ID]struct{}), retired: make(map[ID]int64),
 		files: make(map[ID]*openBlock), fileLRU: list.New(), maxFiles: 128,
 		pins: make(map[ID]bool), pinsByIno: make(map[uint64][]ID), pinnedIn: make(map[ID]struct{}),
 		minFree: o.MinFree, statfs: o.Statfs, background: o.Background,
@@ -424,6 +427,15 @@ func (s *Store) removed(id ID) {
 	s.spaceFreed.Broadcast()
 }
 
+// retireLocked forgets block id, whose file must stay until the next
+// sync (see retired).
+func (s *Store) retireLocked(id ID) {
+	sz := s.size[id].bytes
+	s.forgetLocked(id)
+	s.retiredBytes += sz - s.retired[id]
+	s.retired[id] = sz
+}
+
 func (s *Store) forgetLocked(id ID) {
 	e, ok := s.size[id]
 	if !ok {
@@ -489,12 +501,13 @@ func (s *Store) touch(id ID) {
 	s.mu.Unlock()
 }
 
-// Usage returns the bytes of clean blocks (with the backing files) and of
-// dirty blocks on disk.
+// Usage returns the bytes on disk of dirty blocks (not yet in S3) and of
+// everything else: clean blocks, the backing files, and the files of
+// dropped blocks that wait for a sync (see retired).
 func (s *Store) Usage() (clean, dirty int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cleanBytes + s.backingBytes(), s.dirtyBytes
+	return s.cleanBytes + s.backingBytes() + s.retiredBytes, s.dirtyBytes
 }
 
 // Stats returns the store's counters.
@@ -518,6 +531,7 @@ func (s *Store) Reserve(ctx context.Context, n uint32, dirty bool, wait time.Dur
 
 func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait time.Duration) (ok bool, err error) {
 	deadline := time.Now().Add(wait)
+	synced := false
 	for {
 		s.dropVictims(s.evictFor(need))
 		short, err := s.diskShort(need)
@@ -533,12 +547,21 @@ func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait t
 			}
 		}
 		s.mu.Lock()
-		used := s.cleanBytes + s.dirtyBytes + s.backingBytes()
+		used := s.cleanBytes + s.dirtyBytes + s.retiredBytes + s.backingBytes()
 		fits := used+need <= s.limit && short <= 0
-		dirtyFits := s.dirtyBytes+s.pinnedBytes+s.backingPinnedBytes()+need <= s.limit && short <= 0
+		dirtyFits := s.dirtyBytes+s.retiredBytes+s.pinnedBytes+s.backingPinnedBytes()+need <= s.limit && short <= 0
+		retired := s.retiredBytes
 		s.mu.Unlock()
 		if fits {
 			return true, nil
+		}
+		if retired > 0 && !synced {
+			// Files of dropped blocks wait for a sync to go: sync now
+			// rather than wait for the group commit. A failure is kept
+			// for the next Sync to report, as a group commit's is.
+			synced = true
+			s.Commit()
+			continue
 		}
 		if !dirty {
 			return false, nil

@@ -2,6 +2,7 @@ package blocks
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -410,8 +411,8 @@ func TestReplacedKeptUntilSync(t *testing.T) {
 	if !s.Taken(id) || s.Has(id) {
 		t.Fatalf("replaced block: taken %v, has %v; want taken, not had", s.Taken(id), s.Has(id))
 	}
-	if clean, dirty := s.Usage(); clean+dirty != 0 {
-		t.Fatalf("the replaced block is still accounted for: %d bytes", clean+dirty)
+	if clean, dirty := s.Usage(); clean != s.diskSize(4096) || dirty != 0 {
+		t.Fatalf("the replaced block uses %d clean, %d dirty bytes; want its size as clean (not dirty) until the sync", clean, dirty)
 	}
 	// A sync that fails keeps the file, and the ID taken, for the next.
 	other := ID{Ino: 9, Gen: 2, Idx: 0}
@@ -434,6 +435,9 @@ func TestReplacedKeptUntilSync(t *testing.T) {
 	}
 	if s.Taken(id) {
 		t.Fatal("the ID is still taken after the sync")
+	}
+	if clean, dirty := s.Usage(); clean != 0 || dirty != s.diskSize(uint32(len("unsynced"))) {
+		t.Fatalf("after the sync, %d clean and %d dirty bytes; want the other block's only", clean, dirty)
 	}
 }
 
@@ -571,8 +575,8 @@ func TestDroppedDirtyKeptUntilSync(t *testing.T) {
 	if _, err := os.Stat(s.path(clean)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the clean block's file is still there: %v", err)
 	}
-	if clean, dirty := s.Usage(); clean+dirty != 0 {
-		t.Fatalf("dropped blocks still accounted for: %d bytes", clean+dirty)
+	if clean, d := s.Usage(); clean != 2*s.diskSize(4096) || d != 0 {
+		t.Fatalf("dropped blocks use %d clean, %d dirty bytes; want the dirty files' (as clean) until the sync", clean, d)
 	}
 	if err := s.Sync(); err != nil {
 		t.Fatal(err)
@@ -580,6 +584,42 @@ func TestDroppedDirtyKeptUntilSync(t *testing.T) {
 	for _, id := range dirty {
 		if _, err := os.Stat(s.path(id)); !errors.Is(err, os.ErrNotExist) || s.Taken(id) {
 			t.Fatalf("after the sync, dirty block %v's file: %v, taken %v", id, err, s.Taken(id))
+		}
+	}
+	if clean, d := s.Usage(); clean+d != 0 {
+		t.Fatalf("after the sync, %d bytes still accounted for", clean+d)
+	}
+}
+
+// TestWriterShortOfRoomSyncsRetired: the files of dropped dirty blocks
+// count against the limit until a sync removes them; a writer that needs
+// their room syncs at once rather than overshoot the limit or wait for
+// the group commit.
+func TestWriterShortOfRoomSyncsRetired(t *testing.T) {
+	s := newTestStore(t, 4*8192, nil)
+	block := bytes.Repeat([]byte{'d'}, 8192)
+	if s.diskSize(8192) != 8192 {
+		t.Fatalf("disk size of 8 KiB is %d here; the test assumes 8 KiB", s.diskSize(8192))
+	}
+	var ids []ID
+	for idx := range int64(3) {
+		id := ID{Ino: 5, Gen: 1, Idx: idx}
+		put(t, s, id, block, true)
+		ids = append(ids, id)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DropInode(5, nil, ^uint64(0)); err != nil {
+		t.Fatal(err)
+	}
+	ok, err := s.Reserve(context.Background(), 2*8192, true, 0)
+	if err != nil || !ok {
+		t.Fatalf("reserve two blocks' room: %v %v", ok, err)
+	}
+	for _, id := range ids {
+		if _, err := os.Stat(s.path(id)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("room was given while dropped block %v's file still takes it: %v", id, err)
 		}
 	}
 }

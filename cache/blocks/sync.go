@@ -160,7 +160,9 @@ func (s *Store) syncAll() error {
 	for id := range retired {
 		s.removeFile(id)
 		s.mu.Lock()
+		s.retiredBytes -= s.retired[id]
 		delete(s.retired, id)
+		s.spaceFreed.Broadcast()
 		s.mu.Unlock()
 	}
 	return nil
