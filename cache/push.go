@@ -51,7 +51,7 @@ func (c *Cache) push(ctx context.Context, st *inodeState, p *uploadPlan) (string
 		body.abort = cancel
 		etag, err := c.store.Put(pctx, s3backend.PutInput{Key: p.target, Body: body,
 			Size: snap.Size, Metadata: meta, ContentType: ct, Cond: p.cond})
-		return etag, body.baseErr(err)
+		return etag, body.bodyErr(err)
 	}
 	return c.uploadMultipart(ctx, st, p, meta, ct)
 }
@@ -191,7 +191,7 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 				body.sent = new([]blocks.ID)
 				etag, err = c.store.UploadPart(pctx, s3backend.UploadPartInput{Key: p.target, UploadID: id,
 					Part: int32(i + 1), Body: body, Size: l})
-				if err = body.baseErr(err); err == nil {
+				if err = body.bodyErr(err); err == nil {
 					body.dropPages()
 				}
 			}
@@ -315,9 +315,14 @@ type snapReader struct {
 	// the object it comes from changed in S3. The SDK may read the body on
 	// its own goroutine, hence atomic.
 	stale atomic.Bool
-	// abort, if set, ends the request the body belongs to when that
+	// local is set once a block could not be read from the cache (it
+	// failed its check, or the disk failed): the upload's failure is
+	// then the cache's, not S3's (see bodyErr).
+	local atomic.Pointer[error]
+	// abort, if set, ends the request the body belongs to when either
 	// happens: the SDK would take a body that broke off for a network
-	// error and send the request again, and again, for nothing.
+	// error and send the request again, and again, for nothing, and the
+	// store would count the broken request as S3 not answering.
 	abort context.CancelCauseFunc
 	// st, if set, is the inode of a snapshot whose dirty blocks the
 	// writer may store again meanwhile (a stream's): see readLocal, which
@@ -344,14 +349,28 @@ func (r *snapReader) dropPages() {
 // testHookDropPages, if set, sees the blocks of each part sent.
 var testHookDropPages func([]blocks.ID)
 
-// baseErr turns the failure of a request whose body was r into a
-// *baseChanged when the body broke off because the object the unchanged
-// blocks come from changed in S3.
-func (r *snapReader) baseErr(err error) error {
-	if err != nil && r.stale.Load() {
+// bodyErr turns the failure of a request whose body was r into what
+// broke the body off: a *baseChanged when the object the unchanged blocks
+// come from changed in S3, the cache's own error (ErrCorrupt, a disk
+// error) when a block could not be read from it.
+func (r *snapReader) bodyErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if r.stale.Load() {
 		return &baseChanged{err: err}
 	}
+	if local := r.local.Load(); local != nil {
+		return fmt.Errorf("read the cache to upload: %w", *local)
+	}
 	return err
+}
+
+// localFailure reports whether err, from loading a block to upload, is
+// the cache's (not an S3 request's, nor the caller giving up).
+func localFailure(err error) bool {
+	var se *s3backend.Error
+	return !errors.As(err, &se) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
 // baseChanged: an upload could not be sent because unchanged blocks of
@@ -387,11 +406,16 @@ func (r *snapReader) Read(p []byte) (int, error) {
 		src := r.c.sourceOf(r.snap, idx)
 		data, release, err := r.c.loadBlock(r.ctx, src, r.st)
 		if err != nil {
-			if errors.Is(err, ErrStale) {
+			switch {
+			case errors.Is(err, ErrStale):
 				r.stale.Store(true)
-				if r.abort != nil {
-					r.abort(err)
-				}
+			case localFailure(err):
+				r.local.CompareAndSwap(nil, &err)
+			default:
+				return 0, err
+			}
+			if r.abort != nil {
+				r.abort(err)
 			}
 			return 0, err
 		}

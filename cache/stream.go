@@ -241,10 +241,13 @@ func (c *Cache) sendStreamPart(s *stream, p int64) bool {
 	if s.id == "" || s.ctx.Err() != nil {
 		return false
 	}
-	body := c.newSnapReader(s.ctx, snap, p*s.ps, s.ps)
-	body.st, body.sent = st, new([]blocks.ID)
-	etag, err := c.store.UploadPart(s.ctx, s3backend.UploadPartInput{Key: s.key, UploadID: s.id,
+	pctx, cancel := context.WithCancelCause(s.ctx)
+	defer cancel(nil)
+	body := c.newSnapReader(pctx, snap, p*s.ps, s.ps)
+	body.st, body.sent, body.abort = st, new([]blocks.ID), cancel
+	etag, err := c.store.UploadPart(pctx, s3backend.UploadPartInput{Key: s.key, UploadID: s.id,
 		Part: int32(p + 1), Body: body, Size: s.ps})
+	err = body.bodyErr(err)
 	body.drop()
 	if err == nil {
 		body.dropPages()

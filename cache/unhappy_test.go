@@ -786,3 +786,48 @@ func TestChmodOfFileWithUnknownHeaders(t *testing.T) {
 		t.Fatalf("headers in S3 after chmod 640: %v", info.Metadata)
 	}
 }
+
+// TestCorruptBlockIsNotAnOutage: a dirty block that fails its check while
+// an upload reads it is the cache's failure, not S3's. The upload must
+// fail for good with ErrCorrupt (the data is kept and reported, never
+// retried for nothing), and S3 must not count as unreachable: the request
+// broke off because its body did, and a whole mount going offline for one
+// bad file on the local disk would be wrong. Both for a single PUT and a
+// multipart upload.
+func TestCorruptBlockIsNotAnOutage(t *testing.T) {
+	for _, size := range []int{10 << 10, 6 << 20} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			var reach *s3backend.Reach
+			e := newEnv(t, func(o *Options) {
+				reach = s3backend.NewReach(o.Store, s3backend.ReachOptions{Logger: o.Logger})
+				o.Store = reach
+				o.WriteBackDelay = time.Hour
+			})
+			t.Cleanup(reach.Close)
+			e.logs.allow("block of data not yet uploaded is unreadable")
+			e.logs.allow("upload failed")
+			e.write("f", 0, randBytes(size))
+			id := e.blockIDs(e.mustLookup("f").Ino)[0]
+			if err := e.c.Close(); err != nil { // the verified set goes with it
+				t.Fatal(err)
+			}
+			e.c = nil
+			if err := os.Truncate(e.blockPath(id), 5); err != nil {
+				t.Fatal(err)
+			}
+			e.open() // uploads what the journal holds at once
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			left, err := e.c.Drain(dctx)
+			if err != nil {
+				t.Fatalf("drain: %v (left %+v): the upload did not settle", err, left)
+			}
+			if len(left) != 1 || left[0].State != "failed" || !errors.Is(left[0].Err, ErrCorrupt) {
+				t.Fatalf("left %+v; want f failed for good with ErrCorrupt", left)
+			}
+			if !reach.Reachable() {
+				t.Fatal("a corrupt block in the cache made S3 count as unreachable")
+			}
+		})
+	}
+}
