@@ -386,6 +386,8 @@ func (c *Cache) Close() error {
 		c.blocks.Close()
 		if serr := c.blocks.Sync(); serr != nil {
 			err = serr
+		} else if merr := c.markClosedCleanly(); merr != nil {
+			err = merr
 		}
 		if cerr := c.db.Close(); cerr != nil && err == nil {
 			err = cerr

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -194,6 +195,10 @@ func (c *Cache) repairJournal() error {
 func (c *Cache) recoverBlocks() error {
 	var cur *Inode
 	var curIno uint64
+	clean, err := c.closedCleanly()
+	if err != nil {
+		return err
+	}
 	cuts, err := c.blocks.Recover(func(txn *badger.Txn, id blocks.ID) (keep, dirty bool, err error) {
 		if id.Ino != curIno || cur == nil {
 			curIno = id.Ino
@@ -207,53 +212,96 @@ func (c *Cache) recoverBlocks() error {
 			return false, false, nil
 		}
 		return true, run.Dirty, nil
-	})
+	}, !clean)
 	if err != nil {
 		return err
 	}
-	for _, cut := range cuts {
-		if err := c.cutBack(cut); err != nil {
-			return err
-		}
-	}
-	return nil
+	return c.applyCuts(cuts)
 }
 
-// cutBack makes a file's record agree with a block that a power cut left
-// shorter than its index said (blocks.Cut): bytes appended within the
-// last commit interval did not reach the disk, and the block was cut
-// back to what a sync had made durable. The file ends there if the block
-// was its last; a block inside the file reads zeros past its new end.
-func (c *Cache) cutBack(cut blocks.Cut) error {
-	bs := c.opt.BlockSize
-	var path string
-	var from, to int64
-	var ends bool
+// cleanClose marks a cache that its last run closed cleanly: everything
+// synced, nothing to check at the next start (see blocks.Store.Recover).
+var cleanClose = []byte{pSuper, 'c'}
+
+// closedCleanly reports whether the last run closed cleanly, and removes
+// the mark (Recover makes that durable before the cache writes anything).
+func (c *Cache) closedCleanly() (bool, error) {
+	clean := false
 	err := update(c.db, func(txn *badger.Txn) error {
-		rec, err := getInode(txn, cut.ID.Ino)
-		if err != nil {
+		_, err := txn.Get(cleanClose)
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+			return nil
+		case err != nil:
 			return err
 		}
-		path = rec.Path
-		start := cut.ID.Idx * bs
-		from, to = start+int64(cut.Len), min(rec.Size, start+int64(cut.Was))
-		if ends = rec.Size > from && rec.Size <= start+bs; !ends {
-			return nil
-		}
-		old := rec.clone()
-		rec.Size = from
-		return putInode(txn, old, rec)
+		clean = true
+		return txn.Delete(cleanClose)
 	})
-	if err != nil {
-		return fmt.Errorf("cut %q back to what was durable: %w", path, err)
+	return clean, err
+}
+
+// markClosedCleanly runs at Close, after the last sync succeeded.
+func (c *Cache) markClosedCleanly() error {
+	if err := update(c.db, func(txn *badger.Txn) error { return txn.Set(cleanClose, nil) }); err != nil {
+		return err
 	}
-	switch {
-	case ends:
-		c.log.Warn("cache: bytes appended just before a power cut did not reach the disk; the file now ends where what was durable ends",
-			"path", path, "size", from, "lost_bytes", to-from)
-	case to > from:
-		c.log.Warn("cache: bytes appended just before a power cut did not reach the disk; they read as zeros",
-			"path", path, "from", from, "to", to)
+	return c.db.Sync()
+}
+
+// applyCuts makes files' records agree with blocks that a power cut left
+// without bytes written within the last commit interval (blocks.Cut): a
+// block cut back to its durable prefix, or lost whole. The file ends
+// where what is left of its last block ends (its lost last blocks go);
+// a block inside the file reads zeros past its new end, or wholly when
+// it was lost. Each is logged.
+func (c *Cache) applyCuts(cuts []blocks.Cut) error {
+	byIno := make(map[uint64][]blocks.Cut)
+	for _, cut := range cuts {
+		byIno[cut.ID.Ino] = append(byIno[cut.ID.Ino], cut)
+	}
+	bs := c.opt.BlockSize
+	for ino, cs := range byIno {
+		// From the end: a lost last block makes the one before last.
+		sort.Slice(cs, func(i, j int) bool { return cs[i].ID.Idx > cs[j].ID.Idx })
+		var path string
+		var before, after int64
+		var zeroed [][2]int64
+		err := update(c.db, func(txn *badger.Txn) error {
+			rec, err := getInode(txn, ino)
+			if err != nil {
+				return err
+			}
+			old := rec.clone()
+			path, before, zeroed = rec.Path, rec.Size, nil
+			for _, cut := range cs {
+				start := cut.ID.Idx * bs
+				keep := start + int64(cut.Len)
+				switch {
+				case rec.Size > start && rec.Size <= start+bs:
+					rec.Size = min(rec.Size, keep)
+					rec.Runs = truncateRuns(rec.Runs, (rec.Size+bs-1)/bs)
+				case rec.Size > start && cut.Lost:
+					rec.Runs = setBlock(rec.Runs, cut.ID.Idx, 0, false) // a hole
+					zeroed = append(zeroed, [2]int64{start, start + bs})
+				case rec.Size > keep:
+					zeroed = append(zeroed, [2]int64{keep, min(rec.Size, start+int64(cut.Was))})
+				}
+			}
+			after = rec.Size
+			return putInode(txn, old, rec)
+		})
+		if err != nil {
+			return fmt.Errorf("cache recovery: make file %d agree with what was durable: %w", ino, err)
+		}
+		if after < before {
+			c.log.Warn("cache: data written just before a power cut did not reach the disk; the file now ends where what was durable ends",
+				"path", path, "size", after, "lost_bytes", before-after)
+		}
+		for _, z := range zeroed {
+			c.log.Warn("cache: data written just before a power cut did not reach the disk; those bytes read as zeros",
+				"path", path, "from", z[0], "to", z[1])
+		}
 	}
 	return nil
 }

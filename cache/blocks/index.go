@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
 	"os"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -175,13 +176,15 @@ func (s *Store) DropInode(ino uint64, keep map[uint64]bool, upTo uint64) error {
 	return nil
 }
 
-// Cut is a dirty block that Recover cut back to its durable prefix: a
-// power cut kept its index entry but not all the bytes appended to it
-// (see Append).
+// Cut is a dirty block whose file a power cut left without bytes its
+// index entry counts (the entry reached the disk, the bytes did not):
+// Recover cut it back to its durable prefix (see Append), or, with none,
+// deleted it (Lost).
 type Cut struct {
-	ID  ID
-	Len uint32 // its length now
-	Was uint32 // the length its index entry gave
+	ID   ID
+	Len  uint32 // its length now
+	Was  uint32 // the length its index entry gave
+	Lost bool   // nothing of it was durable: it is gone
 }
 
 // Recover rebuilds the accounting from the index when the cache opens.
@@ -189,11 +192,17 @@ type Cut struct {
 // still refers to it (keep) and whether it is dirty; it runs inside the
 // index's read transaction, which it may use. Blocks nothing refers to,
 // and block files the index does not know, are deleted; backing files
-// from an earlier run are all deleted. A dirty block appended to in
-// place whose file no longer matches its entry, but whose durable prefix
-// does, is cut back to that prefix; the caller gets the list, to make
-// the records that refer to them agree.
-func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool, err error)) ([]Cut, error) {
+// from an earlier run are all deleted.
+//
+// With check (the last run did not close cleanly: a crash, or a power
+// cut), every dirty block's file is checked against its entry. One whose
+// file is missing, short or fails its checksum holds bytes written within
+// the last commit interval that a power cut kept from the disk: it is cut
+// back to its durable prefix if it has one, and deleted if not. The caller
+// gets the list, to make the records that refer to them agree. A file
+// that cannot be read for another reason (EIO) is left for reads to
+// report.
+func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool, err error), check bool) ([]Cut, error) {
 	// After a kill -9 the state read here may be in the page cache only:
 	// make it durable before deleting what it no longer refers to, so that
 	// a power cut after cannot bring back a record without its blocks.
@@ -230,12 +239,19 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 				garbage = append(garbage, id)
 				continue
 			}
-			known[id] = true
 			n := meta.Len
-			if dirty && meta.Durable && s.lostAppended(id, meta) {
-				cuts = append(cuts, Cut{ID: id, Len: meta.DurableLen, Was: meta.Len})
-				n = meta.DurableLen
+			if dirty && check {
+				switch c := s.checkDirty(id, meta); {
+				case c.Lost:
+					cuts = append(cuts, c)
+					garbage = append(garbage, id)
+					continue
+				case c.Len != meta.Len:
+					cuts = append(cuts, c)
+					n = c.Len
+				}
 			}
+			known[id] = true
 			s.Added(id, n, dirty)
 		}
 		return nil
@@ -244,6 +260,9 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 		return nil, err
 	}
 	for _, c := range cuts {
+		if c.Lost {
+			continue // with the garbage below
+		}
 		if err := s.cutBack(c); err != nil {
 			return nil, err
 		}
@@ -254,21 +273,37 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 	return cuts, s.scanFiles(func(id ID) bool { return known[id] })
 }
 
-// lostAppended reports whether block id's file fails meta's checksum but
-// holds meta's durable prefix intact. A file that matches neither is left
-// as it is: a read reports it.
-func (s *Store) lostAppended(id ID, meta Meta) bool {
-	if s.aead != nil { // never appended to in place
-		return false
-	}
+// checkDirty checks block id's file against meta after an unclean
+// shutdown: it returns a Cut of meta.Len when the file matches (or
+// cannot be read for a reason other than missing), of the durable
+// prefix when only that matches, and a lost one otherwise.
+func (s *Store) checkDirty(id ID, meta Meta) Cut {
+	c := Cut{ID: id, Len: meta.Len, Was: meta.Len}
 	b, err := os.ReadFile(s.path(id))
-	if err != nil {
-		return false
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		b = nil
+	case err != nil:
+		s.log.Warn("cache: check block after an unclean shutdown", "block", id.String(), "err", err)
+		return c
 	}
-	if len(b) >= int(meta.Len) && crc32.Checksum(b[:meta.Len], crcTable) == meta.CRC {
-		return false
+	if s.aead != nil {
+		ns := s.aead.NonceSize()
+		if end := int(meta.Len) + s.overhead; len(b) >= end {
+			if _, err := s.aead.Open(nil, b[:ns], b[ns:end], id.additionalData()); err == nil {
+				return c
+			}
+		}
+	} else if len(b) >= int(meta.Len) && crc32.Checksum(b[:meta.Len], crcTable) == meta.CRC {
+		return c
 	}
-	return len(b) >= int(meta.DurableLen) && crc32.Checksum(b[:meta.DurableLen], crcTable) == meta.DurableCRC
+	if meta.Durable && s.aead == nil && len(b) >= int(meta.DurableLen) &&
+		crc32.Checksum(b[:meta.DurableLen], crcTable) == meta.DurableCRC {
+		c.Len = meta.DurableLen
+		return c
+	}
+	c.Len, c.Lost = 0, true
+	return c
 }
 
 // cutBack makes block c.ID its durable prefix: the file first, then the

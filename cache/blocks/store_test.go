@@ -222,7 +222,7 @@ func TestDropInode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if _, err := s.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, false, nil }); err != nil {
+	if _, err := s.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, false, nil }, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DropInode(7, nil, ^uint64(0)); err != nil {
@@ -520,7 +520,7 @@ func TestAppendNamesTheDurablePrefix(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	cuts, err := s2.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, true, nil })
+	cuts, err := s2.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, true, nil }, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -536,7 +536,7 @@ func TestAppendNamesTheDurablePrefix(t *testing.T) {
 		t.Fatalf("block after the cut: %q %v", buf[:m.Len], err)
 	}
 	// An intact block is left alone.
-	if cuts, err := s2.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, true, nil }); err != nil || len(cuts) != 0 {
+	if cuts, err := s2.Recover(func(*badger.Txn, ID) (bool, bool, error) { return true, true, nil }, true); err != nil || len(cuts) != 0 {
 		t.Fatalf("a second recovery cut %v (%v)", cuts, err)
 	}
 }
