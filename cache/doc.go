@@ -61,7 +61,10 @@
 // Flush (close) stores them in the block files and the journal, where a
 // crash of the process cannot lose them; every CommitInterval the group
 // commit fsyncs what the closes of the interval wrote (and badger's log),
-// against a power cut. Fsync waits until the upload that contains them has
+// against a power cut. A power cut before then may keep a record without
+// the bytes of its blocks: Close marks a clean shutdown, and without that
+// mark the next Open checks every dirty block and makes the records agree
+// with what reached the disk (recover.go). Fsync waits until the upload that contains them has
 // landed; SyncDir (fsync of a directory) until the namespace changes in
 // the directory have. Uploads are conditional on the ETag the edit
 // started from (If-Match) or on absence (If-None-Match); a 412 from
