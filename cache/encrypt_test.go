@@ -2,11 +2,14 @@ package cache
 
 import (
 	"bytes"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/keelfs/keelfs/s3backend"
 )
 
 // TestEncryptedCacheAtRest: with a key, neither block files nor the
@@ -16,6 +19,15 @@ import (
 func TestEncryptedCacheAtRest(t *testing.T) {
 	key := bytes.Repeat([]byte{7}, 32)
 	e := newEnv(t, func(o *Options) { o.EncryptionKey = key; o.WriteBackDelay = time.Hour })
+	// Keep the blocks dirty: a clean block that fails its check is
+	// dropped and fetched again, and the read below would succeed.
+	e.store.SetHook(func(op, key string) error {
+		if op == "Put" {
+			return &s3backend.Error{Op: op, Key: key, Status: 503, Kind: s3backend.ErrUnavailable, Cause: errors.New("down")}
+		}
+		return nil
+	})
+	e.logs.allow("upload failed")
 	marker := []byte("PLAINTEXT-MARKER-")
 	data := bytes.Repeat(marker, 20000) // several blocks
 	e.write("secret-name-xyz.txt", 0, data)

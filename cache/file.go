@@ -659,6 +659,26 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 // flushed block, before it commits; an error fails the commit.
 var testHookFlushCommit func() error
 
+// freshPlace reports whether the place of a block about to be stored
+// whole, now src, holds nothing durable: a hole (or past the file's end),
+// or a fresh block no sync has made durable yet. Recover makes such a
+// place a hole again if a power cut loses the new block (blocks.Meta).
+func (c *Cache) freshPlace(src blockSource, b *writeBuf) (bool, error) {
+	switch {
+	case src.hole:
+		return true, nil
+	case !src.dirty || c.blocks.IsDurable(src.id):
+		return false, nil
+	case src.id == b.base:
+		return b.baseMeta.Fresh, nil
+	}
+	m, found, err := c.blocks.Lookup(src.id)
+	if err != nil {
+		return false, err
+	}
+	return found && m.Fresh, nil
+}
+
 // flushBufLocked stores the write buffer as a dirty block and records it in
 // the block map, in one transaction. st.mu is held.
 func (c *Cache) flushBufLocked(st *inodeState) error {
@@ -687,7 +707,8 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	// leaves the index in the same transaction, and its file once a
 	// sync has made that transaction durable (blocks.Replaced).
 	var replaced blocks.ID
-	if src := c.sourceOf(rec, b.idx); !src.hole && src.dirty && src.id.Gen >= b.gen {
+	src := c.sourceOf(rec, b.idx)
+	if !src.hole && src.dirty && src.id.Gen >= b.gen {
 		replaced = src.id
 	}
 	if replaced.Gen != 0 || c.blocks.Taken(id) {
@@ -715,9 +736,14 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 		if err := c.fillBufLocked(st); err != nil {
 			return err
 		}
+		fresh, err := c.freshPlace(src, b)
+		if err != nil {
+			return err
+		}
 		if meta, err = c.blocks.Write(id, b.data[:n]); err != nil {
 			return err
 		}
+		meta.Fresh = fresh
 	}
 	old := rec.clone()
 	rec.Runs = setBlock(rec.Runs, b.idx, id.Gen, true)

@@ -367,11 +367,9 @@ func (r *snapReader) bodyErr(err error) error {
 }
 
 // localFailure reports whether err, from loading a block to upload, is
-// the cache's (not an S3 request's, nor the caller giving up).
-func localFailure(err error) bool {
-	var se *s3backend.Error
-	return !errors.As(err, &se) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
-}
+// the cache's: a block that failed its check, is missing, or could not
+// be read from the disk (blocks.Read reports all three as ErrCorrupt).
+func localFailure(err error) bool { return errors.Is(err, ErrCorrupt) }
 
 // baseChanged: an upload could not be sent because unchanged blocks of
 // the file had to be fetched from the object version the edit started

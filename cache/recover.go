@@ -199,12 +199,23 @@ func (c *Cache) recoverBlocks() error {
 	if err != nil {
 		return err
 	}
+	// Generations must stay unique and growing across restarts (newGen):
+	// the wall clock they start from may have gone back since the last
+	// run (an NTP step, a restored VM, a cache disk moved to another
+	// host, a restart within the same tick of a coarse clock), and a
+	// generation handed out twice makes a new block take an old one's
+	// name.
+	var maxGen uint64
 	cuts, err := c.blocks.Recover(func(txn *badger.Txn, id blocks.ID) (keep, dirty bool, err error) {
+		maxGen = max(maxGen, id.Gen)
 		if id.Ino != curIno || cur == nil {
 			curIno = id.Ino
 			cur, err = getInode(txn, id.Ino)
 			if err != nil && !errors.Is(err, ErrNotExist) {
 				return false, false, err
+			}
+			if cur != nil {
+				maxGen = max(maxGen, cur.OpenGen)
 			}
 		}
 		run, inMap := runAt(runsOrNil(cur), id.Idx)
@@ -215,6 +226,12 @@ func (c *Cache) recoverBlocks() error {
 	}, !clean)
 	if err != nil {
 		return err
+	}
+	for {
+		old := c.ns.seq.Load()
+		if old > maxGen || c.ns.seq.CompareAndSwap(old, maxGen+1) {
+			break
+		}
 	}
 	return c.applyCuts(cuts)
 }
@@ -250,11 +267,15 @@ func (c *Cache) markClosedCleanly() error {
 }
 
 // applyCuts makes files' records agree with blocks that a power cut left
-// without bytes written within the last commit interval (blocks.Cut): a
-// block cut back to its durable prefix, or lost whole. The file ends
-// where what is left of its last block ends (its lost last blocks go);
-// a block inside the file reads zeros past its new end, or wholly when
-// it was lost. Each is logged.
+// without bytes written within the last commit interval (blocks.Cut),
+// each file in one transaction with the blocks' new index entries. A
+// block cut back to its durable prefix ends the file there if it was the
+// last one, and reads zeros past its new end if not; a lost block (one
+// that filled a hole or grew the file) goes, and its place is a hole
+// again or the file ends before it. Each is logged. A damaged block (what
+// was in its place before may have been durable) changes nothing: the
+// file is named at ERROR, reads of the block fail and its upload fails
+// for good, so nothing replaces good data in S3.
 func (c *Cache) applyCuts(cuts []blocks.Cut) error {
 	byIno := make(map[uint64][]blocks.Cut)
 	for _, cut := range cuts {
@@ -262,23 +283,35 @@ func (c *Cache) applyCuts(cuts []blocks.Cut) error {
 	}
 	bs := c.opt.BlockSize
 	for ino, cs := range byIno {
-		// From the end: a lost last block makes the one before last.
+		// From the end: a lost last block makes the one before it last.
 		sort.Slice(cs, func(i, j int) bool { return cs[i].ID.Idx > cs[j].ID.Idx })
 		var path string
 		var before, after int64
 		var zeroed [][2]int64
+		var damaged []int64
+		if testHookApplyCuts != nil {
+			if err := testHookApplyCuts(); err != nil {
+				return err
+			}
+		}
 		err := update(c.db, func(txn *badger.Txn) error {
 			rec, err := getInode(txn, ino)
 			if err != nil {
 				return err
 			}
 			old := rec.clone()
-			path, before, zeroed = rec.Path, rec.Size, nil
+			path, before, zeroed, damaged = rec.Path, rec.Size, nil, nil
 			for _, cut := range cs {
+				if err := c.blocks.IndexCut(txn, cut); err != nil {
+					return err
+				}
 				start := cut.ID.Idx * bs
 				keep := start + int64(cut.Len)
+				last := rec.Size > start && rec.Size <= start+bs
 				switch {
-				case rec.Size > start && rec.Size <= start+bs:
+				case cut.Damaged:
+					damaged = append(damaged, start)
+				case last:
 					rec.Size = min(rec.Size, keep)
 					rec.Runs = truncateRuns(rec.Runs, (rec.Size+bs-1)/bs)
 				case rec.Size > start && cut.Lost:
@@ -302,9 +335,17 @@ func (c *Cache) applyCuts(cuts []blocks.Cut) error {
 			c.log.Warn("cache: data written just before a power cut did not reach the disk; those bytes read as zeros",
 				"path", path, "from", z[0], "to", z[1])
 		}
+		for _, off := range damaged {
+			c.log.Error("cache: a block of a file not yet uploaded is damaged on the cache disk (a power cut, or the disk); the file stays in the cache, not uploaded, and reads of that block fail",
+				"path", path, "block_offset", off)
+		}
 	}
 	return nil
 }
+
+// testHookApplyCuts, if set, runs before each file's cuts are recorded;
+// an error stands for a crash there.
+var testHookApplyCuts func() error
 
 func runsOrNil(n *Inode) []Run {
 	if n == nil {

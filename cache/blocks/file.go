@@ -109,6 +109,17 @@ func (s *Store) writeOnce(id ID, data []byte) (Meta, error) {
 	return Meta{Len: uint32(len(data)), CRC: crc32.Checksum(data, crcTable)}, nil
 }
 
+// IsDurable reports whether dirty block id's file and index entry are
+// durable: a sync finished since it was last written (or Recover found it
+// after a clean close).
+func (s *Store) IsDurable(id ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, unsynced := s.unsynced[id]
+	_, syncing := s.syncing[id]
+	return !unsynced && !syncing
+}
+
 // ErrNoAppend: the store cannot add to a block in place (an encrypted
 // block is sealed whole, under one nonce).
 var ErrNoAppend = errors.New("cache block: cannot append in place")
@@ -131,13 +142,9 @@ func (s *Store) Append(id ID, meta Meta, data []byte) (Meta, error) {
 	if s.aead != nil || len(data) < int(meta.Len) {
 		return Meta{}, ErrNoAppend
 	}
-	out := Meta{Durable: meta.Durable, DurableLen: meta.DurableLen, DurableCRC: meta.DurableCRC}
-	s.mu.Lock()
-	_, unsynced := s.unsynced[id]
-	_, syncing := s.syncing[id]
-	s.mu.Unlock()
-	if !unsynced && !syncing {
-		out.Durable, out.DurableLen, out.DurableCRC = true, meta.Len, meta.CRC
+	out := Meta{Durable: meta.Durable, DurableLen: meta.DurableLen, DurableCRC: meta.DurableCRC, Fresh: meta.Fresh}
+	if s.IsDurable(id) {
+		out.Durable, out.DurableLen, out.DurableCRC, out.Fresh = true, meta.Len, meta.CRC, false
 	}
 	f, err := os.OpenFile(s.path(id), os.O_WRONLY, 0)
 	if err != nil {

@@ -177,14 +177,34 @@ func (s *Store) DropInode(ino uint64, keep map[uint64]bool, upTo uint64) error {
 }
 
 // Cut is a dirty block whose file a power cut left without bytes its
-// index entry counts (the entry reached the disk, the bytes did not):
-// Recover cut it back to its durable prefix (see Append), or, with none,
-// deleted it (Lost).
+// index entry counts (the entry reached the disk, the bytes did not),
+// found by Recover. Its file is cut back to its durable prefix (see
+// Append) already; the caller records the cut, with the file's record,
+// in one transaction (IndexCut), and Recover finds it again until then.
 type Cut struct {
-	ID   ID
-	Len  uint32 // its length now
-	Was  uint32 // the length its index entry gave
-	Lost bool   // nothing of it was durable: it is gone
+	ID  ID
+	Len uint32 // its length now
+	Was uint32 // the length its index entry gave
+	// Lost: nothing of it was durable, and its place held nothing durable
+	// before (Meta.Fresh): it goes, and the place is a hole again.
+	Lost bool
+	// Damaged: it is not what its entry says, and what was there before
+	// may have been durable: nothing is cut. Reads of it fail, and its
+	// upload fails for good, so that nothing replaces good data in S3.
+	Damaged bool
+	meta    Meta // its entry after the cut
+}
+
+// IndexCut records cut c (from Recover) in the caller's transaction,
+// which also stores the record that now agrees with it.
+func (s *Store) IndexCut(txn *badger.Txn, c Cut) error {
+	switch {
+	case c.Damaged:
+		return nil
+	case c.Lost:
+		return txn.Delete(key(c.ID))
+	}
+	return txn.Set(key(c.ID), c.meta.marshal())
 }
 
 // Recover rebuilds the accounting from the index when the cache opens.
@@ -195,13 +215,13 @@ type Cut struct {
 // from an earlier run are all deleted.
 //
 // With check (the last run did not close cleanly: a crash, or a power
-// cut), every dirty block's file is checked against its entry. One whose
-// file is missing, short or fails its checksum holds bytes written within
-// the last commit interval that a power cut kept from the disk: it is cut
-// back to its durable prefix if it has one, and deleted if not. The caller
-// gets the list, to make the records that refer to them agree. A file
-// that cannot be read for another reason (EIO) is left for reads to
-// report.
+// cut), every dirty block's file is checked against its entry; the
+// caller gets those that do not match (Cut), and must record them. One
+// that holds its durable prefix is cut back to it; one that holds nothing
+// durable in a place that held nothing durable is lost; any other is
+// damaged. A file that cannot be read for another reason (EIO) is left
+// for reads to report. Without check, the last run closed cleanly and
+// every block is durable.
 func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool, err error), check bool) ([]Cut, error) {
 	// After a kill -9 the state read here may be in the page cache only:
 	// make it durable before deleting what it no longer refers to, so that
@@ -241,18 +261,16 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 			}
 			n := meta.Len
 			if dirty && check {
-				switch c := s.checkDirty(id, meta); {
-				case c.Lost:
+				if c, ok := s.checkDirty(id, meta); !ok {
 					cuts = append(cuts, c)
-					garbage = append(garbage, id)
-					continue
-				case c.Len != meta.Len:
-					cuts = append(cuts, c)
+					if c.Lost {
+						continue // its file goes with the unknown ones
+					}
 					n = c.Len
 				}
 			}
 			known[id] = true
-			s.Added(id, n, dirty)
+			s.added(id, n, dirty, !check)
 		}
 		return nil
 	})
@@ -260,11 +278,11 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 		return nil, err
 	}
 	for _, c := range cuts {
-		if c.Lost {
-			continue // with the garbage below
+		if c.Lost || c.Damaged || c.Len == c.Was {
+			continue
 		}
-		if err := s.cutBack(c); err != nil {
-			return nil, err
+		if err := os.Truncate(s.path(c.ID), int64(c.Len)); err != nil {
+			return nil, fmt.Errorf("cut block %v back to what was durable: %w", c.ID, err)
 		}
 	}
 	if err := s.Delete(garbage); err != nil {
@@ -274,61 +292,36 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 }
 
 // checkDirty checks block id's file against meta after an unclean
-// shutdown: it returns a Cut of meta.Len when the file matches (or
-// cannot be read for a reason other than missing), of the durable
-// prefix when only that matches, and a lost one otherwise.
-func (s *Store) checkDirty(id ID, meta Meta) Cut {
-	c := Cut{ID: id, Len: meta.Len, Was: meta.Len}
+// shutdown; ok is true when it matches, or cannot be read for a reason
+// other than being missing. Otherwise c says what is left (see Cut).
+func (s *Store) checkDirty(id ID, meta Meta) (c Cut, ok bool) {
+	c = Cut{ID: id, Len: meta.Len, Was: meta.Len, meta: meta}
 	b, err := os.ReadFile(s.path(id))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		b = nil
 	case err != nil:
 		s.log.Warn("cache: check block after an unclean shutdown", "block", id.String(), "err", err)
-		return c
+		return c, true
 	}
 	if s.aead != nil {
 		ns := s.aead.NonceSize()
 		if end := int(meta.Len) + s.overhead; len(b) >= end {
 			if _, err := s.aead.Open(nil, b[:ns], b[ns:end], id.additionalData()); err == nil {
-				return c
+				return c, true
 			}
 		}
 	} else if len(b) >= int(meta.Len) && crc32.Checksum(b[:meta.Len], crcTable) == meta.CRC {
-		return c
+		return c, true
 	}
-	if meta.Durable && s.aead == nil && len(b) >= int(meta.DurableLen) &&
-		crc32.Checksum(b[:meta.DurableLen], crcTable) == meta.DurableCRC {
-		c.Len = meta.DurableLen
-		return c
+	switch {
+	case meta.Durable && s.aead == nil && len(b) >= int(meta.DurableLen) &&
+		crc32.Checksum(b[:meta.DurableLen], crcTable) == meta.DurableCRC:
+		c.Len, c.meta = meta.DurableLen, Meta{Len: meta.DurableLen, CRC: meta.DurableCRC}
+	case meta.Fresh:
+		c.Len, c.Lost = 0, true
+	default:
+		c.Damaged = true
 	}
-	c.Len, c.Lost = 0, true
-	return c
-}
-
-// cutBack makes block c.ID its durable prefix: the file first, then the
-// index entry. A crash in between leaves an entry that Recover cuts back
-// again.
-func (s *Store) cutBack(c Cut) error {
-	if err := os.Truncate(s.path(c.ID), int64(c.Len)); err != nil {
-		return fmt.Errorf("cut block %v back to what was durable: %w", c.ID, err)
-	}
-	err := s.db.Update(func(txn *badger.Txn) error {
-		it, err := txn.Get(key(c.ID))
-		if err != nil {
-			return err
-		}
-		var m Meta
-		if err := it.Value(func(v []byte) error {
-			m, err = unmarshalMeta(v)
-			return err
-		}); err != nil {
-			return err
-		}
-		return s.Index(txn, c.ID, Meta{Len: m.DurableLen, CRC: m.DurableCRC})
-	})
-	if err != nil {
-		return fmt.Errorf("cut block %v back to what was durable: %w", c.ID, err)
-	}
-	return nil
+	return c, false
 }

@@ -52,7 +52,8 @@ type ID struct {
 
 func (id ID) String() string { return fmt.Sprintf("%d/%d/%d", id.Ino, id.Gen, id.Idx) }
 
-// Meta is the index value of a block: its length and CRC-32C.
+// Meta is the index value of a block: its length and CRC-32C, and what
+// Recover may do with it if a power cut kept its bytes from the disk.
 type Meta struct {
 	Len uint32
 	CRC uint32
@@ -64,31 +65,62 @@ type Meta struct {
 	Durable    bool
 	DurableLen uint32
 	DurableCRC uint32
+	// Fresh is set by the caller on a block whose place held nothing
+	// durable when it was written: a hole, past the file's end, or a
+	// fresh block not synced yet. If a power cut loses its file, that
+	// place is a hole again, and nothing durable is lost with it.
+	Fresh bool
 }
 
-// The index entry is 8 bytes (length, CRC), or 16 with a durable prefix.
+const (
+	metaDurable = 1 << iota
+	metaFresh
+)
+
+// The index entry is 8 bytes (length, CRC), then, if either is set, a
+// flags byte and the durable prefix (8 bytes) when there is one.
 func (m Meta) marshal() []byte {
-	n := 8
-	if m.Durable {
-		n = 16
-	}
-	b := make([]byte, n)
+	b := make([]byte, 8, 17)
 	binary.BigEndian.PutUint32(b, m.Len)
 	binary.BigEndian.PutUint32(b[4:], m.CRC)
+	var flags byte
 	if m.Durable {
-		binary.BigEndian.PutUint32(b[8:], m.DurableLen)
-		binary.BigEndian.PutUint32(b[12:], m.DurableCRC)
+		flags |= metaDurable
+	}
+	if m.Fresh {
+		flags |= metaFresh
+	}
+	if flags == 0 {
+		return b
+	}
+	b = append(b, flags)
+	if m.Durable {
+		b = binary.BigEndian.AppendUint32(b, m.DurableLen)
+		b = binary.BigEndian.AppendUint32(b, m.DurableCRC)
 	}
 	return b
 }
 
 func unmarshalMeta(b []byte) (Meta, error) {
-	if len(b) != 8 && len(b) != 16 {
-		return Meta{}, fmt.Errorf("%w: block index entry of %d bytes", ErrCorrupt, len(b))
+	bad := fmt.Errorf("%w: block index entry of %d bytes", ErrCorrupt, len(b))
+	if len(b) < 8 {
+		return Meta{}, bad
 	}
 	m := Meta{Len: binary.BigEndian.Uint32(b), CRC: binary.BigEndian.Uint32(b[4:])}
-	if len(b) == 16 {
-		m.Durable, m.DurableLen, m.DurableCRC = true, binary.BigEndian.Uint32(b[8:]), binary.BigEndian.Uint32(b[12:])
+	if len(b) == 8 {
+		return m, nil
+	}
+	flags := b[8]
+	m.Durable, m.Fresh = flags&metaDurable != 0, flags&metaFresh != 0
+	want := 9
+	if m.Durable {
+		want += 8
+	}
+	if len(b) != want || flags&^(metaDurable|metaFresh) != 0 {
+		return Meta{}, bad
+	}
+	if m.Durable {
+		m.DurableLen, m.DurableCRC = binary.BigEndian.Uint32(b[9:]), binary.BigEndian.Uint32(b[13:])
 	}
 	return m, nil
 }
@@ -281,14 +313,20 @@ func (s *Store) diskSize(n uint32) int64 {
 
 // Added accounts for a block that now exists (its file written and its
 // index entry committed). Dirty blocks are never evicted.
-func (s *Store) Added(id ID, n uint32, dirty bool) {
+func (s *Store) Added(id ID, n uint32, dirty bool) { s.added(id, n, dirty, false) }
+
+// added is Added; synced says the block is durable already (Recover after
+// a clean close), so no sync needs to write it.
+func (s *Store) added(id ID, n uint32, dirty, synced bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.forgetLocked(id)
 	sz := s.diskSize(n)
 	s.size[id] = sized{bytes: sz, pos: len(s.inoBlocks[id.Ino])}
 	s.inoBlocks[id.Ino] = append(s.inoBlocks[id.Ino], blockRef{id.Gen, id.Idx})
-	if dirty {
+	if dirty && synced {
+		s.dirtyBytes += sz
+	} else if dirty {
 		s.unsynced[id] = struct{}{}
 		s.dirtyBytes += sz
 		s.unsyncedBytes += sz
@@ -637,7 +675,7 @@ func (s *Store) evictFor(need int64) victims {
 	var v victims
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.cleanBytes+s.dirtyBytes+s.backings.bytes+need > s.limit {
+	for s.cleanBytes+s.dirtyBytes+s.retiredBytes+s.backings.bytes+need > s.limit {
 		if b := s.backings.oldestUnusedLocked(); b != nil {
 			s.backings.forgetLocked(b)
 			v.backings = append(v.backings, b)
