@@ -256,3 +256,57 @@ func TestUnhappyCacheDiskFullExt4(t *testing.T) {
 	recovers(t, srv, b, m, "after-full-disk")
 	daemonAlive(t, m, "at the end")
 }
+
+// TestDamagedCacheBlockFailsOneFile: a block of a file not yet uploaded
+// is damaged on the cache disk while the mount runs. Its upload must fail
+// for good and be reported, naming the file, while S3 stays reachable
+// and every other file uploads: the broken request is the cache's doing,
+// and the real SDK reports a body that broke off as a network failure.
+func TestDamagedCacheBlockFailsOneFile(t *testing.T) {
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	m := srv.Mount(t, b, harness.MountOptions{Args: []string{"--write-back-delay", "1h"}})
+	m.AllowLog(`unreadable|upload failed|not yet in S3|pending|checksum`)
+	if err := os.WriteFile(m.Path("bad.bin"), randBytes(100<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m.Path("good.txt"), []byte("fine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ino := stat(t, m.Path("bad.bin")).Ino
+	blocks, err := filepath.Glob(filepath.Join(m.CacheDir, "*", "blocks", "*", fmt.Sprintf("%016x-*", ino)))
+	if err != nil || len(blocks) != 1 {
+		t.Fatalf("block files of bad.bin (inode %d): %v %v", ino, blocks, err)
+	}
+	f, err := os.OpenFile(blocks[0], os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt([]byte("rot"), 5000) // same length, other bytes
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out := runKeelfs(t, srv, 30*time.Second, "flush", "--timeout", "10s", m.Dir)
+	if code != 7 || !strings.Contains(out, "bad.bin") || !strings.Contains(out, "corrupt") {
+		t.Fatalf("flush: exit %d, want 7 naming bad.bin as corrupt:\n%s", code, out)
+	}
+	if got, ok := srv.Get(t, b, "good.txt"); !ok || string(got) != "fine" {
+		t.Fatalf("good.txt in S3: %q %v", got, ok)
+	}
+	if _, ok := srv.Get(t, b, "bad.bin"); ok {
+		t.Fatal("bad.bin was uploaded with a damaged block")
+	}
+	code, out = runKeelfs(t, srv, 10*time.Second, "status", m.Dir)
+	if code != 0 || strings.Contains(out, "UNREACHABLE") || !strings.Contains(out, "bad.bin") {
+		t.Fatalf("status (exit %d): want S3 reachable and bad.bin named:\n%s", code, out)
+	}
+	if strings.Contains(m.Log(), "s3 is unreachable") {
+		t.Fatalf("a damaged cache block made S3 count as unreachable:\n%s", m.Log())
+	}
+	if code := m.Stop(); code != 7 {
+		t.Fatalf("exit %d after SIGTERM with a file that cannot be uploaded, want 7", code)
+	}
+}
