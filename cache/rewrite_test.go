@@ -816,3 +816,31 @@ func TestGenerationsStayUniqueWhenTheClockGoesBack(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteWhileClosingLeavesNoCleanMark: a block written after Close's
+// last sync (a lazily detached mount still served a write) is not known
+// durable, so Close must not mark the cache closed cleanly: the next
+// start checks the blocks not yet uploaded.
+func TestWriteWhileClosingLeavesNoCleanMark(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay, o.CommitInterval = time.Hour, time.Hour })
+	e.logs.allow("did not reach the disk")
+	e.logs.allow("written to while closing")
+	e.write("f", 0, randBytes(10<<10))
+	id := e.blockIDs(e.mustLookup("f").Ino)[0]
+	testHookBeforeCleanMark = func(c *Cache) {
+		c.blocks.Added(blocks.ID{Ino: id.Ino, Gen: id.Gen, Idx: 99}, 10, true) // stands for the late write
+	}
+	t.Cleanup(func() { testHookBeforeCleanMark = nil })
+	if err := e.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testHookBeforeCleanMark = nil
+	e.c = nil
+	if err := os.Remove(e.blockPath(id)); err != nil { // as a power cut would
+		t.Fatal(err)
+	}
+	e.open()
+	if a := e.mustLookup("f"); a.Size != 0 {
+		t.Fatalf("size %d: the start after an unclean close did not check the blocks", a.Size)
+	}
+}

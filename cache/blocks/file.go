@@ -120,6 +120,14 @@ func (s *Store) IsDurable(id ID) bool {
 	return !unsynced && !syncing
 }
 
+// AllSynced reports whether every dirty block written so far is durable:
+// no sync is under way and none has been written since the last one.
+func (s *Store) AllSynced() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.unsynced) == 0 && len(s.syncing) == 0
+}
+
 // ErrNoAppend: the store cannot add to a block in place (an encrypted
 // block is sealed whole, under one nonce).
 var ErrNoAppend = errors.New("cache block: cannot append in place")
