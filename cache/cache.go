@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -219,12 +220,14 @@ type Cache struct {
 	log   *slog.Logger
 	stats Stats
 
-	ns     namespace
-	blocks *blocks.Store
-	wb     *writeback.Scheduler
-	rc     reconciler
-	fetch  fetcher
-	tasks  *tasks
+	ns namespace
+	// seqMarkAt is the sequence mark last stored (see extendSeqMark).
+	seqMarkAt uint64
+	blocks    *blocks.Store
+	wb        *writeback.Scheduler
+	rc        reconciler
+	fetch     fetcher
+	tasks     *tasks
 
 	// Passthrough (passthrough.go). passMu is a leaf; it guards
 	// assembling (files whose backing file is being made in the
@@ -326,6 +329,10 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := c.startSeq(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("cache: %w", err)
+	}
 	if err := c.ensureRoot(); err != nil {
 		db.Close()
 		return nil, err
@@ -368,6 +375,9 @@ func (c *Cache) groupCommit() {
 		case <-c.tasks.ctx.Done():
 			return
 		case <-t.Chan():
+			if err := c.extendSeqMark(); err != nil {
+				c.log.Error("cache: keep the sequence mark ahead", "err", err)
+			}
 			c.blocks.Commit()
 			c.checkLingering(c.tasks.ctx)
 		}
@@ -492,6 +502,74 @@ func (c *Cache) nextSeq() uint64 {
 			return n
 		}
 	}
+}
+
+// seqMark holds a number above every sequence number handed out (see
+// nextSeq), so that a start whose wall clock is behind the last run's (an
+// NTP step, a restored VM, a cache disk moved to another host) still
+// hands out larger ones: generations name blocks, and SyncedSeq, fill
+// epochs and listing starts are compared across restarts.
+var seqMark = []byte{pSuper, 'q'}
+
+// seqMargin is how far ahead of the sequence the stored mark is kept; the
+// group commit moves it on once the sequence is within half of it.
+const seqMargin = uint64(time.Hour)
+
+// startSeq starts the sequence above the stored mark, and moves the mark
+// ahead of it. It runs at Open, before anything hands out a number;
+// recovery's sync makes the mark durable.
+func (c *Cache) startSeq() error {
+	var mark uint64
+	err := c.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(seqMark)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return it.Value(func(v []byte) error {
+			if len(v) != 8 {
+				return fmt.Errorf("sequence mark of %d bytes", len(v))
+			}
+			mark = binary.BigEndian.Uint64(v)
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("read the sequence mark: %w", err)
+	}
+	c.raiseSeq(mark)
+	return c.extendSeqMark()
+}
+
+// raiseSeq makes the sequence hand out numbers above n from now on.
+func (c *Cache) raiseSeq(n uint64) {
+	for {
+		old := c.ns.seq.Load()
+		if old > n || c.ns.seq.CompareAndSwap(old, n+1) {
+			return
+		}
+	}
+}
+
+// extendSeqMark stores a new mark once the sequence is within half of
+// seqMargin of the stored one. Only startSeq and then the group commit
+// call it, one after the other (seqMarkAt is theirs).
+func (c *Cache) extendSeqMark() error {
+	cur := c.ns.seq.Load()
+	if c.seqMarkAt >= cur+seqMargin/2 {
+		return nil
+	}
+	next := cur + seqMargin
+	err := update(c.db, func(txn *badger.Txn) error {
+		return txn.Set(seqMark, binary.BigEndian.AppendUint64(nil, next))
+	})
+	if err != nil {
+		return fmt.Errorf("store the sequence mark: %w", err)
+	}
+	c.seqMarkAt = next
+	return nil
 }
 
 // newGen hands out a content generation: unique across all inodes and

@@ -661,13 +661,15 @@ var testHookFlushCommit func() error
 
 // freshPlace reports whether the place of a block about to be stored
 // whole, now src, holds nothing durable: a hole (or past the file's end),
-// or a fresh block no sync has made durable yet. Recover makes such a
-// place a hole again if a power cut loses the new block (blocks.Meta).
+// or a fresh block of the open generation that no sync has made durable
+// yet, nor the one under way. Recover makes such a place a hole again if
+// a power cut loses the new block (blocks.Meta). A block of a sealed
+// generation may be in S3 already: never fresh.
 func (c *Cache) freshPlace(src blockSource, b *writeBuf) (bool, error) {
 	switch {
 	case src.hole:
 		return true, nil
-	case !src.dirty || c.blocks.IsDurable(src.id):
+	case !src.dirty || src.id.Gen < b.gen || !c.blocks.Unsynced(src.id):
 		return false, nil
 	case src.id == b.base:
 		return b.baseMeta.Fresh, nil

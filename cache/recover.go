@@ -227,12 +227,7 @@ func (c *Cache) recoverBlocks() error {
 	if err != nil {
 		return err
 	}
-	for {
-		old := c.ns.seq.Load()
-		if old > maxGen || c.ns.seq.CompareAndSwap(old, maxGen+1) {
-			break
-		}
-	}
+	c.raiseSeq(maxGen) // a cache from before the sequence mark
 	return c.applyCuts(cuts)
 }
 

@@ -844,3 +844,55 @@ func TestWriteWhileClosingLeavesNoCleanMark(t *testing.T) {
 		t.Fatalf("size %d: the start after an unclean close did not check the blocks", a.Size)
 	}
 }
+
+// TestFreshPlace: which places Recover may make a hole again if a power
+// cut loses the block written there. Never one whose earlier block may be
+// durable, or in S3: a block of a sealed generation (its upload may have
+// landed) or one a sync has made durable. (From a review.)
+func TestFreshPlace(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay, o.CommitInterval = time.Hour, time.Hour })
+	e.write("f", 0, randBytes(10<<10))
+	id := e.blockIDs(e.mustLookup("f").Ino)[0]
+	m, found, err := e.c.blocks.Lookup(id)
+	if err != nil || !found || !m.Fresh {
+		t.Fatalf("the first block of a new file: %+v %v %v, want Fresh", m, found, err)
+	}
+	for _, c := range []struct {
+		what string
+		src  blockSource
+		gen  uint64
+		want bool
+	}{
+		{"a hole", blockSource{hole: true}, id.Gen, true},
+		{"a fresh unsynced block of the open generation", blockSource{id: id, dirty: true}, id.Gen, true},
+		{"a fresh unsynced block of a sealed generation", blockSource{id: id, dirty: true}, id.Gen + 1, false},
+		{"a clean block", blockSource{id: id}, id.Gen, false},
+	} {
+		got, err := e.c.freshPlace(c.src, &writeBuf{gen: c.gen})
+		if err != nil || got != c.want {
+			t.Errorf("%s: fresh %v (%v), want %v", c.what, got, err, c.want)
+		}
+	}
+	if err := e.c.blocks.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.c.freshPlace(blockSource{id: id, dirty: true}, &writeBuf{gen: id.Gen}); err != nil || got {
+		t.Errorf("a block a sync made durable: fresh %v (%v), want false", got, err)
+	}
+}
+
+// TestSequenceAboveTheLastRunWhenTheClockGoesBack: every sequence number
+// a run hands out (generations, SyncedSeq, fill epochs, listing starts) is
+// above every one of the run before, also when the wall clock is behind
+// it at the start. (From a review: only block generations were covered.)
+func TestSequenceAboveTheLastRunWhenTheClockGoesBack(t *testing.T) {
+	e := newEnv(t, nil)
+	e.write("f", 0, []byte("data"))
+	e.drain() // SyncedSeq: handed out after every generation of the file
+	last := e.c.ns.seq.Load()
+	e.clock.ns.Add(-int64(2 * time.Hour))
+	e.reopen()
+	if n := e.c.nextSeq(); n <= last {
+		t.Fatalf("after a start with the clock 2 h back, nextSeq %d is not above the last run's %d", n, last)
+	}
+}

@@ -120,6 +120,18 @@ func (s *Store) IsDurable(id ID) bool {
 	return !unsynced && !syncing
 }
 
+// Unsynced reports whether dirty block id was written after the last sync
+// began: no sync has made it, nor its index entry, durable yet, nor will
+// the one under way. (A block the sync under way holds may become durable
+// with whatever that sync's log flush carries.)
+func (s *Store) Unsynced(id ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, unsynced := s.unsynced[id]
+	_, syncing := s.syncing[id]
+	return unsynced && !syncing
+}
+
 // AllSynced reports whether every dirty block written so far is durable:
 // no sync is under way and none has been written since the last one.
 func (s *Store) AllSynced() bool {
@@ -150,9 +162,10 @@ func (s *Store) Append(id ID, meta Meta, data []byte) (Meta, error) {
 	if s.aead != nil || len(data) < int(meta.Len) {
 		return Meta{}, ErrNoAppend
 	}
-	out := Meta{Durable: meta.Durable, DurableLen: meta.DurableLen, DurableCRC: meta.DurableCRC, Fresh: meta.Fresh}
+	out := Meta{Durable: meta.Durable, DurableLen: meta.DurableLen, DurableCRC: meta.DurableCRC,
+		Fresh: meta.Fresh && s.Unsynced(id)}
 	if s.IsDurable(id) {
-		out.Durable, out.DurableLen, out.DurableCRC, out.Fresh = true, meta.Len, meta.CRC, false
+		out.Durable, out.DurableLen, out.DurableCRC = true, meta.Len, meta.CRC
 	}
 	f, err := os.OpenFile(s.path(id), os.O_WRONLY, 0)
 	if err != nil {

@@ -285,6 +285,14 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 			return nil, fmt.Errorf("cut block %v back to what was durable: %w", c.ID, err)
 		}
 	}
+	if check {
+		// What was checked is what the next power cut must find: make it
+		// durable now, so that nothing carries a Fresh mark or an old
+		// durable prefix into blocks written over it in this run.
+		if err := s.syncer.do(s.syncAll); err != nil {
+			return nil, fmt.Errorf("sync the checked blocks: %w", err)
+		}
+	}
 	if err := s.Delete(garbage); err != nil {
 		return nil, err
 	}

@@ -689,17 +689,26 @@ func TestMetaRoundTrip(t *testing.T) {
 }
 
 // TestRecoverAfterCleanCloseKnowsBlocksDurable: after a clean close every
-// block is durable, so an append in place before the first sync of the
-// new run names the block as its durable prefix; after an unclean one,
-// nothing is known durable until a sync. (From a review: Recover counted
-// every dirty block unsynced, and a power cut right after a clean restart
-// lost a whole tail block.)
+// block is durable, and after an unclean one Recover syncs what it
+// checked, so an append in place before the first sync of the new run
+// names the block as its durable prefix and carries no Fresh mark. (From
+// reviews: Recover counted every dirty block unsynced, and a power cut
+// right after a restart lost a whole tail block, or dropped a block whose
+// stale Fresh mark was carried on.)
 func TestRecoverAfterCleanCloseKnowsBlocksDurable(t *testing.T) {
 	for _, clean := range []bool{true, false} {
 		var opt Options
 		s := newTestStore(t, 64<<20, func(o *Options) { opt = *o })
 		id := ID{Ino: 3, Gen: 1, Idx: 0}
-		m := put(t, s, id, []byte("0123456789"), true)
+		m, err := s.Write(id, []byte("0123456789"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Fresh = true // it filled a hole, long ago
+		if err := s.db.Update(func(txn *badger.Txn) error { return s.Index(txn, id, m) }); err != nil {
+			t.Fatal(err)
+		}
+		s.Added(id, m.Len, true)
 		if err := s.Sync(); err != nil {
 			t.Fatal(err)
 		}
@@ -716,8 +725,50 @@ func TestRecoverAfterCleanCloseKnowsBlocksDurable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n.Durable != clean || (clean && (n.DurableLen != m.Len || n.DurableCRC != m.CRC)) {
+		if !n.Durable || n.DurableLen != m.Len || n.DurableCRC != m.CRC || n.Fresh {
 			t.Fatalf("clean close %v: append right after the start gave %+v", clean, n)
 		}
+	}
+}
+
+// TestFreshNotCarriedThroughASync: a block the sync under way holds may
+// become durable with that sync, and so may the entry of a block written
+// over it meanwhile: the new entry must not carry its Fresh mark, or a
+// power cut after the sync would drop durable bytes as if they had only
+// filled a hole. (From a review.)
+func TestFreshNotCarriedThroughASync(t *testing.T) {
+	s := newTestStore(t, 64<<20, nil)
+	id := ID{Ino: 4, Gen: 1, Idx: 0}
+	m, err := s.Write(id, []byte("0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Fresh = true
+	if err := s.db.Update(func(txn *badger.Txn) error { return s.Index(txn, id, m) }); err != nil {
+		t.Fatal(err)
+	}
+	s.Added(id, m.Len, true)
+	if !s.Unsynced(id) {
+		t.Fatal("a block just written is not unsynced")
+	}
+	hold, held := make(chan struct{}), make(chan struct{}, 16)
+	FsyncPath = func(p string) error { held <- struct{}{}; <-hold; return FsyncFile(p) }
+	t.Cleanup(func() { FsyncPath = FsyncFile })
+	synced := make(chan error, 1)
+	go func() { synced <- s.Sync() }()
+	<-held
+	if s.Unsynced(id) {
+		t.Error("a block the sync under way holds counts as unsynced")
+	}
+	n, err := s.Append(id, m, []byte("0123456789ab"))
+	close(hold)
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Fresh {
+		t.Fatalf("append during a sync carried the Fresh mark: %+v", n)
 	}
 }
