@@ -221,6 +221,8 @@ type Cache struct {
 	stats Stats
 
 	ns namespace
+	// closing is set when Close begins: writes fail from then on.
+	closing atomic.Bool
 	// seqMarkAt is the sequence mark last stored (see extendSeqMark).
 	seqMarkAt uint64
 	blocks    *blocks.Store
@@ -389,7 +391,8 @@ func (c *Cache) groupCommit() {
 func (c *Cache) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
-		c.wb.Stop() // attempts end first: they may start tasks of their own
+		c.closing.Store(true) // before flushAllBuffers: see writeBlock
+		c.wb.Stop()           // attempts end first: they may start tasks of their own
 		c.tasks.close()
 		c.closeLingering() // after the group commit, which looks at them too
 		c.flushAllBuffers()
@@ -401,8 +404,9 @@ func (c *Cache) Close() error {
 		switch {
 		case err != nil:
 		case !c.blocks.AllSynced():
-			// A lazily detached mount may still have written after the
-			// sync: leave the next start to check.
+			// Something still stored a block after the sync (a write
+			// that passed writeBlock's check just before Close began):
+			// leave the next start to check.
 			c.log.Warn("cache: written to while closing; the next start checks the blocks not yet uploaded")
 		default:
 			err = c.markClosedCleanly()

@@ -524,6 +524,14 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 			st.mu.Unlock()
 			return ErrStale
 		}
+		if c.closing.Load() {
+			// Close stores every write buffer once, after it set closing
+			// (under each inode's lock): a later write would sit in a
+			// buffer nothing stores. A lazily detached mount can still
+			// send one; it fails rather than vanish.
+			st.mu.Unlock()
+			return ErrClosed
+		}
 		if b := st.buf; b != nil && b.idx == idx && b.gen == rec.OpenGen && rec.OpenGen != 0 {
 			if st.stream != nil {
 				st.stream.touch(idx)

@@ -896,3 +896,18 @@ func TestSequenceAboveTheLastRunWhenTheClockGoesBack(t *testing.T) {
 		t.Fatalf("after a start with the clock 2 h back, nextSeq %d is not above the last run's %d", n, last)
 	}
 }
+
+// TestWriteAfterCloseFails: a write that reaches the cache once Close has
+// begun (a lazily detached mount) would sit in a write buffer that nothing
+// stores any more; it must fail, not succeed and vanish. (From a review.)
+func TestWriteAfterCloseFails(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	h := e.openW("f")
+	if err := e.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Write(ctx, []byte("late"), 0); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after Close: %v, want ErrClosed", err)
+	}
+	e.c = nil
+}
