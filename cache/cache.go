@@ -460,7 +460,12 @@ func minFreeFor(opt int64, dir string) (int64, error) {
 // superblock guards against opening a cache written with a different block
 // size, which would misread every block.
 func (c *Cache) checkSuper() error {
-	want := fmt.Sprintf("keelfs-cache v1 block=%d", c.opt.BlockSize)
+	// v2: block index entries may carry a flags byte (blocks.Meta). A
+	// release that knows only v1 would take them for garbage and delete
+	// the blocks, data not yet uploaded among them; it refuses a v2 cache
+	// instead. A v1 cache is taken as it is and marked v2.
+	want := fmt.Sprintf("keelfs-cache v2 block=%d", c.opt.BlockSize)
+	older := fmt.Sprintf("keelfs-cache v1 block=%d", c.opt.BlockSize)
 	return update(c.db, func(txn *badger.Txn) error {
 		it, err := txn.Get([]byte{pSuper})
 		if errors.Is(err, badger.ErrKeyNotFound) {
@@ -469,12 +474,17 @@ func (c *Cache) checkSuper() error {
 		if err != nil {
 			return err
 		}
-		return it.Value(func(v []byte) error {
-			if string(v) != want {
-				return fmt.Errorf("cache %s was made with %q, this mount uses %q: use another --cache-dir or the same --block-size", c.opt.Dir, v, want)
-			}
+		var have string
+		if err := it.Value(func(v []byte) error { have = string(v); return nil }); err != nil {
+			return err
+		}
+		switch have {
+		case want:
 			return nil
-		})
+		case older:
+			return txn.Set([]byte{pSuper}, []byte(want))
+		}
+		return fmt.Errorf("cache %s was made with %q, this mount uses %q: use another --cache-dir or the same --block-size (a cache made by a newer keelfs needs that release: run it and `keelfs flush` before going back)", c.opt.Dir, have, want)
 	})
 }
 
@@ -495,7 +505,8 @@ func (c *Cache) ensureRoot() error {
 func (c *Cache) now() int64 { return c.opt.Now().UnixNano() }
 
 // nextSeq returns a number larger than any returned before, also across
-// restarts (it starts from the wall clock). Listings remember the sequence
+// restarts (it starts from the wall clock, or above the stored mark if
+// that is ahead: see seqMark). Listings remember the sequence
 // at which they started, so that they never undo a change committed while
 // they were in flight.
 func (c *Cache) nextSeq() uint64 {

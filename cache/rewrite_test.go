@@ -757,6 +757,12 @@ func TestCleanCloseChecksNothing(t *testing.T) {
 	e.logs.allow("did not reach the disk")
 	e.logs.allow("block of data not yet uploaded is unreadable")
 	e.logs.allow("upload failed")
+	e.store.SetHook(func(op, key string) error { // keep the file dirty: each start uploads at once
+		if op == "Put" {
+			return &s3backend.Error{Op: op, Key: key, Status: 503, Kind: s3backend.ErrUnavailable, Cause: errors.New("down")}
+		}
+		return nil
+	})
 	e.write("f", 0, randBytes(10<<10))
 	id := e.blockIDs(e.mustLookup("f").Ino)[0]
 	e.reopen() // clean
@@ -910,4 +916,60 @@ func TestWriteAfterCloseFails(t *testing.T) {
 		t.Fatalf("write after Close: %v, want ErrClosed", err)
 	}
 	e.c = nil
+}
+
+// TestCacheFormatVersion: a cache from a release that wrote only 8-byte
+// block index entries (v1) opens and is marked v2, which such a release
+// refuses rather than delete blocks whose entries it cannot read; a cache
+// of an unknown format is refused with a clear message.
+func TestCacheFormatVersion(t *testing.T) {
+	e := newEnv(t, nil)
+	e.write("f", 0, []byte("data"))
+	setSuper := func(v string) {
+		t.Helper()
+		db, err := openDB(filepath.Join(e.dir, "meta"), e.opt.EncryptionKey, e.opt.Logger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = db.Update(func(txn *badger.Txn) error { return txn.Set([]byte{pSuper}, []byte(v)) })
+		if cerr := db.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.c = nil
+	setSuper(fmt.Sprintf("keelfs-cache v1 block=%d", e.opt.BlockSize))
+	e.open()
+	if got := e.read("f"); string(got) != "data" {
+		t.Fatalf("a v1 cache reads %q", got)
+	}
+	var super string
+	if err := e.c.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get([]byte{pSuper})
+		if err != nil {
+			return err
+		}
+		return it.Value(func(v []byte) error { super = string(v); return nil })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(super, "keelfs-cache v2 ") {
+		t.Fatalf("a v1 cache opened is marked %q, want v2", super)
+	}
+	if err := e.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.c = nil
+	setSuper(fmt.Sprintf("keelfs-cache v3 block=%d", e.opt.BlockSize))
+	if c, err := Open(ctx, e.opt); err == nil {
+		c.Close()
+		t.Fatal("a cache of an unknown format opened")
+	} else if !strings.Contains(err.Error(), "newer keelfs") {
+		t.Fatalf("refusing an unknown format: %v", err)
+	}
 }
