@@ -488,18 +488,11 @@ func TestAppendNamesTheDurablePrefix(t *testing.T) {
 	}
 
 	// An append while a sync of the block is under way.
-	hold, held := make(chan struct{}), make(chan struct{}, 16)
-	FsyncPath = func(p string) error { held <- struct{}{}; <-hold; return FsyncFile(p) }
-	t.Cleanup(func() { FsyncPath = FsyncFile })
-	synced := make(chan error, 1)
-	go func() { synced <- s.Sync() }()
-	<-held
+	finish := syncHeld(t, s)
 	m4 := appendTo(m3, "gh")
-	close(hold)
-	if err := <-synced; err != nil {
+	if err := finish(); err != nil {
 		t.Fatal(err)
 	}
-	FsyncPath = FsyncFile
 	if !m4.Durable || m4.DurableLen != m1.Len {
 		t.Fatalf("append during a sync: %+v, want durable prefix of %d bytes", m4, m1.Len)
 	}
@@ -751,18 +744,12 @@ func TestFreshNotCarriedThroughASync(t *testing.T) {
 	if !s.Unsynced(id) {
 		t.Fatal("a block just written is not unsynced")
 	}
-	hold, held := make(chan struct{}), make(chan struct{}, 16)
-	FsyncPath = func(p string) error { held <- struct{}{}; <-hold; return FsyncFile(p) }
-	t.Cleanup(func() { FsyncPath = FsyncFile })
-	synced := make(chan error, 1)
-	go func() { synced <- s.Sync() }()
-	<-held
+	finish := syncHeld(t, s)
 	if s.Unsynced(id) {
 		t.Error("a block the sync under way holds counts as unsynced")
 	}
 	n, err := s.Append(id, m, []byte("0123456789ab"))
-	close(hold)
-	if err := <-synced; err != nil {
+	if err := finish(); err != nil {
 		t.Fatal(err)
 	}
 	if err != nil {
@@ -770,5 +757,23 @@ func TestFreshNotCarriedThroughASync(t *testing.T) {
 	}
 	if n.Fresh {
 		t.Fatalf("append during a sync carried the Fresh mark: %+v", n)
+	}
+}
+
+// syncHeld starts a Sync of s and returns once it is under way, held in
+// its first fsync; finish lets it go on and returns its error.
+func syncHeld(t *testing.T, s *Store) (finish func() error) {
+	t.Helper()
+	hold, held := make(chan struct{}), make(chan struct{}, 16)
+	FsyncPath = func(p string) error { held <- struct{}{}; <-hold; return FsyncFile(p) }
+	t.Cleanup(func() { FsyncPath = FsyncFile })
+	synced := make(chan error, 1)
+	go func() { synced <- s.Sync() }()
+	<-held
+	return func() error {
+		close(hold)
+		err := <-synced
+		FsyncPath = FsyncFile
+		return err
 	}
 }
