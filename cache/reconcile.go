@@ -202,6 +202,15 @@ func (c *Cache) reconcile(ctx context.Context, ino uint64) writeback.Result {
 		defer c.endStream(plan.stream)
 	}
 	defer c.endUpload(st, plan)
+	// The plan's commit names this attempt (its token) as the file's
+	// own. It is made durable, with the blocks the plan reads, before S3
+	// can hold the object: after a power cut, the next start then knows
+	// the object as its own upload, not another writer's (which would
+	// make a conflict copy; see precondition), and uploads the same
+	// content again. A failure of this sync is logged and kept for the
+	// next fsync to report; the upload goes ahead, as S3 is then the
+	// safer copy.
+	c.blocks.Commit()
 	etag, err := c.push(ctx, st, plan)
 	return c.commit(ctx, st, plan, etag, err)
 }

@@ -973,3 +973,101 @@ func TestCacheFormatVersion(t *testing.T) {
 		t.Fatalf("refusing an unknown format: %v", err)
 	}
 }
+
+// durableMeta keeps, after each sync of the cache's disk, a copy of the
+// metadata store as it is then: what a power cut would leave of it.
+// freeze stops the copies (before a Close, which syncs too); powerCut
+// puts the last copy in place of the store of a closed cache.
+type durableMeta struct {
+	e      *env
+	snap   string
+	frozen atomic.Bool
+	taken  atomic.Int64
+}
+
+func newDurableMeta(e *env) *durableMeta {
+	d := &durableMeta{e: e, snap: filepath.Join(e.dir, "meta.durable")}
+	e.c.blocks.SetOnSynced(d.take)
+	return d
+}
+
+func (d *durableMeta) take() {
+	if d.frozen.Load() {
+		return
+	}
+	if err := os.RemoveAll(d.snap); err != nil {
+		d.e.t.Error(err)
+		return
+	}
+	if err := os.CopyFS(d.snap, os.DirFS(filepath.Join(d.e.dir, "meta"))); err != nil {
+		d.e.t.Errorf("copy the metadata store: %v", err)
+		return
+	}
+	d.taken.Add(1)
+}
+
+func (d *durableMeta) powerCut() {
+	t := d.e.t
+	t.Helper()
+	d.frozen.Store(true)
+	if d.taken.Load() == 0 {
+		t.Fatal("no sync was taken")
+	}
+	d.e.closeUnclean()
+	meta := filepath.Join(d.e.dir, "meta")
+	if err := os.RemoveAll(meta); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(d.snap, meta); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPowerCutAfterUpload: a file uploaded, and then a power cut before
+// the group commit made that known to the disk, so that the next start
+// finds the file as it was before the upload. S3 has the file right, and
+// the next start must leave it so: upload the same content again as its
+// own (not as another writer's, which makes a conflict copy), with every
+// block still there, also when the cache needed room after the upload
+// (the upload made the blocks clean, and clean blocks are evicted).
+func TestPowerCutAfterUpload(t *testing.T) {
+	for _, evict := range []bool{false, true} {
+		t.Run(fmt.Sprintf("evict=%v", evict), func(t *testing.T) {
+			e := newEnv(t, func(o *Options) {
+				o.WriteBackDelay, o.CommitInterval = time.Hour, time.Hour
+				o.CacheSize = 2 << 20
+			})
+			d := newDurableMeta(e)
+			want := randBytes(3*64<<10 + 100)
+			e.write("f", 0, want)
+			if err := e.c.blocks.Sync(); err != nil { // the group commit
+				t.Fatal(err)
+			}
+			e.drain()
+			if got := e.object("f"); !bytes.Equal(got, want) {
+				t.Fatal("f uploaded wrong")
+			}
+			if evict {
+				// Room for g takes f's clean blocks (2 MiB of cache).
+				e.write("g", 0, randBytes(2000<<10))
+				if n := e.blockFiles(e.mustLookup("f").Ino); n != 0 {
+					t.Fatalf("%d of f's blocks still cached: the test needs them evicted", n)
+				}
+			}
+			d.powerCut()
+			e.open()
+			if got := e.read("f"); !bytes.Equal(got, want) {
+				t.Fatalf("f reads back %d bytes after the power cut, want its %d", len(got), len(want))
+			}
+			e.drain()
+			if got := e.object("f"); !bytes.Equal(got, want) {
+				t.Fatalf("f in S3 has %d bytes after the power cut, want its %d", len(got), len(want))
+			}
+			for _, k := range e.keys() {
+				if strings.Contains(k, ".conflict-") {
+					t.Fatalf("conflict copy %s of the file's own upload; bucket %v", k, e.keys())
+				}
+			}
+		})
+	}
+}

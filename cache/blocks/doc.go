@@ -37,8 +37,10 @@
 // copy of what is in S3) are evicted least recently used when room is
 // needed for a new one (Reserve); dirty blocks (not yet uploaded) never
 // are: a writer waits for uploads to make room, and then gets ErrNoSpace.
-// Pinned blocks (Pin) are kept like dirty ones. Unused backing files go
-// before blocks.
+// Pinned blocks (Pin) are kept like dirty ones, and so are blocks made
+// clean (MarkClean) since the last sync: until a sync makes the commit
+// that called them clean durable, a power cut brings back the record for
+// which they are dirty. Unused backing files go before blocks.
 //
 // # Durability
 //

@@ -214,6 +214,9 @@ type Store struct {
 	// written data never reached the disk: it reports this instead.
 	aheadErr error
 	closing  bool
+	// onSynced, if set (SetOnSynced, for tests), runs after each sync
+	// that succeeded: a test takes then what a power cut would leave.
+	onSynced func()
 	// newSubdir is set when a subdirectory of dir was created since the
 	// last sync, which must then fsync dir as well.
 	newSubdir bool
@@ -226,6 +229,16 @@ type Store struct {
 	// writer short of room syncs at once to free them (reserveBytes).
 	retired      map[ID]int64
 	retiredBytes int64
+	// cleaned holds blocks made clean (MarkClean: their upload landed)
+	// since the last sync. They stay out of eviction until a sync has
+	// made the commit that called them clean durable: a power cut before
+	// then leaves the record from before the upload, for which they are
+	// dirty data that S3 does not have as far as the record knows, and
+	// the next start uploads them again. They count in cleanBytes, and
+	// in cleanedBytes; a writer short of room syncs at once to free them,
+	// as for retired blocks.
+	cleaned      map[ID]struct{}
+	cleanedBytes int64
 	// files keeps descriptors of verified block files that small reads
 	// used lately (fileLRU, front = newest), so that a 4 KiB read costs a
 	// pread, not an open, a pread and a close.
@@ -265,7 +278,7 @@ func Open(o Options) (*Store, error) {
 	}
 	s := &Store{dir: o.Dir, db: o.DB, limit: o.Limit, log: o.Log, lru: list.New(),
 		lruIndex: make(map[ID]*list.Element), size: make(map[ID]sized), inoBlocks: make(map[uint64][]blockRef),
-		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), syncing: make(map[ID]struct{}), retired: make(map[ID]int64),
+		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), syncing: make(map[ID]struct{}), retired: make(map[ID]int64), cleaned: make(map[ID]struct{}),
 		files: make(map[ID]*openBlock), fileLRU: list.New(), maxFiles: 128,
 		pins: make(map[ID]bool), pinsByIno: make(map[uint64][]ID), pinnedIn: make(map[ID]struct{}),
 		minFree: o.MinFree, statfs: o.Statfs, background: o.Background,
@@ -452,8 +465,34 @@ func (s *Store) MarkClean(id ID) {
 	if _, pinned := s.pinnedIn[id]; pinned {
 		return
 	}
+	if _, held := s.cleaned[id]; held {
+		return
+	}
 	s.dirtyBytes -= sz
-	s.addCleanLocked(id, sz)
+	s.cleanBytes += sz
+	s.cleaned[id] = struct{}{}
+	s.cleanedBytes += sz
+}
+
+// releaseCleaned makes the blocks of cleaned that a sync made durable
+// evictable (or pinned, if pinned since).
+func (s *Store) releaseCleaned(ids map[ID]struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range ids {
+		if _, held := s.cleaned[id]; !held {
+			continue // dropped since
+		}
+		delete(s.cleaned, id)
+		sz := s.size[id].bytes
+		s.cleanedBytes -= sz
+		if s.pins[id] {
+			s.pinnedIn[id] = struct{}{}
+			s.pinnedBytes += sz
+		} else {
+			s.lruIndex[id] = s.lru.PushFront(id)
+		}
+	}
 	s.spaceFreed.Broadcast()
 }
 
@@ -491,6 +530,10 @@ func (s *Store) forgetLocked(id ID) {
 	} else if _, pinned := s.pinnedIn[id]; pinned {
 		delete(s.pinnedIn, id)
 		s.pinnedBytes -= sz
+		s.cleanBytes -= sz
+	} else if _, held := s.cleaned[id]; held {
+		delete(s.cleaned, id)
+		s.cleanedBytes -= sz
 		s.cleanBytes -= sz
 	} else {
 		s.dirtyBytes -= sz
@@ -587,16 +630,17 @@ func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait t
 		s.mu.Lock()
 		used := s.cleanBytes + s.dirtyBytes + s.retiredBytes + s.backingBytes()
 		fits := used+need <= s.limit && short <= 0
-		dirtyFits := s.dirtyBytes+s.retiredBytes+s.pinnedBytes+s.backingPinnedBytes()+need <= s.limit && short <= 0
-		retired := s.retiredBytes
+		dirtyFits := s.dirtyBytes+s.retiredBytes+s.cleanedBytes+s.pinnedBytes+s.backingPinnedBytes()+need <= s.limit && short <= 0
+		waiting := s.retiredBytes + s.cleanedBytes
 		s.mu.Unlock()
 		if fits {
 			return true, nil
 		}
-		if retired > 0 && !synced {
-			// Files of dropped blocks wait for a sync to go: sync now
-			// rather than wait for the group commit. A failure is kept
-			// for the next Sync to report, as a group commit's is.
+		if waiting > 0 && !synced {
+			// Files of dropped blocks, and blocks an upload made clean,
+			// wait for a sync to go: sync now rather than wait for the
+			// group commit. A failure is kept for the next Sync to
+			// report, as a group commit's is.
 			synced = true
 			s.Commit()
 			continue

@@ -93,6 +93,7 @@ func (s *Store) syncAll() error {
 	// s.retired until their files are gone, so that Taken keeps their IDs
 	// from being written meanwhile.
 	retired := maps.Clone(s.retired)
+	cleaned := maps.Clone(s.cleaned) // likewise made clean by committed transactions
 	s.mu.Unlock()
 	fail := func(err error) error {
 		s.mu.Lock()
@@ -156,7 +157,12 @@ func (s *Store) syncAll() error {
 	}
 	s.mu.Lock()
 	s.syncing = make(map[ID]struct{})
+	onSynced := s.onSynced
 	s.mu.Unlock()
+	if onSynced != nil {
+		onSynced()
+	}
+	s.releaseCleaned(cleaned)
 	for id := range retired {
 		s.removeFile(id)
 		s.mu.Lock()
@@ -166,6 +172,15 @@ func (s *Store) syncAll() error {
 		s.mu.Unlock()
 	}
 	return nil
+}
+
+// SetOnSynced sets a function to run after each sync that succeeded,
+// before anything the sync allowed to go is deleted. Tests use it to take
+// what a power cut would leave on the disk.
+func (s *Store) SetOnSynced(f func()) {
+	s.mu.Lock()
+	s.onSynced = f
+	s.mu.Unlock()
 }
 
 // FsyncPath makes a file's content, or a directory's entries, durable.
