@@ -343,15 +343,8 @@ func (s *Store) added(id ID, n uint32, dirty, synced bool) {
 		s.unsynced[id] = struct{}{}
 		s.dirtyBytes += sz
 		s.unsyncedBytes += sz
-		if s.unsyncedBytes >= syncAhead && !s.aheadRunning && !s.closing {
-			s.aheadRunning = true
-			s.ahead.Add(1)
-			if s.background == nil {
-				go s.syncInBackground()
-			} else if !s.background(s.syncInBackground) {
-				s.aheadRunning = false
-				s.ahead.Done()
-			}
+		if s.unsyncedBytes >= syncAhead {
+			s.syncAheadLocked()
 		}
 	} else {
 		s.addCleanLocked(id, sz)
@@ -640,8 +633,16 @@ func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait t
 			// Files of dropped blocks, and blocks an upload made clean,
 			// wait for a sync to go: sync now rather than wait for the
 			// group commit. A failure is kept for the next Sync to
-			// report, as a group commit's is.
+			// report, as a group commit's is. A reader does not wait
+			// for the disk: its block is not cached this time, and the
+			// sync makes room for the next.
 			synced = true
+			if !dirty {
+				s.mu.Lock()
+				s.syncAheadLocked()
+				s.mu.Unlock()
+				return false, nil
+			}
 			s.Commit()
 			continue
 		}

@@ -765,15 +765,63 @@ func TestFreshNotCarriedThroughASync(t *testing.T) {
 func syncHeld(t *testing.T, s *Store) (finish func() error) {
 	t.Helper()
 	hold, held := make(chan struct{}), make(chan struct{}, 16)
-	FsyncPath = func(p string) error { held <- struct{}{}; <-hold; return FsyncFile(p) }
+	// Once finished, it passes every fsync through; it is put back when
+	// the test ends, not before, as a background sync may be reading it.
+	FsyncPath = func(p string) error {
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		<-hold
+		return FsyncFile(p)
+	}
 	t.Cleanup(func() { FsyncPath = FsyncFile })
 	synced := make(chan error, 1)
 	go func() { synced <- s.Sync() }()
 	<-held
 	return func() error {
 		close(hold)
-		err := <-synced
-		FsyncPath = FsyncFile
-		return err
+		return <-synced
+	}
+}
+
+// TestCleanedKeptUntilSync: a block an upload made clean (MarkClean)
+// stays out of eviction until a sync has made that durable, and a reader
+// short of room does not wait for that sync: its block is not cached
+// this time. Once the sync is done, the block is evicted for the next.
+func TestCleanedKeptUntilSync(t *testing.T) {
+	s := newTestStore(t, 2*64<<10, nil)
+	a, b := ID{Ino: 1, Gen: 1, Idx: 0}, ID{Ino: 1, Gen: 1, Idx: 1}
+	put(t, s, a, bytes.Repeat([]byte("a"), 64<<10), true)
+	put(t, s, b, bytes.Repeat([]byte("b"), 64<<10), true)
+	s.MarkClean(a)
+	finish := syncHeld(t, s) // a sync under way, begun after MarkClean
+	got := make(chan error, 1)
+	go func() {
+		ok, err := s.Reserve(context.Background(), 64<<10, false, 0)
+		if err == nil && ok {
+			err = errors.New("room made while no sync had made a's upload durable")
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		finish()
+		t.Fatal("a reader short of room waited for the sync under way")
+	}
+	if err := finish(); err != nil {
+		t.Fatal(err)
+	}
+	s.waitBackground()
+	ok, err := s.Reserve(context.Background(), 64<<10, false, 0)
+	if err != nil || !ok {
+		t.Fatalf("after the sync: Reserve %v, %v; want a's room", ok, err)
+	}
+	if s.Has(a) || !s.Has(b) {
+		t.Fatalf("after the sync: a cached %v, b cached %v; want a evicted, b (dirty) kept", s.Has(a), s.Has(b))
 	}
 }

@@ -31,6 +31,22 @@ func (s *Store) Commit() {
 	}
 }
 
+// syncAheadLocked starts a sync in the background unless one runs (or
+// the store closes). s.mu is held.
+func (s *Store) syncAheadLocked() {
+	if s.aheadRunning || s.closing {
+		return
+	}
+	s.aheadRunning = true
+	s.ahead.Add(1)
+	if s.background == nil {
+		go s.syncInBackground()
+	} else if !s.background(s.syncInBackground) {
+		s.aheadRunning = false
+		s.ahead.Done()
+	}
+}
+
 // syncInBackground runs one sync ahead of the next close or fsync. A
 // failure puts the blocks back, and the next sync reports it (aheadErr).
 func (s *Store) syncInBackground() {
