@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -460,12 +461,14 @@ func minFreeFor(opt int64, dir string) (int64, error) {
 // superblock guards against opening a cache written with a different block
 // size, which would misread every block.
 func (c *Cache) checkSuper() error {
-	// v2: block index entries may carry a flags byte (blocks.Meta). A
-	// release that knows only v1 would take them for garbage and delete
-	// the blocks, data not yet uploaded among them; it refuses a v2 cache
-	// instead. A v1 cache is taken as it is and marked v2.
-	want := fmt.Sprintf("keelfs-cache v2 block=%d", c.opt.BlockSize)
-	older := fmt.Sprintf("keelfs-cache v1 block=%d", c.opt.BlockSize)
+	// v2: block index entries may carry a flags byte (blocks.Meta). v3:
+	// the flags may name the block an entry replaced (Meta.Prev). A
+	// release that knows only an older format would take such entries
+	// for garbage and delete the blocks, data not yet uploaded among
+	// them; it refuses the cache instead. An older cache is taken as it
+	// is and marked v3.
+	want := fmt.Sprintf("keelfs-cache v3 block=%d", c.opt.BlockSize)
+	older := []string{fmt.Sprintf("keelfs-cache v1 block=%d", c.opt.BlockSize), fmt.Sprintf("keelfs-cache v2 block=%d", c.opt.BlockSize)}
 	return update(c.db, func(txn *badger.Txn) error {
 		it, err := txn.Get([]byte{pSuper})
 		if errors.Is(err, badger.ErrKeyNotFound) {
@@ -478,10 +481,10 @@ func (c *Cache) checkSuper() error {
 		if err := it.Value(func(v []byte) error { have = string(v); return nil }); err != nil {
 			return err
 		}
-		switch have {
-		case want:
+		switch {
+		case have == want:
 			return nil
-		case older:
+		case slices.Contains(older, have):
 			return txn.Set([]byte{pSuper}, []byte(want))
 		}
 		return fmt.Errorf("cache %s was made with %q, this mount uses %q: use another --cache-dir or the same --block-size (a cache made by a newer keelfs needs that release: run it and `keelfs flush` before going back)", c.opt.Dir, have, want)

@@ -64,8 +64,13 @@
 // against a power cut. A power cut before then may keep a record without
 // the bytes of its blocks: Close marks a clean shutdown, and without that
 // mark the next Open checks every dirty block and makes the records agree
-// with what reached the disk (recover.go). Fsync waits until the upload that contains them has
-// landed; SyncDir (fsync of a directory) until the namespace changes in
+// with what reached the disk (recover.go): cut back to a durable prefix,
+// dropped where they held nothing durable, or given back the block they
+// replaced. Each upload syncs before it sends, and blocks an upload made
+// clean stay cached until the next sync, so that a power cut that brings
+// back the record from before an upload finds its blocks and knows the
+// object in S3 as its own. Fsync waits until the upload that contains
+// them has landed; SyncDir (fsync of a directory) until the namespace changes in
 // the directory have. Uploads are conditional on the ETag the edit
 // started from (If-Match) or on absence (If-None-Match); a 412 from
 // another writer keeps both versions, the local one as

@@ -689,6 +689,38 @@ func (c *Cache) freshPlace(src blockSource, b *writeBuf) (bool, error) {
 	return found && m.Fresh, nil
 }
 
+// priorOf says what Recover should leave in the place of a block about
+// to be stored whole, now src, if a power cut loses the new block's bytes
+// (blocks.Meta): nothing, if the place held nothing durable (Fresh); else
+// the block it replaces (Prev), or what that one replaced in turn if it
+// was written since the last sync began. The replaced block's file stays
+// until a sync has made the new entry durable: it leaves the index with
+// the new entry's commit and goes after the next sync (blocks.Replaced),
+// or it stays indexed as part of a sealed generation. A block that is not
+// in the cache (S3 holds it) cannot be put back: the zero Meta.
+func (c *Cache) priorOf(src blockSource, b *writeBuf) (blocks.Meta, error) {
+	fresh, err := c.freshPlace(src, b)
+	if err != nil || fresh || src.hole {
+		return blocks.Meta{Fresh: fresh}, err
+	}
+	m, found := b.baseMeta, true
+	if src.id != b.base {
+		if m, found, err = c.blocks.Lookup(src.id); err != nil || !found {
+			return blocks.Meta{}, err
+		}
+	}
+	prev := blocks.Meta{Prev: true, PrevGen: src.id.Gen, PrevLen: m.Len, PrevCRC: m.CRC}
+	switch {
+	case !c.blocks.Unsynced(src.id):
+		// Durable, or the sync under way makes it so: src itself.
+	case m.Prev:
+		prev.PrevGen, prev.PrevLen, prev.PrevCRC = m.PrevGen, m.PrevLen, m.PrevCRC
+	case m.Durable:
+		prev.PrevLen, prev.PrevCRC = m.DurableLen, m.DurableCRC
+	}
+	return prev, nil
+}
+
 // flushBufLocked stores the write buffer as a dirty block and records it in
 // the block map, in one transaction. st.mu is held.
 func (c *Cache) flushBufLocked(st *inodeState) error {
@@ -746,14 +778,14 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 		if err := c.fillBufLocked(st); err != nil {
 			return err
 		}
-		fresh, err := c.freshPlace(src, b)
+		prior, err := c.priorOf(src, b)
 		if err != nil {
 			return err
 		}
 		if meta, err = c.blocks.Write(id, b.data[:n]); err != nil {
 			return err
 		}
-		meta.Fresh = fresh
+		meta.Fresh, meta.Prev, meta.PrevGen, meta.PrevLen, meta.PrevCRC = prior.Fresh, prior.Prev, prior.PrevGen, prior.PrevLen, prior.PrevCRC
 	}
 	old := rec.clone()
 	rec.Runs = setBlock(rec.Runs, b.idx, id.Gen, true)

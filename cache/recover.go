@@ -267,7 +267,9 @@ func (c *Cache) markClosedCleanly() error {
 // block cut back to its durable prefix ends the file there if it was the
 // last one, and reads zeros past its new end if not; a lost block (one
 // that filled a hole or grew the file) goes, and its place is a hole
-// again or the file ends before it. Each is logged. A damaged block (what
+// again or the file ends before it; a block rewritten whole over one
+// whose file is still there holds that one's bytes again (Cut.Restored),
+// up to where the file now ends. Each is logged. A damaged block (what
 // was in its place before may have been durable) changes nothing: the
 // file is named at ERROR, reads of the block fail and its upload fails
 // for good, so nothing replaces good data in S3.
@@ -283,7 +285,7 @@ func (c *Cache) applyCuts(cuts []blocks.Cut) error {
 		var path string
 		var before, after int64
 		var zeroed [][2]int64
-		var damaged []int64
+		var damaged, restored []int64
 		if testHookApplyCuts != nil {
 			if err := testHookApplyCuts(); err != nil {
 				return err
@@ -295,7 +297,7 @@ func (c *Cache) applyCuts(cuts []blocks.Cut) error {
 				return err
 			}
 			old := rec.clone()
-			path, before, zeroed, damaged = rec.Path, rec.Size, nil, nil
+			path, before, zeroed, damaged, restored = rec.Path, rec.Size, nil, nil, nil
 			for _, cut := range cs {
 				if err := c.blocks.IndexCut(txn, cut); err != nil {
 					return err
@@ -303,6 +305,9 @@ func (c *Cache) applyCuts(cuts []blocks.Cut) error {
 				start := cut.ID.Idx * bs
 				keep := start + int64(cut.Len)
 				last := rec.Size > start && rec.Size <= start+bs
+				if cut.Restored {
+					restored = append(restored, start)
+				}
 				switch {
 				case cut.Damaged:
 					damaged = append(damaged, start)
@@ -329,6 +334,10 @@ func (c *Cache) applyCuts(cuts []blocks.Cut) error {
 		for _, z := range zeroed {
 			c.log.Warn("cache: data written just before a power cut did not reach the disk; those bytes read as zeros",
 				"path", path, "from", z[0], "to", z[1])
+		}
+		for _, off := range restored {
+			c.log.Warn("cache: a block rewritten just before a power cut did not reach the disk; it holds what it held before the rewrite",
+				"path", path, "block_offset", off)
 		}
 		for _, off := range damaged {
 			c.log.Error("cache: a block of a file not yet uploaded is damaged on the cache disk (a power cut, or the disk); the file stays in the cache, not uploaded, and reads of that block fail",

@@ -51,7 +51,10 @@
 // An append in place (Append) writes after the committed bytes of a block
 // file, so the disk may keep its new index entry without the appended
 // bytes after a power cut; the entry also names the prefix a sync had made
-// durable (Meta.Durable), and Recover cuts the block back to it.
+// durable (Meta.Durable), and Recover cuts the block back to it. A block
+// written whole over one that held durable content names that one
+// (Meta.Prev), whose file stays until a sync; if a power cut loses the new
+// block's bytes, Recover puts the old ones back in its place.
 //
 // # Locks
 //

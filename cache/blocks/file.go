@@ -166,6 +166,10 @@ func (s *Store) Append(id ID, meta Meta, data []byte) (Meta, error) {
 		Fresh: meta.Fresh && s.Unsynced(id)}
 	if s.IsDurable(id) {
 		out.Durable, out.DurableLen, out.DurableCRC = true, meta.Len, meta.CRC
+	} else if meta.Prev {
+		// Not durable yet: the block it replaced is still what a power
+		// cut may have to bring back.
+		out.Prev, out.PrevGen, out.PrevLen, out.PrevCRC = true, meta.PrevGen, meta.PrevLen, meta.PrevCRC
 	}
 	f, err := os.OpenFile(s.path(id), os.O_WRONLY, 0)
 	if err != nil {

@@ -188,6 +188,9 @@ type Cut struct {
 	// Lost: nothing of it was durable, and its place held nothing durable
 	// before (Meta.Fresh): it goes, and the place is a hole again.
 	Lost bool
+	// Restored: it replaced a block whose file still held what it had
+	// (Meta.Prev), and those bytes (up to Was) are in its place now.
+	Restored bool
 	// Damaged: it is not what its entry says, and what was there before
 	// may have been durable: nothing is cut. Reads of it fail, and its
 	// upload fails for good, so that nothing replaces good data in S3.
@@ -278,7 +281,7 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 		return nil, err
 	}
 	for _, c := range cuts {
-		if c.Lost || c.Damaged || c.Len == c.Was {
+		if c.Lost || c.Damaged || c.Restored || c.Len == c.Was {
 			continue
 		}
 		if err := os.Truncate(s.path(c.ID), int64(c.Len)); err != nil {
@@ -326,10 +329,36 @@ func (s *Store) checkDirty(id ID, meta Meta) (c Cut, ok bool) {
 	case meta.Durable && s.aead == nil && len(b) >= int(meta.DurableLen) &&
 		crc32.Checksum(b[:meta.DurableLen], crcTable) == meta.DurableCRC:
 		c.Len, c.meta = meta.DurableLen, Meta{Len: meta.DurableLen, CRC: meta.DurableCRC}
+	case meta.Prev:
+		if m, ok := s.restorePrev(id, meta); ok {
+			c.Len, c.meta, c.Restored = m.Len, m, true
+		} else {
+			c.Damaged = true
+		}
 	case meta.Fresh:
 		c.Len, c.Lost = 0, true
 	default:
 		c.Damaged = true
 	}
 	return c, false
+}
+
+// restorePrev puts the bytes of the block that block id replaced (see
+// Meta.Prev) in its place, if that block's file still holds them, up to
+// id's own length (the file may have been cut since). It returns id's
+// entry for those bytes.
+func (s *Store) restorePrev(id ID, meta Meta) (Meta, bool) {
+	prev := meta.prevID(id)
+	buf := make([]byte, meta.PrevLen)
+	if err := s.Read(prev, Meta{Len: meta.PrevLen, CRC: meta.PrevCRC}, buf); err != nil {
+		s.log.Warn("cache: the block a lost block replaced is not on the cache disk either",
+			"block", id.String(), "replaced", prev.String(), "err", err)
+		return Meta{}, false
+	}
+	m, err := s.writeOnce(id, buf[:min(meta.PrevLen, meta.Len)])
+	if err != nil {
+		s.log.Warn("cache: put back the block a lost block replaced", "block", id.String(), "err", err)
+		return Meta{}, false
+	}
+	return m, true
 }

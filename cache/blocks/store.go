@@ -70,17 +70,33 @@ type Meta struct {
 	// fresh block not synced yet. If a power cut loses its file, that
 	// place is a hole again, and nothing durable is lost with it.
 	Fresh bool
+	// Prev is set by the caller on a block written whole over one that
+	// held durable content: block (Ino, PrevGen, Idx), whose bytes were
+	// PrevLen long with CRC PrevCRC. Its file stays until a sync has made
+	// this entry durable (retired, or still indexed). If a power cut
+	// loses this block's bytes and that file still holds them, Recover
+	// puts them back in this block's place, rather than leave a block
+	// that can be neither read nor uploaded.
+	Prev    bool
+	PrevGen uint64
+	PrevLen uint32
+	PrevCRC uint32
 }
+
+// prevID is the block a Prev entry of block id names.
+func (m Meta) prevID(id ID) ID { return ID{Ino: id.Ino, Gen: m.PrevGen, Idx: id.Idx} }
 
 const (
 	metaDurable = 1 << iota
 	metaFresh
+	metaPrev
 )
 
-// The index entry is 8 bytes (length, CRC), then, if either is set, a
-// flags byte and the durable prefix (8 bytes) when there is one.
+// The index entry is 8 bytes (length, CRC), then, if a flag is set, a
+// flags byte, the durable prefix (8 bytes) when there is one, and the
+// block it replaced (16 bytes) when there is one.
 func (m Meta) marshal() []byte {
-	b := make([]byte, 8, 17)
+	b := make([]byte, 8, 33)
 	binary.BigEndian.PutUint32(b, m.Len)
 	binary.BigEndian.PutUint32(b[4:], m.CRC)
 	var flags byte
@@ -90,6 +106,9 @@ func (m Meta) marshal() []byte {
 	if m.Fresh {
 		flags |= metaFresh
 	}
+	if m.Prev {
+		flags |= metaPrev
+	}
 	if flags == 0 {
 		return b
 	}
@@ -97,6 +116,11 @@ func (m Meta) marshal() []byte {
 	if m.Durable {
 		b = binary.BigEndian.AppendUint32(b, m.DurableLen)
 		b = binary.BigEndian.AppendUint32(b, m.DurableCRC)
+	}
+	if m.Prev {
+		b = binary.BigEndian.AppendUint64(b, m.PrevGen)
+		b = binary.BigEndian.AppendUint32(b, m.PrevLen)
+		b = binary.BigEndian.AppendUint32(b, m.PrevCRC)
 	}
 	return b
 }
@@ -111,16 +135,24 @@ func unmarshalMeta(b []byte) (Meta, error) {
 		return m, nil
 	}
 	flags := b[8]
-	m.Durable, m.Fresh = flags&metaDurable != 0, flags&metaFresh != 0
+	m.Durable, m.Fresh, m.Prev = flags&metaDurable != 0, flags&metaFresh != 0, flags&metaPrev != 0
 	want := 9
 	if m.Durable {
 		want += 8
 	}
-	if len(b) != want || flags&^(metaDurable|metaFresh) != 0 {
+	if m.Prev {
+		want += 16
+	}
+	if len(b) != want || flags&^(metaDurable|metaFresh|metaPrev) != 0 {
 		return Meta{}, bad
 	}
+	rest := b[9:]
 	if m.Durable {
-		m.DurableLen, m.DurableCRC = binary.BigEndian.Uint32(b[9:]), binary.BigEndian.Uint32(b[13:])
+		m.DurableLen, m.DurableCRC = binary.BigEndian.Uint32(rest), binary.BigEndian.Uint32(rest[4:])
+		rest = rest[8:]
+	}
+	if m.Prev {
+		m.PrevGen, m.PrevLen, m.PrevCRC = binary.BigEndian.Uint64(rest), binary.BigEndian.Uint32(rest[8:]), binary.BigEndian.Uint32(rest[12:])
 	}
 	return m, nil
 }

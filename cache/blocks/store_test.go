@@ -668,13 +668,16 @@ func TestMetaRoundTrip(t *testing.T) {
 		{Len: 10, CRC: 7, Fresh: true},
 		{Len: 10, CRC: 7, Durable: true, DurableLen: 4, DurableCRC: 9},
 		{Len: 10, CRC: 7, Durable: true, DurableLen: 4, DurableCRC: 9, Fresh: true},
+		{Len: 10, CRC: 7, Prev: true, PrevGen: 1 << 60, PrevLen: 3, PrevCRC: 5},
+		{Len: 10, CRC: 7, Durable: true, DurableLen: 4, DurableCRC: 9, Prev: true, PrevGen: 2, PrevLen: 3, PrevCRC: 5},
 	} {
 		got, err := unmarshalMeta(m.marshal())
 		if err != nil || got != m {
 			t.Fatalf("%+v read back as %+v (%v)", m, got, err)
 		}
 	}
-	for _, b := range [][]byte{nil, make([]byte, 7), make([]byte, 10), append(make([]byte, 8), 4), append(make([]byte, 8), metaDurable)} {
+	for _, b := range [][]byte{nil, make([]byte, 7), make([]byte, 10), append(make([]byte, 8), 8), append(make([]byte, 8), metaDurable),
+		append(make([]byte, 17), metaPrev)} {
 		if _, err := unmarshalMeta(b); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("entry %x: %v, want ErrCorrupt", b, err)
 		}
