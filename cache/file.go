@@ -693,14 +693,16 @@ func (c *Cache) freshPlace(src blockSource, b *writeBuf) (bool, error) {
 // to be stored whole, now src, if a power cut loses the new block's bytes
 // (blocks.Meta): nothing, if the place held nothing durable (Fresh); else
 // the block it replaces (Prev), or what that one replaced in turn if it
-// was written since the last sync began. The replaced block's file stays
-// until a sync has made the new entry durable: it leaves the index with
-// the new entry's commit and goes after the next sync (blocks.Replaced),
-// or it stays indexed as part of a sealed generation. A block that is not
-// in the cache (S3 holds it) cannot be put back: the zero Meta.
-func (c *Cache) priorOf(src blockSource, b *writeBuf) (blocks.Meta, error) {
+// was written since the last sync began. Only a replaced block that
+// leaves the index with the new entry's commit (retires: a dirty block of
+// the open generation) can be named: its file stays until a sync has made
+// the new entry durable (blocks.Replaced). A block that stays indexed (a
+// clean one, one of a sealed generation) can be evicted or dropped before
+// then, and may be much older than what a sync makes durable: the zero
+// Meta, and Recover reports the block damaged if it must.
+func (c *Cache) priorOf(src blockSource, b *writeBuf, retires bool) (blocks.Meta, error) {
 	fresh, err := c.freshPlace(src, b)
-	if err != nil || fresh || src.hole {
+	if err != nil || fresh || !retires {
 		return blocks.Meta{Fresh: fresh}, err
 	}
 	m, found := b.baseMeta, true
@@ -778,7 +780,7 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 		if err := c.fillBufLocked(st); err != nil {
 			return err
 		}
-		prior, err := c.priorOf(src, b)
+		prior, err := c.priorOf(src, b, replaced.Gen != 0)
 		if err != nil {
 			return err
 		}

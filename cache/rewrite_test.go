@@ -1162,3 +1162,96 @@ func TestPowerCutDuringEncryptedAppend(t *testing.T) {
 		t.Fatalf("uploaded %d bytes, want the %d that were durable", len(got), len(durable))
 	}
 }
+
+// TestSyncedRewriteIsNeverRolledBack: a block rewritten whole over a clean
+// cached block, and made durable by a sync, that the disk damages later
+// is reported as damaged: the clean block it replaced is still indexed and
+// cached, but its bytes are older than what fsync acknowledged, and must
+// not be put back and uploaded. (From a review.)
+func TestSyncedRewriteIsNeverRolledBack(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay, o.CommitInterval = time.Hour, time.Hour })
+	e.logs.allow("is damaged on the cache disk")
+	e.logs.allow("block of data not yet uploaded is unreadable")
+	e.logs.allow("upload failed")
+	bs := int(e.opt.BlockSize)
+	old := randBytes(3 * bs)
+	e.write("f", 0, old)
+	e.drain() // in S3; its blocks clean and cached
+	ino := e.mustLookup("f").Ino
+	prev := e.blockIDs(ino)[1]
+	e.write("f", int64(bs+5), []byte("acknowledged by fsync"))
+	if err := e.c.blocks.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(e.blockPath(prev)); err != nil {
+		t.Fatalf("the test needs the replaced clean block cached: %v", err)
+	}
+	damaged := e.blockPath(e.blockIDs(ino)[1])
+	e.closeUnclean()
+	if err := os.Truncate(damaged, 100); err != nil { // the disk, after the sync
+		t.Fatal(err)
+	}
+	e.open()
+	if e.logs.has("holds what it held before the rewrite") {
+		t.Fatal("a block a sync had made durable was rolled back to the one it replaced")
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	left, err := e.c.Drain(dctx)
+	if err != nil || len(left) != 1 || left[0].Path != "f" || !errors.Is(left[0].Err, ErrCorrupt) {
+		t.Fatalf("drain: %v, left %+v; want f left, failed with ErrCorrupt", err, left)
+	}
+	if got := e.object("f"); !bytes.Equal(got, old) {
+		t.Fatal("S3 no longer holds the version before the damaged rewrite")
+	}
+}
+
+// TestRestoreSurvivesACrashDuringRecovery: a start that put back a
+// replaced block's bytes (Cut.Restored) and crashed before it recorded
+// that: the next start finds the old entry again and must restore again,
+// so the replaced block's file must still be there. (From a review.)
+func TestRestoreSurvivesACrashDuringRecovery(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay, o.CommitInterval = time.Hour, time.Hour })
+	e.logs.allow("did not reach the disk")
+	bs := int(e.opt.BlockSize)
+	inside := randBytes(3 * bs)
+	e.write("inside", 0, inside)
+	if err := e.c.blocks.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	ino := e.mustLookup("inside").Ino
+	old := e.blockIDs(ino)[1]
+	e.write("inside", int64(bs+5), []byte("rewritten"))
+	lost := e.blockIDs(ino)[1]
+	kept, err := os.ReadFile(e.blockPath(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPath, lostPath := e.blockPath(old), e.blockPath(lost)
+	e.closeUnclean()
+	if err := os.WriteFile(oldPath, kept, 0o600); err != nil { // no sync deleted it
+		t.Fatal(err)
+	}
+	if err := os.Truncate(lostPath, 0); err != nil {
+		t.Fatal(err)
+	}
+	testHookApplyCuts = func() error { return errors.New("injected crash") }
+	t.Cleanup(func() { testHookApplyCuts = nil })
+	if c, err := Open(ctx, e.opt); err == nil {
+		c.Close()
+		t.Fatal("open with a crash while recording cuts succeeded")
+	}
+	testHookApplyCuts = nil
+	e.open()
+	if got := e.read("inside"); !bytes.Equal(got, inside) {
+		t.Fatal("the second start does not read back what was durable")
+	}
+	e.drain()
+	if got := e.object("inside"); !bytes.Equal(got, inside) {
+		t.Fatal("uploaded content is not what was durable")
+	}
+	e.reopen() // a sync has recorded the cut: the replaced block's file goes
+	if _, err := os.Stat(oldPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the replaced block's file stays after the cut was recorded and synced: %v", err)
+	}
+}

@@ -191,6 +191,7 @@ type Cut struct {
 	// Restored: it replaced a block whose file still held what it had
 	// (Meta.Prev), and those bytes (up to Was) are in its place now.
 	Restored bool
+	from     ID // the block Restored took the bytes from
 	// Damaged: it is not what its entry says, and what was there before
 	// may have been durable: nothing is cut. Reads of it fail, and its
 	// upload fails for good, so that nothing replaces good data in S3.
@@ -264,7 +265,7 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 			}
 			n := meta.Len
 			if dirty && check {
-				if c, ok := s.checkDirty(id, meta); !ok {
+				if c, ok := s.checkDirty(txn, id, meta); !ok {
 					cuts = append(cuts, c)
 					if c.Lost {
 						continue // its file goes with the unknown ones
@@ -280,7 +281,15 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 	if err != nil {
 		return nil, err
 	}
+	var sources []Cut
 	for _, c := range cuts {
+		if c.Restored {
+			// The block a restore took its bytes from stays until the
+			// cut is recorded and synced: a crash before then finds the
+			// old entry again, and restores again from it.
+			known[c.from] = true
+			sources = append(sources, c)
+		}
 		if c.Lost || c.Damaged || c.Restored || c.Len == c.Was {
 			continue
 		}
@@ -299,13 +308,22 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 	if err := s.Delete(garbage); err != nil {
 		return nil, err
 	}
-	return cuts, s.scanFiles(func(id ID) bool { return known[id] })
+	if err := s.scanFiles(func(id ID) bool { return known[id] }); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	for _, c := range sources {
+		s.retired[c.from] = s.diskSize(c.meta.Len)
+		s.retiredBytes += s.retired[c.from]
+	}
+	s.mu.Unlock()
+	return cuts, nil
 }
 
 // checkDirty checks block id's file against meta after an unclean
 // shutdown; ok is true when it matches, or cannot be read for a reason
 // other than being missing. Otherwise c says what is left (see Cut).
-func (s *Store) checkDirty(id ID, meta Meta) (c Cut, ok bool) {
+func (s *Store) checkDirty(txn *badger.Txn, id ID, meta Meta) (c Cut, ok bool) {
 	c = Cut{ID: id, Len: meta.Len, Was: meta.Len, meta: meta}
 	b, err := os.ReadFile(s.path(id))
 	switch {
@@ -330,8 +348,16 @@ func (s *Store) checkDirty(id ID, meta Meta) (c Cut, ok bool) {
 		crc32.Checksum(b[:meta.DurableLen], crcTable) == meta.DurableCRC:
 		c.Len, c.meta = meta.DurableLen, Meta{Len: meta.DurableLen, CRC: meta.DurableCRC}
 	case meta.Prev:
-		if m, ok := s.restorePrev(id, meta); ok {
-			c.Len, c.meta, c.Restored = m.Len, m, true
+		// Only a replaced block that left the index with this entry's
+		// commit (retired) says this entry's bytes may never have been
+		// synced: its file goes once a sync has made them durable. One
+		// still indexed (a clean block, a sealed generation) may be
+		// long older than bytes a sync made durable, which the disk
+		// damaged since: those are reported, never rolled back.
+		if _, err := txn.Get(key(meta.prevID(id))); !errors.Is(err, badger.ErrKeyNotFound) {
+			c.Damaged = true
+		} else if m, ok := s.restorePrev(id, meta); ok {
+			c.Len, c.meta, c.Restored, c.from = m.Len, m, true, meta.prevID(id)
 		} else {
 			c.Damaged = true
 		}

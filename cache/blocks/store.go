@@ -71,12 +71,13 @@ type Meta struct {
 	// place is a hole again, and nothing durable is lost with it.
 	Fresh bool
 	// Prev is set by the caller on a block written whole over one that
-	// held durable content: block (Ino, PrevGen, Idx), whose bytes were
-	// PrevLen long with CRC PrevCRC. Its file stays until a sync has made
-	// this entry durable (retired, or still indexed). If a power cut
-	// loses this block's bytes and that file still holds them, Recover
-	// puts them back in this block's place, rather than leave a block
-	// that can be neither read nor uploaded.
+	// held durable content and left the index in the same commit: block
+	// (Ino, PrevGen, Idx), whose bytes were PrevLen long with CRC
+	// PrevCRC. Its file is retired: it stays until a sync has made this
+	// entry durable. If a power cut loses this block's bytes, that block
+	// is still out of the index and its file holds them, Recover puts
+	// them back in this block's place, rather than leave a block that
+	// can be neither read nor uploaded.
 	Prev    bool
 	PrevGen uint64
 	PrevLen uint32

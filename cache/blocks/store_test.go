@@ -677,7 +677,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		}
 	}
 	for _, b := range [][]byte{nil, make([]byte, 7), make([]byte, 10), append(make([]byte, 8), 8), append(make([]byte, 8), metaDurable),
-		append(make([]byte, 17), metaPrev)} {
+		append(append(make([]byte, 8), metaPrev), make([]byte, 8)...)} { // a Prev cut short
 		if _, err := unmarshalMeta(b); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("entry %x: %v, want ErrCorrupt", b, err)
 		}
