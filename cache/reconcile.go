@@ -511,6 +511,12 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 func (c *Cache) landed(st *inodeState, p *uploadPlan, etag string) writeback.Result {
 	var newly []blocks.ID
 	more := false
+	// The record from before this upload, which a power cut before the
+	// next sync brings back, reads the file's clean blocks from a version
+	// S3 no longer has: they stay until that sync (before the commit, so
+	// that none is evicted meanwhile, and after it, in case a sync in
+	// between let them go).
+	c.blocks.HoldInode(st.ino)
 	err := c.transact(txBookkeeping, func(t *nsTx) error {
 		rec, err := t.get(st.ino)
 		if err != nil {
@@ -527,6 +533,7 @@ func (c *Cache) landed(st *inodeState, p *uploadPlan, etag string) writeback.Res
 	for _, id := range newly {
 		c.blocks.MarkClean(id)
 	}
+	c.blocks.HoldInode(st.ino)
 	c.stats.UploadsDone.Add(1)
 	if p.snap.Kind == KindFile && !p.copyOnly {
 		c.stats.BytesUploaded.Add(p.snap.Size)

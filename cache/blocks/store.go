@@ -425,7 +425,9 @@ func (s *Store) Pin(ino uint64, ids []ID, missing int64) bool {
 	}
 	var present int64
 	for _, id := range ids {
-		if _, ok := s.lruIndex[id]; ok {
+		_, inLRU := s.lruIndex[id]
+		_, held := s.cleaned[id]
+		if inLRU || held {
 			present += s.size[id].bytes
 		}
 	}
@@ -434,18 +436,27 @@ func (s *Store) Pin(ino uint64, ids []ID, missing int64) bool {
 	}
 	for _, id := range ids {
 		s.pins[id] = true
+		sz := s.size[id].bytes
 		if e, ok := s.lruIndex[id]; ok {
 			s.lru.Remove(e)
 			delete(s.lruIndex, id)
-			s.pinnedIn[id] = struct{}{}
-			s.pinnedBytes += s.size[id].bytes
+		} else if _, held := s.cleaned[id]; held {
+			// Pinned is kept too, and counted now, against the budget.
+			delete(s.cleaned, id)
+			s.cleanedBytes -= sz
+		} else {
+			continue
 		}
+		s.pinnedIn[id] = struct{}{}
+		s.pinnedBytes += sz
 	}
 	s.pinsByIno[ino] = ids
 	return true
 }
 
-// Unpin makes ino's pinned blocks evictable again.
+// Unpin makes ino's pinned blocks evictable again, after the next sync:
+// an upload that landed unpins them, and until a sync makes that durable,
+// a power cut brings back the record that needs them (see cleaned).
 func (s *Store) Unpin(ino uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -453,12 +464,32 @@ func (s *Store) Unpin(ino uint64) {
 		delete(s.pins, id)
 		if _, ok := s.pinnedIn[id]; ok {
 			delete(s.pinnedIn, id)
-			s.pinnedBytes -= s.size[id].bytes
-			s.lruIndex[id] = s.lru.PushFront(id)
+			sz := s.size[id].bytes
+			s.pinnedBytes -= sz
+			s.cleaned[id] = struct{}{}
+			s.cleanedBytes += sz
 		}
 	}
 	delete(s.pinsByIno, ino)
 	s.spaceFreed.Broadcast()
+}
+
+// HoldInode keeps ino's clean blocks out of eviction until the next sync
+// (see cleaned): an upload of ino is about to land, after which S3 no
+// longer has the version they were fetched from, while a power cut before
+// the next sync brings back the record that reads them.
+func (s *Store) HoldInode(ino uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.inoBlocks[ino] {
+		id := ID{Ino: ino, Gen: r.gen, Idx: r.idx}
+		if e, ok := s.lruIndex[id]; ok {
+			s.lru.Remove(e)
+			delete(s.lruIndex, id)
+			s.cleaned[id] = struct{}{}
+			s.cleanedBytes += s.size[id].bytes
+		}
+	}
 }
 
 // Trust records that block id's file holds exactly what meta describes,
@@ -498,6 +529,7 @@ func (s *Store) MarkClean(id ID) {
 	s.cleanBytes += sz
 	s.cleaned[id] = struct{}{}
 	s.cleanedBytes += sz
+	s.spaceFreed.Broadcast() // a sync can free it now
 }
 
 // releaseCleaned makes the blocks of cleaned that a sync made durable
@@ -694,6 +726,7 @@ func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait t
 		if err := s.waitFreed(ctx, time.Until(deadline)); err != nil {
 			return false, err
 		}
+		synced = false // uploads that landed meanwhile wait for a sync too
 	}
 }
 

@@ -828,3 +828,78 @@ func TestCleanedKeptUntilSync(t *testing.T) {
 		t.Fatalf("after the sync: a cached %v, b cached %v; want a evicted, b (dirty) kept", s.Has(a), s.Has(b))
 	}
 }
+
+// TestPinCountsBlocksWaitingForASync: Pin keeps pinned blocks under a
+// quarter of the cache, blocks an upload made clean that wait for a sync
+// included: they are pinned once pinned, not only after the sync. (From a
+// review: they were not counted, and all became pinned after the sync.)
+func TestPinCountsBlocksWaitingForASync(t *testing.T) {
+	s := newTestStore(t, 16*64<<10, nil)
+	var ids []ID
+	for i := range 8 {
+		id := ID{Ino: 1, Gen: 1, Idx: int64(i)}
+		put(t, s, id, bytes.Repeat([]byte("a"), 64<<10), true)
+		s.MarkClean(id) // an upload landed
+		ids = append(ids, id)
+	}
+	if s.Pin(1, ids, 0) {
+		t.Fatal("8 of 16 blocks pinned: over a quarter of the cache")
+	}
+	if !s.Pin(1, ids[:2], 0) {
+		t.Fatal("2 of 16 blocks not pinned")
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	pinned, inLRU := s.pinnedBytes, s.lru.Len()
+	s.mu.Unlock()
+	if pinned != 2*64<<10 || inLRU != 6 {
+		t.Fatalf("after the sync: %d bytes pinned, %d blocks evictable; want 2 blocks pinned, 6 evictable", pinned, inLRU)
+	}
+	s.Unpin(1)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	pinned, inLRU = s.pinnedBytes, s.lru.Len()
+	s.mu.Unlock()
+	if pinned != 0 || inLRU != 8 {
+		t.Fatalf("unpinned and synced: %d bytes pinned, %d blocks evictable; want 0 and 8", pinned, inLRU)
+	}
+}
+
+// TestWriterSyncsForEachLanding: a writer waiting for room while uploads
+// land gets the room their blocks leave, each after a sync the writer
+// starts: not only the blocks that waited for a sync when it began. (From
+// a review: the writer synced once, and then waited for the group commit.)
+func TestWriterSyncsForEachLanding(t *testing.T) {
+	s := newTestStore(t, 4*64<<10, nil)
+	var ids []ID
+	for i := range 4 {
+		id := ID{Ino: 1, Gen: 1, Idx: int64(i)}
+		put(t, s, id, bytes.Repeat([]byte("a"), 64<<10), true)
+		ids = append(ids, id)
+	}
+	s.MarkClean(ids[0]) // landed before the writer came
+	synced := make(chan struct{}, 8)
+	s.SetOnSynced(func() { synced <- struct{}{} })
+	got := make(chan error, 1)
+	go func() {
+		ok, err := s.Reserve(context.Background(), 2*64<<10-4096, true, 30*time.Second)
+		if err == nil && !ok {
+			err = errors.New("no room")
+		}
+		got <- err
+	}()
+	<-synced            // the writer's sync for the first
+	s.MarkClean(ids[1]) // lands while the writer waits
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the writer still waits: the second landing's block was never synced for it")
+	}
+}
