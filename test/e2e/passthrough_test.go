@@ -93,6 +93,12 @@ func TestPassthroughReaderSeesWrites(t *testing.T) {
 	if err := os.WriteFile(m.Path("log"), base, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Its upload lands now, not while the reader opens. This test is
+	// about writes while a reader passes through; once, under the load of
+	// the whole suite, the reader's open read through keelfs instead, with
+	// the upload due about then (the cause was not found: an open that
+	// cannot pass through reads through keelfs, which is correct).
+	m.Flush()
 	r, err := os.Open(m.Path("log"))
 	if err != nil {
 		t.Fatal(err)
