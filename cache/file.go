@@ -691,18 +691,17 @@ func (c *Cache) freshPlace(src blockSource, b *writeBuf) (bool, error) {
 
 // priorOf says what Recover should leave in the place of a block about
 // to be stored whole, now src, if a power cut loses the new block's bytes
-// (blocks.Meta): nothing, if the place held nothing durable (Fresh); else
-// the block it replaces (Prev), or what that one replaced in turn if it
-// was written since the last sync began. Only a replaced block that
-// leaves the index with the new entry's commit (retires: a dirty block of
-// the open generation) can be named: its file stays until a sync has made
-// the new entry durable (blocks.Replaced). A block that stays indexed (a
-// clean one, one of a sealed generation) can be evicted or dropped before
-// then, and may be much older than what a sync makes durable: the zero
-// Meta, and Recover reports the block damaged if it must.
-func (c *Cache) priorOf(src blockSource, b *writeBuf, retires bool) (blocks.Meta, error) {
+// before a sync makes them durable (blocks.Meta): nothing, if the place
+// held nothing durable (Fresh); else the block it replaces (Prev), or
+// what that one replaced in turn if no sync has begun to make it durable.
+// The caller holds blocks.BeginWrite, so that no sync begins before the
+// new block is committed, and keeps the named block's file until a sync:
+// it retires with the commit (blocks.Replaced), or is held (blocks.Hold).
+// A place whose block is not in the cache (S3 holds it) cannot be put
+// back: the zero Meta.
+func (c *Cache) priorOf(src blockSource, b *writeBuf, epoch uint64) (blocks.Meta, error) {
 	fresh, err := c.freshPlace(src, b)
-	if err != nil || fresh || !retires {
+	if err != nil || fresh || src.hole {
 		return blocks.Meta{Fresh: fresh}, err
 	}
 	m, found := b.baseMeta, true
@@ -711,7 +710,7 @@ func (c *Cache) priorOf(src blockSource, b *writeBuf, retires bool) (blocks.Meta
 			return blocks.Meta{}, err
 		}
 	}
-	prev := blocks.Meta{Prev: true, PrevGen: src.id.Gen, PrevLen: m.Len, PrevCRC: m.CRC}
+	prev := blocks.Meta{Prev: true, PrevGen: src.id.Gen, PrevLen: m.Len, PrevCRC: m.CRC, Epoch: epoch}
 	switch {
 	case !c.blocks.Unsynced(src.id):
 		// Durable, or the sync under way makes it so: src itself.
@@ -776,18 +775,26 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 			c.log.Debug("cache: append to a stored block failed; storing it whole", "block", b.base.String(), "err", err)
 		}
 	}
+	var hold blocks.ID // a clean block the new one names (Meta.Prev)
 	if err != nil {
 		if err := c.fillBufLocked(st); err != nil {
 			return err
 		}
-		prior, err := c.priorOf(src, b, replaced.Gen != 0)
+		// No sync begins until the block is committed and accounted:
+		// what priorOf saw stays true, and Epoch is exact.
+		epoch, done := c.blocks.BeginWrite()
+		defer done()
+		prior, err := c.priorOf(src, b, epoch)
 		if err != nil {
 			return err
 		}
 		if meta, err = c.blocks.Write(id, b.data[:n]); err != nil {
 			return err
 		}
-		meta.Fresh, meta.Prev, meta.PrevGen, meta.PrevLen, meta.PrevCRC = prior.Fresh, prior.Prev, prior.PrevGen, prior.PrevLen, prior.PrevCRC
+		meta.Fresh, meta.Prev, meta.PrevGen, meta.PrevLen, meta.PrevCRC, meta.Epoch = prior.Fresh, prior.Prev, prior.PrevGen, prior.PrevLen, prior.PrevCRC, prior.Epoch
+		if prior.Prev && replaced.Gen == 0 && prior.PrevGen == src.id.Gen {
+			hold = src.id
+		}
 	}
 	old := rec.clone()
 	rec.Runs = setBlock(rec.Runs, b.idx, id.Gen, true)
@@ -820,6 +827,9 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	c.blocks.Trust(id, meta)
 	if replaced.Gen != 0 {
 		c.blocks.Replaced(replaced)
+	}
+	if hold.Gen != 0 {
+		c.blocks.Hold(hold)
 	}
 	c.bufMem.release(b)
 	st.buf = nil

@@ -543,6 +543,41 @@ func (e *env) closeUnclean() {
 	}
 }
 
+// syncEpoch returns the number of syncs begun as the cache's disk records
+// it (see blocks.Meta.Epoch); setSyncEpoch puts it back after a close,
+// whose sync counts too: the disk as a power cut after that earlier sync
+// leaves it, with the index entries written since but none of the syncs.
+func (e *env) syncEpoch() []byte {
+	e.t.Helper()
+	var v []byte
+	if err := e.c.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get([]byte{blocks.KeyPrefix, 'e'})
+		if err != nil {
+			return err
+		}
+		v, err = it.ValueCopy(nil)
+		return err
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+	return v
+}
+
+func (e *env) setSyncEpoch(v []byte) {
+	e.t.Helper()
+	db, err := openDB(filepath.Join(e.dir, "meta"), e.opt.EncryptionKey, e.opt.Logger)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	err = db.Update(func(txn *badger.Txn) error { return txn.Set([]byte{blocks.KeyPrefix, 'e'}, v) })
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // TestPowerCutDuringAppend: lines appended in place to a file's stored
 // tail block, after a sync made the file durable, and then a power cut
 // before the next sync. Badger's log and the block file reach the disk
@@ -657,6 +692,7 @@ func TestPowerCutLosesOnlyTheInterval(t *testing.T) {
 			if err := e.c.blocks.Sync(); err != nil { // the group commit
 				t.Fatal(err)
 			}
+			epoch := e.syncEpoch()
 			replaced := map[string]blocks.ID{
 				"inside": e.blockIDs(e.mustLookup("inside").Ino)[1],
 				"gone":   e.blockIDs(e.mustLookup("gone").Ino)[1],
@@ -687,6 +723,7 @@ func TestPowerCutLosesOnlyTheInterval(t *testing.T) {
 			}
 			inPlace := e.blockPath(replaced["inside"])
 			e.closeUnclean()
+			e.setSyncEpoch(epoch)
 			if err := os.WriteFile(inPlace, kept["inside"], 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -1119,6 +1156,7 @@ func TestPowerCutDuringEncryptedAppend(t *testing.T) {
 	if err := e.c.blocks.Sync(); err != nil { // the group commit
 		t.Fatal(err)
 	}
+	epoch := e.syncEpoch()
 	tail := e.blockIDs(ino)[1]
 	kept, err := os.ReadFile(e.blockPath(tail))
 	if err != nil {
@@ -1139,6 +1177,7 @@ func TestPowerCutDuringEncryptedAppend(t *testing.T) {
 	}
 	tailPath, lastPath := e.blockPath(tail), e.blockPath(last)
 	e.closeUnclean()
+	e.setSyncEpoch(epoch)
 	// The power cut: the durable tail's file is still there (no sync
 	// deleted it), the last one's bytes are not.
 	if err := os.WriteFile(tailPath, kept, 0o600); err != nil {
@@ -1219,6 +1258,7 @@ func TestRestoreSurvivesACrashDuringRecovery(t *testing.T) {
 	if err := e.c.blocks.Sync(); err != nil {
 		t.Fatal(err)
 	}
+	epoch := e.syncEpoch()
 	ino := e.mustLookup("inside").Ino
 	old := e.blockIDs(ino)[1]
 	e.write("inside", int64(bs+5), []byte("rewritten"))
@@ -1229,6 +1269,7 @@ func TestRestoreSurvivesACrashDuringRecovery(t *testing.T) {
 	}
 	oldPath, lostPath := e.blockPath(old), e.blockPath(lost)
 	e.closeUnclean()
+	e.setSyncEpoch(epoch)
 	if err := os.WriteFile(oldPath, kept, 0o600); err != nil { // no sync deleted it
 		t.Fatal(err)
 	}
@@ -1264,9 +1305,21 @@ func TestRestoreSurvivesACrashDuringRecovery(t *testing.T) {
 // that cannot be read while S3 does not take the re-upload. (From a
 // review.)
 func TestPowerCutAfterUploadOfAnEdit(t *testing.T) {
+	// With fetchAhead the unchanged blocks are pinned during the edit
+	// (Unpin holds them); without it (CompleteMax -1) they are plain
+	// clean blocks (the landing holds them, HoldInode).
+	for _, completeMax := range []int64{0, -1} {
+		t.Run(fmt.Sprintf("CompleteMax=%d", completeMax), func(t *testing.T) {
+			powerCutAfterUploadOfAnEdit(t, completeMax)
+		})
+	}
+}
+
+func powerCutAfterUploadOfAnEdit(t *testing.T, completeMax int64) {
 	e := newEnv(t, func(o *Options) {
 		o.WriteBackDelay, o.CommitInterval = time.Hour, time.Hour
 		o.CacheSize = 2 << 20
+		o.CompleteMax = completeMax
 	})
 	e.logs.allow("upload failed")
 	e.logs.allow("s3 unavailable")
@@ -1311,5 +1364,44 @@ func TestPowerCutAfterUploadOfAnEdit(t *testing.T) {
 		if strings.Contains(k, ".conflict-") {
 			t.Fatalf("conflict copy %s of the file's own upload; bucket %v", k, e.keys())
 		}
+	}
+}
+
+// TestPowerCutRewriteOfAnUploadedFile: the most common rewrite, a block
+// of a file already in S3 (its blocks clean in the cache), stored whole,
+// and then a power cut before a sync made it durable, which loses its
+// bytes. The block gets back what it held before (the clean block it
+// replaced, which eviction leaves alone until a sync: see
+// blocks.TestHoldUntilASyncBegunAfter), rather than leave the file
+// unreadable there and never uploaded. (From a review.)
+func TestPowerCutRewriteOfAnUploadedFile(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.WriteBackDelay, o.CommitInterval = time.Hour, time.Hour })
+	e.logs.allow("did not reach the disk")
+	bs := int(e.opt.BlockSize)
+	old := randBytes(3 * bs)
+	e.write("f", 0, old)
+	e.drain()
+	if err := e.c.blocks.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	epoch := e.syncEpoch()
+	ino := e.mustLookup("f").Ino
+	e.write("f", int64(bs+5), []byte("rewritten, then lost"))
+	lost := e.blockPath(e.blockIDs(ino)[1])
+	e.closeUnclean()
+	e.setSyncEpoch(epoch)
+	if err := os.Truncate(lost, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.open()
+	if got := e.read("f"); !bytes.Equal(got, old) {
+		t.Fatal("f does not read back what it held before the lost rewrite")
+	}
+	if !e.logs.has("holds what it held before the rewrite") {
+		t.Error("the restore was not logged")
+	}
+	e.drain()
+	if got := e.object("f"); !bytes.Equal(got, old) {
+		t.Fatal("S3 does not hold what f held before the lost rewrite")
 	}
 }

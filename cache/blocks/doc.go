@@ -53,8 +53,17 @@
 // bytes after a power cut; the entry also names the prefix a sync had made
 // durable (Meta.Durable), and Recover cuts the block back to it. A block
 // written whole over one that held durable content names that one
-// (Meta.Prev), whose file stays until a sync; if a power cut loses the new
-// block's bytes, Recover puts the old ones back in its place.
+// (Meta.Prev), whose file stays until a sync, and the number of the sync
+// that will make it durable (Meta.Epoch; each sync records its number in
+// the log it makes durable). If a power cut loses the new block's bytes
+// before that sync, Recover puts the old ones back in its place; after
+// it, a mismatch is damage, reported and never rolled back.
+//
+// Blocks made clean by an upload, or held (Hold, HoldInode: the clean
+// blocks of a file whose upload lands, or one a new block names), stay
+// out of eviction until a sync that began after that: until then, a power
+// cut brings back a record that reads them from a version S3 may no
+// longer have.
 //
 // # Locks
 //

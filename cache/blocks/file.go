@@ -169,7 +169,7 @@ func (s *Store) Append(id ID, meta Meta, data []byte) (Meta, error) {
 	} else if meta.Prev {
 		// Not durable yet: the block it replaced is still what a power
 		// cut may have to bring back.
-		out.Prev, out.PrevGen, out.PrevLen, out.PrevCRC = true, meta.PrevGen, meta.PrevLen, meta.PrevCRC
+		out.Prev, out.PrevGen, out.PrevLen, out.PrevCRC, out.Epoch = true, meta.PrevGen, meta.PrevLen, meta.PrevCRC, meta.Epoch
 	}
 	f, err := os.OpenFile(s.path(id), os.O_WRONLY, 0)
 	if err != nil {

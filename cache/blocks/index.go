@@ -191,7 +191,9 @@ type Cut struct {
 	// Restored: it replaced a block whose file still held what it had
 	// (Meta.Prev), and those bytes (up to Was) are in its place now.
 	Restored bool
-	from     ID // the block Restored took the bytes from
+	from     ID     // the block Restored took the bytes from
+	fromLen  uint32 // its length
+	fromOut  bool   // and it is out of the index (retired)
 	// Damaged: it is not what its entry says, and what was there before
 	// may have been durable: nothing is cut. Reads of it fail, and its
 	// upload fails for good, so that nothing replaces good data in S3.
@@ -283,10 +285,11 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 	}
 	var sources []Cut
 	for _, c := range cuts {
-		if c.Restored {
+		if c.Restored && c.fromOut {
 			// The block a restore took its bytes from stays until the
 			// cut is recorded and synced: a crash before then finds the
-			// old entry again, and restores again from it.
+			// old entry again, and restores again from it. (One still
+			// indexed is a clean block, kept as such.)
 			known[c.from] = true
 			sources = append(sources, c)
 		}
@@ -301,7 +304,7 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 		// What was checked is what the next power cut must find: make it
 		// durable now, so that nothing carries a Fresh mark or an old
 		// durable prefix into blocks written over it in this run.
-		if err := s.syncer.do(s.syncAll); err != nil {
+		if err := s.syncer.do(func() error { return s.syncEpoch(false) }); err != nil {
 			return nil, fmt.Errorf("sync the checked blocks: %w", err)
 		}
 	}
@@ -313,7 +316,7 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 	}
 	s.mu.Lock()
 	for _, c := range sources {
-		s.retired[c.from] = s.diskSize(c.meta.Len)
+		s.retired[c.from] = s.diskSize(c.fromLen)
 		s.retiredBytes += s.retired[c.from]
 	}
 	s.mu.Unlock()
@@ -347,17 +350,16 @@ func (s *Store) checkDirty(txn *badger.Txn, id ID, meta Meta) (c Cut, ok bool) {
 	case meta.Durable && s.aead == nil && len(b) >= int(meta.DurableLen) &&
 		crc32.Checksum(b[:meta.DurableLen], crcTable) == meta.DurableCRC:
 		c.Len, c.meta = meta.DurableLen, Meta{Len: meta.DurableLen, CRC: meta.DurableCRC}
-	case meta.Prev:
-		// Only a replaced block that left the index with this entry's
-		// commit (retired) says this entry's bytes may never have been
-		// synced: its file goes once a sync has made them durable. One
-		// still indexed (a clean block, a sealed generation) may be
-		// long older than bytes a sync made durable, which the disk
-		// damaged since: those are reported, never rolled back.
-		if _, err := txn.Get(key(meta.prevID(id))); !errors.Is(err, badger.ErrKeyNotFound) {
-			c.Damaged = true
-		} else if m, ok := s.restorePrev(id, meta); ok {
-			c.Len, c.meta, c.Restored, c.from = m.Len, m, true, meta.prevID(id)
+	case meta.Prev && meta.Epoch > s.durableEpoch:
+		// No sync that covers this block began to make itself durable
+		// (Meta.Epoch): its bytes may never have reached the disk, and
+		// what it replaced is what was durable in its place. (Once one
+		// has, a mismatch is the disk's damage, reported below, never
+		// rolled back.)
+		if m, ok := s.restorePrev(id, meta); ok {
+			_, err := txn.Get(key(meta.prevID(id)))
+			c.Len, c.meta, c.Restored, c.from, c.fromLen = m.Len, m, true, meta.prevID(id), meta.PrevLen
+			c.fromOut = errors.Is(err, badger.ErrKeyNotFound)
 		} else {
 			c.Damaged = true
 		}

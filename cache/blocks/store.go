@@ -71,17 +71,25 @@ type Meta struct {
 	// place is a hole again, and nothing durable is lost with it.
 	Fresh bool
 	// Prev is set by the caller on a block written whole over one that
-	// held durable content and left the index in the same commit: block
-	// (Ino, PrevGen, Idx), whose bytes were PrevLen long with CRC
-	// PrevCRC. Its file is retired: it stays until a sync has made this
-	// entry durable. If a power cut loses this block's bytes, that block
-	// is still out of the index and its file holds them, Recover puts
-	// them back in this block's place, rather than leave a block that
-	// can be neither read nor uploaded.
+	// held what was durable in its place: block (Ino, PrevGen, Idx), whose
+	// bytes were PrevLen long with CRC PrevCRC. Its file stays until a
+	// sync has made this entry durable: retired if it left the index with
+	// this entry's commit, held out of eviction (Hold) if it is a clean
+	// block that stays. If a power cut loses this block's bytes before
+	// then (Epoch) and that file still holds them, Recover puts them back
+	// in this block's place, rather than leave a block that can be
+	// neither read nor uploaded.
 	Prev    bool
 	PrevGen uint64
 	PrevLen uint32
 	PrevCRC uint32
+	// Epoch, with Prev, is the number of the sync that makes this entry
+	// and its bytes durable (see BeginWrite). Recover puts the replaced
+	// block back only if no sync of that number or later had begun to
+	// make itself durable: once one has, these bytes were synced, and a
+	// mismatch is the disk's damage, not a power cut's, which must not
+	// roll back what fsync acknowledged.
+	Epoch uint64
 }
 
 // prevID is the block a Prev entry of block id names.
@@ -95,9 +103,9 @@ const (
 
 // The index entry is 8 bytes (length, CRC), then, if a flag is set, a
 // flags byte, the durable prefix (8 bytes) when there is one, and the
-// block it replaced (16 bytes) when there is one.
+// block it replaced and the sync epoch (24 bytes) when there is one.
 func (m Meta) marshal() []byte {
-	b := make([]byte, 8, 33)
+	b := make([]byte, 8, 41)
 	binary.BigEndian.PutUint32(b, m.Len)
 	binary.BigEndian.PutUint32(b[4:], m.CRC)
 	var flags byte
@@ -122,6 +130,7 @@ func (m Meta) marshal() []byte {
 		b = binary.BigEndian.AppendUint64(b, m.PrevGen)
 		b = binary.BigEndian.AppendUint32(b, m.PrevLen)
 		b = binary.BigEndian.AppendUint32(b, m.PrevCRC)
+		b = binary.BigEndian.AppendUint64(b, m.Epoch)
 	}
 	return b
 }
@@ -142,7 +151,7 @@ func unmarshalMeta(b []byte) (Meta, error) {
 		want += 8
 	}
 	if m.Prev {
-		want += 16
+		want += 24
 	}
 	if len(b) != want || flags&^(metaDurable|metaFresh|metaPrev) != 0 {
 		return Meta{}, bad
@@ -154,6 +163,7 @@ func unmarshalMeta(b []byte) (Meta, error) {
 	}
 	if m.Prev {
 		m.PrevGen, m.PrevLen, m.PrevCRC = binary.BigEndian.Uint64(rest), binary.BigEndian.Uint32(rest[8:]), binary.BigEndian.Uint32(rest[12:])
+		m.Epoch = binary.BigEndian.Uint64(rest[16:])
 	}
 	return m, nil
 }
@@ -270,8 +280,20 @@ type Store struct {
 	// the next start uploads them again. They count in cleanBytes, and
 	// in cleanedBytes; a writer short of room syncs at once to free them,
 	// as for retired blocks.
-	cleaned      map[ID]struct{}
+	cleaned      map[ID]uint64 // the number of syncs begun when held
 	cleanedBytes int64
+	// syncGate orders writes of blocks against the start of a sync: a
+	// writer holds it shared from BeginWrite to its block's Added, and a
+	// sync takes it to start, so that every block is in the first sync to
+	// start after its Epoch was read, and what the writer read of other
+	// blocks' sync state stays true until it has committed. epochs is
+	// how many syncs have begun, counting earlier runs (kept in badger
+	// under epochKey, written by each sync before it syncs the log).
+	syncGate sync.RWMutex
+	epochs   uint64
+	// durableEpoch is epochs as the last run left it on the disk (read at
+	// Open): no sync numbered above it made anything durable.
+	durableEpoch uint64
 	// files keeps descriptors of verified block files that small reads
 	// used lately (fileLRU, front = newest), so that a 4 KiB read costs a
 	// pread, not an open, a pread and a close.
@@ -311,7 +333,7 @@ func Open(o Options) (*Store, error) {
 	}
 	s := &Store{dir: o.Dir, db: o.DB, limit: o.Limit, log: o.Log, lru: list.New(),
 		lruIndex: make(map[ID]*list.Element), size: make(map[ID]sized), inoBlocks: make(map[uint64][]blockRef),
-		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), syncing: make(map[ID]struct{}), retired: make(map[ID]int64), cleaned: make(map[ID]struct{}),
+		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), syncing: make(map[ID]struct{}), retired: make(map[ID]int64), cleaned: make(map[ID]uint64),
 		files: make(map[ID]*openBlock), fileLRU: list.New(), maxFiles: 128,
 		pins: make(map[ID]bool), pinsByIno: make(map[uint64][]ID), pinnedIn: make(map[ID]struct{}),
 		minFree: o.MinFree, statfs: o.Statfs, background: o.Background,
@@ -349,7 +371,42 @@ func Open(o Options) (*Store, error) {
 	if err := s.openBackings(); err != nil {
 		return nil, err
 	}
+	if err := s.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(epochKey)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return it.Value(func(v []byte) error {
+			if len(v) != 8 {
+				return fmt.Errorf("%w: sync epoch of %d bytes", ErrCorrupt, len(v))
+			}
+			s.epochs = binary.BigEndian.Uint64(v)
+			return nil
+		})
+	}); err != nil {
+		return nil, fmt.Errorf("cache: read the sync epoch: %w", err)
+	}
+	s.durableEpoch = s.epochs
 	return s, nil
+}
+
+// epochKey holds the number of syncs begun (Store.epochs). It sorts among
+// the block index's keys, which have 25 bytes: parseKey skips it.
+var epochKey = []byte{KeyPrefix, 'e'}
+
+// BeginWrite is called before a block is written whole in the place of
+// another (see Meta.Prev), and done once the block's entry is committed
+// and Added (or given up). It returns the Epoch of that block: no sync
+// starts in between.
+func (s *Store) BeginWrite() (epoch uint64, done func()) {
+	s.syncGate.RLock()
+	s.mu.Lock()
+	epoch = s.epochs + 1
+	s.mu.Unlock()
+	return epoch, s.syncGate.RUnlock
 }
 
 // diskSize is what a block of n bytes costs on disk, for the size budget.
@@ -466,7 +523,7 @@ func (s *Store) Unpin(ino uint64) {
 			delete(s.pinnedIn, id)
 			sz := s.size[id].bytes
 			s.pinnedBytes -= sz
-			s.cleaned[id] = struct{}{}
+			s.cleaned[id] = s.epochs
 			s.cleanedBytes += sz
 		}
 	}
@@ -482,14 +539,29 @@ func (s *Store) HoldInode(ino uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range s.inoBlocks[ino] {
-		id := ID{Ino: ino, Gen: r.gen, Idx: r.idx}
-		if e, ok := s.lruIndex[id]; ok {
-			s.lru.Remove(e)
-			delete(s.lruIndex, id)
-			s.cleaned[id] = struct{}{}
-			s.cleanedBytes += s.size[id].bytes
-		}
+		s.holdLocked(ID{Ino: ino, Gen: r.gen, Idx: r.idx})
 	}
+}
+
+// Hold keeps clean block id out of eviction until the next sync, if it
+// is cached: a block written whole in its place names it (Meta.Prev).
+func (s *Store) Hold(id ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holdLocked(id)
+}
+
+// holdLocked holds id until a sync that begins after now, if it is an
+// evictable or held clean block.
+func (s *Store) holdLocked(id ID) {
+	if e, ok := s.lruIndex[id]; ok {
+		s.lru.Remove(e)
+		delete(s.lruIndex, id)
+		s.cleanedBytes += s.size[id].bytes
+	} else if _, held := s.cleaned[id]; !held {
+		return
+	}
+	s.cleaned[id] = s.epochs
 }
 
 // Trust records that block id's file holds exactly what meta describes,
@@ -523,23 +595,24 @@ func (s *Store) MarkClean(id ID) {
 		return
 	}
 	if _, held := s.cleaned[id]; held {
+		s.cleaned[id] = s.epochs
 		return
 	}
 	s.dirtyBytes -= sz
 	s.cleanBytes += sz
-	s.cleaned[id] = struct{}{}
+	s.cleaned[id] = s.epochs
 	s.cleanedBytes += sz
-	s.spaceFreed.Broadcast() // a sync can free it now
 }
 
-// releaseCleaned makes the blocks of cleaned that a sync made durable
-// evictable (or pinned, if pinned since).
-func (s *Store) releaseCleaned(ids map[ID]struct{}) {
+// releaseCleaned makes the blocks of cleaned held before sync number n
+// began evictable (or pinned, if pinned since): n made durable what they
+// were held for.
+func (s *Store) releaseCleaned(n uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for id := range ids {
-		if _, held := s.cleaned[id]; !held {
-			continue // dropped since
+	for id, since := range s.cleaned {
+		if since >= n {
+			continue // held again, or first, since n began
 		}
 		delete(s.cleaned, id)
 		sz := s.size[id].bytes

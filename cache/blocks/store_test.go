@@ -668,7 +668,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		{Len: 10, CRC: 7, Fresh: true},
 		{Len: 10, CRC: 7, Durable: true, DurableLen: 4, DurableCRC: 9},
 		{Len: 10, CRC: 7, Durable: true, DurableLen: 4, DurableCRC: 9, Fresh: true},
-		{Len: 10, CRC: 7, Prev: true, PrevGen: 1 << 60, PrevLen: 3, PrevCRC: 5},
+		{Len: 10, CRC: 7, Prev: true, PrevGen: 1 << 60, PrevLen: 3, PrevCRC: 5, Epoch: 1<<40 + 3},
 		{Len: 10, CRC: 7, Durable: true, DurableLen: 4, DurableCRC: 9, Prev: true, PrevGen: 2, PrevLen: 3, PrevCRC: 5},
 	} {
 		got, err := unmarshalMeta(m.marshal())
@@ -901,5 +901,70 @@ func TestWriterSyncsForEachLanding(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the writer still waits: the second landing's block was never synced for it")
+	}
+}
+
+// TestHoldUntilASyncBegunAfter: a block held (HoldInode, Hold, MarkClean)
+// stays out of eviction until a sync that began after the hold has made
+// itself durable; holding it again during a sync keeps it past that one.
+// (From a review: a sync that began before an upload's landing commit
+// released the blocks the landing held again after its commit.)
+func TestHoldUntilASyncBegunAfter(t *testing.T) {
+	s := newTestStore(t, 16*64<<10, nil)
+	id := ID{Ino: 1, Gen: 1, Idx: 0}
+	put(t, s, id, bytes.Repeat([]byte("a"), 64<<10), false) // clean, in the LRU
+	evictable := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		_, ok := s.lruIndex[id]
+		return ok
+	}
+	s.HoldInode(1)
+	if evictable() {
+		t.Fatal("held, and still evictable")
+	}
+	s.SetOnSynced(func() { s.HoldInode(1) }) // held again while the sync runs
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	s.SetOnSynced(nil)
+	if evictable() {
+		t.Fatal("released by a sync that began before it was held again")
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if !evictable() {
+		t.Fatal("still held after a sync that began after the hold")
+	}
+	if ok, err := s.Reserve(context.Background(), 16*64<<10, false, 0); err != nil || !ok {
+		t.Fatalf("Reserve of the whole cache: %v, %v; want the held block evicted now", ok, err)
+	}
+}
+
+// TestBeginWriteHoldsOffSyncs: no sync begins between BeginWrite and the
+// block's Added, so the block is in the sync numbered by the epoch
+// BeginWrite returned: the epoch Recover compares (Meta.Epoch) is exact.
+func TestBeginWriteHoldsOffSyncs(t *testing.T) {
+	s := newTestStore(t, 64<<20, nil)
+	for i := range 50 {
+		id := ID{Ino: 1, Gen: uint64(i + 1), Idx: 0}
+		epoch, done := s.BeginWrite()
+		synced := make(chan error, 1)
+		go func() { synced <- s.Sync() }()
+		put(t, s, id, []byte("a block"), true)
+		done()
+		if err := <-synced; err != nil {
+			t.Fatal(err)
+		}
+		if !s.IsDurable(id) {
+			t.Fatalf("round %d: a sync that began while the block was written missed it", i)
+		}
+		s.mu.Lock()
+		n := s.epochs
+		s.mu.Unlock()
+		if n != epoch {
+			t.Fatalf("round %d: the block's epoch is %d, the sync that made it durable %d", i, epoch, n)
+		}
 	}
 }

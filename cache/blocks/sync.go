@@ -2,6 +2,7 @@ package blocks
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	badger "github.com/dgraph-io/badger/v4"
 )
 
 // syncAhead is how many bytes of dirty blocks may wait for a sync before
@@ -99,7 +102,13 @@ func (s *Store) Sync() error {
 
 // syncAll fsyncs the blocks written since the last sync, their
 // directories, and the badger log.
-func (s *Store) syncAll() error {
+func (s *Store) syncAll() error { return s.syncEpoch(true) }
+
+// syncEpoch is syncAll; record false leaves the sync epoch on the disk as
+// it was (Recover: entries whose cut is not recorded yet must still be
+// taken for unsynced by a start after a crash during recovery).
+func (s *Store) syncEpoch(record bool) error {
+	s.syncGate.Lock() // no block between BeginWrite and Added
 	s.mu.Lock()
 	ids, newSubdir := s.unsynced, s.newSubdir
 	s.unsynced, s.newSubdir, s.unsyncedBytes = make(map[ID]struct{}), false, 0
@@ -107,10 +116,13 @@ func (s *Store) syncAll() error {
 	// Retired before this sync began: the transactions that unindexed
 	// them are in the log the db.Sync below makes durable. They stay in
 	// s.retired until their files are gone, so that Taken keeps their IDs
-	// from being written meanwhile.
+	// from being written meanwhile. Likewise blocks held clean before it
+	// began (cleaned) are released after it.
 	retired := maps.Clone(s.retired)
-	cleaned := maps.Clone(s.cleaned) // likewise made clean by committed transactions
+	s.epochs++
+	epoch := s.epochs
 	s.mu.Unlock()
+	s.syncGate.Unlock()
 	fail := func(err error) error {
 		s.mu.Lock()
 		for id := range ids {
@@ -168,6 +180,16 @@ func (s *Store) syncAll() error {
 	if first != nil {
 		return fail(first)
 	}
+	// The epoch goes into the log this sync makes durable: a later start
+	// that finds it knows this sync made its blocks durable; one that
+	// does not, that it did not.
+	if record {
+		if err := s.db.Update(func(txn *badger.Txn) error {
+			return txn.Set(epochKey, binary.BigEndian.AppendUint64(nil, epoch))
+		}); err != nil {
+			return fail(fmt.Errorf("record the sync epoch: %w", err))
+		}
+	}
 	if err := s.db.Sync(); err != nil {
 		return fail(err)
 	}
@@ -178,7 +200,7 @@ func (s *Store) syncAll() error {
 	if onSynced != nil {
 		onSynced()
 	}
-	s.releaseCleaned(cleaned)
+	s.releaseCleaned(epoch)
 	for id := range retired {
 		s.removeFile(id)
 		s.mu.Lock()
