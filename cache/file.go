@@ -761,7 +761,17 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	}
 	var meta blocks.Meta
 	err := blocks.ErrNoAppend
+	// No sync begins while a block is stored, from what is read of other
+	// blocks' sync state until the block is committed and accounted
+	// (blocks.BeginWrite): what that said stays true, and Epoch is exact.
+	var writing func()
+	defer func() {
+		if writing != nil {
+			writing()
+		}
+	}()
 	if replaced.Gen != 0 && replaced == b.base && b.same >= int64(b.baseMeta.Len) && n >= int64(b.baseMeta.Len) {
+		_, writing = c.blocks.BeginWrite()
 		// Only bytes after the committed ones changed (a file
 		// appended to, closed after each line): add them to the
 		// committed block in place. Its committed bytes stay as they
@@ -771,30 +781,34 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 		// read looks at. No new file, no rewrite of what is there.
 		if meta, err = c.blocks.Append(b.base, b.baseMeta, b.data[:n]); err == nil {
 			id, replaced = b.base, blocks.ID{}
-		} else if !errors.Is(err, blocks.ErrNoAppend) {
-			c.log.Debug("cache: append to a stored block failed; storing it whole", "block", b.base.String(), "err", err)
+		} else {
+			if !errors.Is(err, blocks.ErrNoAppend) {
+				c.log.Debug("cache: append to a stored block failed; storing it whole", "block", b.base.String(), "err", err)
+			}
+			writing()
+			writing = nil // not while fillBufLocked may wait for S3
 		}
 	}
-	var hold blocks.ID // a clean block the new one names (Meta.Prev)
 	if err != nil {
 		if err := c.fillBufLocked(st); err != nil {
 			return err
 		}
-		// No sync begins until the block is committed and accounted:
-		// what priorOf saw stays true, and Epoch is exact.
-		epoch, done := c.blocks.BeginWrite()
-		defer done()
+		var epoch uint64
+		epoch, writing = c.blocks.BeginWrite()
 		prior, err := c.priorOf(src, b, epoch)
 		if err != nil {
 			return err
+		}
+		if prior.Prev && replaced.Gen == 0 && prior.PrevGen == src.id.Gen {
+			// A clean block (or one of a sealed generation) that stays
+			// indexed: kept out of eviction until a sync has made the
+			// new one durable.
+			c.blocks.Hold(src.id)
 		}
 		if meta, err = c.blocks.Write(id, b.data[:n]); err != nil {
 			return err
 		}
 		meta.Fresh, meta.Prev, meta.PrevGen, meta.PrevLen, meta.PrevCRC, meta.Epoch = prior.Fresh, prior.Prev, prior.PrevGen, prior.PrevLen, prior.PrevCRC, prior.Epoch
-		if prior.Prev && replaced.Gen == 0 && prior.PrevGen == src.id.Gen {
-			hold = src.id
-		}
 	}
 	old := rec.clone()
 	rec.Runs = setBlock(rec.Runs, b.idx, id.Gen, true)
@@ -827,9 +841,6 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 	c.blocks.Trust(id, meta)
 	if replaced.Gen != 0 {
 		c.blocks.Replaced(replaced)
-	}
-	if hold.Gen != 0 {
-		c.blocks.Hold(hold)
 	}
 	c.bufMem.release(b)
 	st.buf = nil

@@ -120,6 +120,14 @@ func (s *Store) IsDurable(id ID) bool {
 	return !unsynced && !syncing
 }
 
+// beingSynced reports whether the sync under way holds block id.
+func (s *Store) beingSynced(id ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.syncing[id]
+	return ok
+}
+
 // Unsynced reports whether dirty block id was written after the last sync
 // began: no sync has made it, nor its index entry, durable yet, nor will
 // the one under way. (A block the sync under way holds may become durable
@@ -158,8 +166,13 @@ var ErrNoAppend = errors.New("cache block: cannot append in place")
 // entry and lose the appended bytes in a power cut (neither is synced
 // until the next group commit); Recover then cuts the block back to that
 // prefix, which a sync made durable, rather than lose what was there.
+//
+// The caller holds BeginWrite. A block that a sync under way holds is not
+// appended to (ErrNoAppend): that sync will make its bytes durable, which
+// no prefix named now could say. The caller stores it whole instead,
+// naming it (Meta.Prev) with the next sync's epoch.
 func (s *Store) Append(id ID, meta Meta, data []byte) (Meta, error) {
-	if s.aead != nil || len(data) < int(meta.Len) {
+	if s.aead != nil || len(data) < int(meta.Len) || s.beingSynced(id) {
 		return Meta{}, ErrNoAppend
 	}
 	out := Meta{Durable: meta.Durable, DurableLen: meta.DurableLen, DurableCRC: meta.DurableCRC,

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io/fs"
 	"os"
+	"slices"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -193,7 +194,6 @@ type Cut struct {
 	Restored bool
 	from     ID     // the block Restored took the bytes from
 	fromLen  uint32 // its length
-	fromOut  bool   // and it is out of the index (retired)
 	// Damaged: it is not what its entry says, and what was there before
 	// may have been durable: nothing is cut. Reads of it fail, and its
 	// upload fails for good, so that nothing replaces good data in S3.
@@ -267,7 +267,7 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 			}
 			n := meta.Len
 			if dirty && check {
-				if c, ok := s.checkDirty(txn, id, meta); !ok {
+				if c, ok := s.checkDirty(id, meta); !ok {
 					cuts = append(cuts, c)
 					if c.Lost {
 						continue // its file goes with the unknown ones
@@ -284,13 +284,20 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 		return nil, err
 	}
 	var sources []Cut
+	var unindex []ID
 	for _, c := range cuts {
-		if c.Restored && c.fromOut {
+		if c.Restored && !known[c.from] {
 			// The block a restore took its bytes from stays until the
 			// cut is recorded and synced: a crash before then finds the
-			// old entry again, and restores again from it. (One still
-			// indexed is a clean block, kept as such.)
+			// old entry again, and restores again from it. It leaves
+			// the index now if it is still there (a clean block nothing
+			// refers to), and its file after that sync. (A block a
+			// record still refers to is kept as such.)
 			known[c.from] = true
+			if i := slices.Index(garbage, c.from); i >= 0 {
+				garbage = slices.Delete(garbage, i, i+1)
+				unindex = append(unindex, c.from)
+			}
 			sources = append(sources, c)
 		}
 		if c.Lost || c.Damaged || c.Restored || c.Len == c.Was {
@@ -311,6 +318,9 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 	if err := s.Delete(garbage); err != nil {
 		return nil, err
 	}
+	if err := s.deleteIndex(unindex); err != nil {
+		return nil, err
+	}
 	if err := s.scanFiles(func(id ID) bool { return known[id] }); err != nil {
 		return nil, err
 	}
@@ -326,7 +336,7 @@ func (s *Store) Recover(classify func(txn *badger.Txn, id ID) (keep, dirty bool,
 // checkDirty checks block id's file against meta after an unclean
 // shutdown; ok is true when it matches, or cannot be read for a reason
 // other than being missing. Otherwise c says what is left (see Cut).
-func (s *Store) checkDirty(txn *badger.Txn, id ID, meta Meta) (c Cut, ok bool) {
+func (s *Store) checkDirty(id ID, meta Meta) (c Cut, ok bool) {
 	c = Cut{ID: id, Len: meta.Len, Was: meta.Len, meta: meta}
 	b, err := os.ReadFile(s.path(id))
 	switch {
@@ -357,9 +367,7 @@ func (s *Store) checkDirty(txn *badger.Txn, id ID, meta Meta) (c Cut, ok bool) {
 		// has, a mismatch is the disk's damage, reported below, never
 		// rolled back.)
 		if m, ok := s.restorePrev(id, meta); ok {
-			_, err := txn.Get(key(meta.prevID(id)))
 			c.Len, c.meta, c.Restored, c.from, c.fromLen = m.Len, m, true, meta.prevID(id), meta.PrevLen
-			c.fromOut = errors.Is(err, badger.ErrKeyNotFound)
 		} else {
 			c.Damaged = true
 		}
