@@ -1039,6 +1039,27 @@ func TestCacheFormatVersion(t *testing.T) {
 	}
 }
 
+// waitEvicted waits until the cache has evicted a block: a test's reader
+// needed the room. The reader gets each block before it is stored, so the
+// last ones may still be on their way when its read returns.
+func (e *env) waitEvicted() {
+	e.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); e.c.blocks.Stats().Evictions == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			e.t.Fatal("reading evicted nothing: the test needs a cache short of room")
+		}
+	}
+}
+
+// wantUploaded drains the cache and checks that S3 holds want as key.
+func (e *env) wantUploaded(key string, want []byte) {
+	e.t.Helper()
+	e.drain()
+	if got := e.object(key); !bytes.Equal(got, want) {
+		e.t.Fatalf("%s: S3 holds %d bytes, not the %d wanted", key, len(got), len(want))
+	}
+}
+
 // durableMeta keeps, after each sync of the cache's disk, a copy of the
 // metadata store as it is then: what a power cut would leave of it.
 // freeze stops the copies (before a Close, which syncs too); powerCut
@@ -1108,10 +1129,7 @@ func TestPowerCutAfterUpload(t *testing.T) {
 			if err := e.c.blocks.Sync(); err != nil { // the group commit
 				t.Fatal(err)
 			}
-			e.drain()
-			if got := e.object("f"); !bytes.Equal(got, want) {
-				t.Fatal("f uploaded wrong")
-			}
+			e.wantUploaded("f", want)
 			if evict {
 				// Room for g takes f's clean blocks (2 MiB of cache).
 				e.write("g", 0, randBytes(2000<<10))
@@ -1124,10 +1142,7 @@ func TestPowerCutAfterUpload(t *testing.T) {
 			if got := e.read("f"); !bytes.Equal(got, want) {
 				t.Fatalf("f reads back %d bytes after the power cut, want its %d", len(got), len(want))
 			}
-			e.drain()
-			if got := e.object("f"); !bytes.Equal(got, want) {
-				t.Fatalf("f in S3 has %d bytes after the power cut, want its %d", len(got), len(want))
-			}
+			e.wantUploaded("f", want)
 			for _, k := range e.keys() {
 				if strings.Contains(k, ".conflict-") {
 					t.Fatalf("conflict copy %s of the file's own upload; bucket %v", k, e.keys())
@@ -1196,10 +1211,7 @@ func TestPowerCutDuringEncryptedAppend(t *testing.T) {
 	if !e.logs.has("did not reach the disk") {
 		t.Error("the loss was not logged")
 	}
-	e.drain()
-	if got := e.object("log"); !bytes.Equal(got, durable) {
-		t.Fatalf("uploaded %d bytes, want the %d that were durable", len(got), len(durable))
-	}
+	e.wantUploaded("log", durable)
 }
 
 // TestSyncedRewriteIsNeverRolledBack: a block rewritten whole over a clean
@@ -1287,10 +1299,7 @@ func TestRestoreSurvivesACrashDuringRecovery(t *testing.T) {
 	if got := e.read("inside"); !bytes.Equal(got, inside) {
 		t.Fatal("the second start does not read back what was durable")
 	}
-	e.drain()
-	if got := e.object("inside"); !bytes.Equal(got, inside) {
-		t.Fatal("uploaded content is not what was durable")
-	}
+	e.wantUploaded("inside", inside)
 	e.reopen() // a sync has recorded the cut: the replaced block's file goes
 	if _, err := os.Stat(oldPath); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the replaced block's file stays after the cut was recorded and synced: %v", err)
@@ -1333,17 +1342,12 @@ func powerCutAfterUploadOfAnEdit(t *testing.T, completeMax int64) {
 	}
 	copy(want[bs+5:], "edited")
 	e.write("f", int64(bs+5), []byte("edited"))
-	e.drain()
-	if got := e.object("f"); !bytes.Equal(got, want) {
-		t.Fatal("f uploaded wrong")
-	}
+	e.wantUploaded("f", want)
 	// A reader needs room, and f's unchanged blocks are the oldest: no
 	// sync has made the upload known, so they must not go.
 	e.store.PutObject("h", randBytes(31*bs), nil)
 	e.read("h")
-	if e.c.blocks.Stats().Evictions == 0 {
-		t.Fatal("reading h evicted nothing: the test needs a cache short of room")
-	}
+	e.waitEvicted()
 	d.powerCut()
 	e.store.SetHook(func(op, key string) error {
 		if op == "Put" || op == "CreateMultipart" {
@@ -1356,10 +1360,7 @@ func powerCutAfterUploadOfAnEdit(t *testing.T, completeMax int64) {
 		t.Fatal("f does not read back after the power cut while S3 takes no upload")
 	}
 	e.store.SetHook(nil)
-	e.drain()
-	if got := e.object("f"); !bytes.Equal(got, want) {
-		t.Fatal("f in S3 is wrong after the power cut")
-	}
+	e.wantUploaded("f", want)
 	for _, k := range e.keys() {
 		if strings.Contains(k, ".conflict-") {
 			t.Fatalf("conflict copy %s of the file's own upload; bucket %v", k, e.keys())
@@ -1405,9 +1406,7 @@ func powerCutRewriteOfAnUploadedFile(t *testing.T, reader, crash bool) {
 		t.Cleanup(func() { blocks.FsyncPath = blocks.FsyncFile })
 		e.store.PutObject("h", randBytes(int(e.opt.CacheSize)), nil)
 		e.read("h")
-		if e.c.blocks.Stats().Evictions == 0 {
-			t.Fatal("reading h evicted nothing: the test needs a cache short of room")
-		}
+		e.waitEvicted()
 		blocks.FsyncPath = blocks.FsyncFile
 		// Takes the failure of the reader's sync, if it started one, for
 		// Close.
@@ -1439,10 +1438,7 @@ func powerCutRewriteOfAnUploadedFile(t *testing.T, reader, crash bool) {
 	if !e.logs.has("holds what it held before the rewrite") {
 		t.Error("the restore was not logged")
 	}
-	e.drain()
-	if got := e.object("f"); !bytes.Equal(got, old) {
-		t.Fatal("S3 does not hold what f held before the lost rewrite")
-	}
+	e.wantUploaded("f", old)
 }
 
 // TestPowerCutAppendDuringASync: a line appended to a log while a sync of
@@ -1506,10 +1502,7 @@ func TestPowerCutAppendDuringASync(t *testing.T) {
 	if got := e.read("log"); !bytes.Equal(got, want) {
 		t.Fatalf("after the power cut the log has %d bytes, want the %d the sync made durable", len(got), len(want))
 	}
-	e.drain()
-	if got := e.object("log"); !bytes.Equal(got, want) {
-		t.Fatalf("uploaded %d bytes, want %d", len(got), len(want))
-	}
+	e.wantUploaded("log", want)
 }
 
 // TestPowerCutRewriteThenAppend: a log's tail block rewritten whole (a
