@@ -805,10 +805,12 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 			// new one durable.
 			c.blocks.Hold(src.id)
 		}
-		if meta, err = c.blocks.Write(id, b.data[:n]); err != nil {
+		written, err := c.blocks.Write(id, b.data[:n])
+		if err != nil {
 			return err
 		}
-		meta.Fresh, meta.Prev, meta.PrevGen, meta.PrevLen, meta.PrevCRC, meta.Epoch = prior.Fresh, prior.Prev, prior.PrevGen, prior.PrevLen, prior.PrevCRC, prior.Epoch
+		meta = prior
+		meta.Len, meta.CRC = written.Len, written.CRC
 	}
 	old := rec.clone()
 	rec.Runs = setBlock(rec.Runs, b.idx, id.Gen, true)

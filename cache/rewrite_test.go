@@ -578,6 +578,45 @@ func (e *env) setSyncEpoch(v []byte) {
 	}
 }
 
+// powerCutAfter closes the cache as a power cut after the sync whose
+// epoch is given (syncEpoch) leaves its disk: the index entries written
+// since are there, but not that any later sync ran, and the files of the
+// blocks keep (replaced blocks, retired until a sync) are as they were
+// before the close, whose own sync deletes them. The caller then takes
+// away what the power cut kept from the disk.
+func (e *env) powerCutAfter(epoch []byte, keep ...blocks.ID) {
+	e.t.Helper()
+	kept := make(map[string][]byte)
+	for _, id := range keep {
+		p := e.blockPath(id)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			e.t.Fatalf("block %v before the power cut: %v", id, err)
+		}
+		kept[p] = b
+	}
+	e.closeUnclean()
+	e.setSyncEpoch(epoch)
+	for p, b := range kept {
+		if err := os.WriteFile(p, b, 0o600); err != nil { // no sync deleted it
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// openCrashingWhileRecordingCuts starts the cache with a crash injected
+// where it records what recovery cut (applyCuts): the start must fail,
+// and leave the cache for the next one.
+func (e *env) openCrashingWhileRecordingCuts() {
+	e.t.Helper()
+	testHookApplyCuts = func() error { return errors.New("injected crash") }
+	defer func() { testHookApplyCuts = nil }()
+	if c, err := Open(ctx, e.opt); err == nil {
+		c.Close()
+		e.t.Fatal("open with a crash while recording cuts succeeded")
+	}
+}
+
 // TestPowerCutDuringAppend: lines appended in place to a file's stored
 // tail block, after a sync made the file durable, and then a power cut
 // before the next sync. Badger's log and the block file reach the disk
@@ -711,22 +750,12 @@ func TestPowerCutLosesOnlyTheInterval(t *testing.T) {
 				e.blockIDs(e.mustLookup("gone").Ino)[1],
 			}
 			// The replaced blocks' files wait for the next sync, which
-			// a power cut keeps from happening; Close syncs, so they
-			// are kept aside and put back.
-			kept := map[string][]byte{}
-			for name, id := range replaced {
-				b, err := os.ReadFile(e.blockPath(id))
-				if err != nil {
-					t.Fatalf("%s: the replaced block's file is gone before any sync: %v", name, err)
-				}
-				kept[name] = b
+			// a power cut keeps from happening: inside's is there
+			// after it, gone's is lost as well.
+			if _, err := os.Stat(e.blockPath(replaced["gone"])); err != nil {
+				t.Fatalf("gone: the replaced block's file is gone before any sync: %v", err)
 			}
-			inPlace := e.blockPath(replaced["inside"])
-			e.closeUnclean()
-			e.setSyncEpoch(epoch)
-			if err := os.WriteFile(inPlace, kept["inside"], 0o600); err != nil {
-				t.Fatal(err)
-			}
+			e.powerCutAfter(epoch, replaced["inside"])
 			for i, id := range lose {
 				var err error
 				if i%2 == 0 {
@@ -796,13 +825,7 @@ func TestCrashWhileRecordingCuts(t *testing.T) {
 	if err := os.Remove(e.blockPath(id)); err != nil {
 		t.Fatal(err)
 	}
-	testHookApplyCuts = func() error { return errors.New("injected crash") }
-	t.Cleanup(func() { testHookApplyCuts = nil })
-	if c, err := Open(ctx, e.opt); err == nil {
-		c.Close()
-		t.Fatal("open with a crash while recording cuts succeeded")
-	}
-	testHookApplyCuts = nil
+	e.openCrashingWhileRecordingCuts()
 	e.open()
 	if a := e.mustLookup("f"); a.Size != 0 {
 		t.Fatalf("size %d, want 0: the lost block of a new file", a.Size)
@@ -1173,10 +1196,6 @@ func TestPowerCutDuringEncryptedAppend(t *testing.T) {
 	}
 	epoch := e.syncEpoch()
 	tail := e.blockIDs(ino)[1]
-	kept, err := os.ReadFile(e.blockPath(tail))
-	if err != nil {
-		t.Fatal(err)
-	}
 	all := bytes.Clone(durable)
 	for i := range 3 { // three closes within the commit interval
 		l := []byte(fmt.Sprintf("line %d\n", i))
@@ -1190,14 +1209,10 @@ func TestPowerCutDuringEncryptedAppend(t *testing.T) {
 	if got := e.read("log"); !bytes.Equal(got, all) {
 		t.Fatal("the appended file reads back wrong")
 	}
-	tailPath, lastPath := e.blockPath(tail), e.blockPath(last)
-	e.closeUnclean()
-	e.setSyncEpoch(epoch)
+	lastPath := e.blockPath(last)
 	// The power cut: the durable tail's file is still there (no sync
 	// deleted it), the last one's bytes are not.
-	if err := os.WriteFile(tailPath, kept, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	e.powerCutAfter(epoch, tail)
 	if err := os.Truncate(lastPath, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -1275,26 +1290,12 @@ func TestRestoreSurvivesACrashDuringRecovery(t *testing.T) {
 	old := e.blockIDs(ino)[1]
 	e.write("inside", int64(bs+5), []byte("rewritten"))
 	lost := e.blockIDs(ino)[1]
-	kept, err := os.ReadFile(e.blockPath(old))
-	if err != nil {
-		t.Fatal(err)
-	}
 	oldPath, lostPath := e.blockPath(old), e.blockPath(lost)
-	e.closeUnclean()
-	e.setSyncEpoch(epoch)
-	if err := os.WriteFile(oldPath, kept, 0o600); err != nil { // no sync deleted it
-		t.Fatal(err)
-	}
+	e.powerCutAfter(epoch, old)
 	if err := os.Truncate(lostPath, 0); err != nil {
 		t.Fatal(err)
 	}
-	testHookApplyCuts = func() error { return errors.New("injected crash") }
-	t.Cleanup(func() { testHookApplyCuts = nil })
-	if c, err := Open(ctx, e.opt); err == nil {
-		c.Close()
-		t.Fatal("open with a crash while recording cuts succeeded")
-	}
-	testHookApplyCuts = nil
+	e.openCrashingWhileRecordingCuts()
 	e.open()
 	if got := e.read("inside"); !bytes.Equal(got, inside) {
 		t.Fatal("the second start does not read back what was durable")
@@ -1414,8 +1415,7 @@ func powerCutRewriteOfAnUploadedFile(t *testing.T, reader, crash bool) {
 			t.Fatal(err)
 		}
 	}
-	e.closeUnclean()
-	e.setSyncEpoch(epoch)
+	e.powerCutAfter(epoch)
 	if err := os.Truncate(lost, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -1423,13 +1423,7 @@ func powerCutRewriteOfAnUploadedFile(t *testing.T, reader, crash bool) {
 		// The first start restores, and crashes before it records that:
 		// the next one finds the same entries and restores again, from
 		// the same clean block (kept from the garbage until recorded).
-		testHookApplyCuts = func() error { return errors.New("injected crash") }
-		t.Cleanup(func() { testHookApplyCuts = nil })
-		if c, err := Open(ctx, e.opt); err == nil {
-			c.Close()
-			t.Fatal("open with a crash while recording cuts succeeded")
-		}
-		testHookApplyCuts = nil
+		e.openCrashingWhileRecordingCuts()
 	}
 	e.open()
 	if got := e.read("f"); !bytes.Equal(got, old) {
@@ -1480,20 +1474,14 @@ func TestPowerCutAppendDuringASync(t *testing.T) {
 	epoch := e.syncEpoch()
 	want := append(bytes.Clone(durable), line1...)
 	last := e.blockIDs(ino)[1]
-	kept, err := os.ReadFile(e.blockPath(tail))
-	if err != nil {
-		t.Fatal(err)
-	}
 	tailPath, lastPath := e.blockPath(tail), e.blockPath(last)
-	e.closeUnclean()
-	e.setSyncEpoch(epoch)
+	e.powerCutAfter(epoch, tail)
 	// The power cut: line2's bytes never reached the disk.
+	var err error
 	if last == tail {
 		err = os.Truncate(tailPath, int64(len(want)-64<<10))
 	} else {
-		if err = os.WriteFile(tailPath, kept, 0o600); err == nil { // no sync deleted it
-			err = os.Truncate(lastPath, 0)
-		}
+		err = os.Truncate(lastPath, 0)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -1522,10 +1510,6 @@ func TestPowerCutRewriteThenAppend(t *testing.T) {
 	}
 	epoch := e.syncEpoch()
 	tail := e.blockIDs(ino)[1]
-	kept, err := os.ReadFile(e.blockPath(tail))
-	if err != nil {
-		t.Fatal(err)
-	}
 	e.write("log", 66<<10, []byte("X")) // inside the tail: stored whole
 	rewritten := e.blockIDs(ino)[1]
 	if rewritten == tail {
@@ -1535,12 +1519,8 @@ func TestPowerCutRewriteThenAppend(t *testing.T) {
 	if got := e.blockIDs(ino)[1]; got != rewritten {
 		t.Fatalf("the append stored the block whole (%v, not %v): the test needs it in place", got, rewritten)
 	}
-	tailPath, lostPath := e.blockPath(tail), e.blockPath(rewritten)
-	e.closeUnclean()
-	e.setSyncEpoch(epoch)
-	if err := os.WriteFile(tailPath, kept, 0o600); err != nil { // no sync deleted it
-		t.Fatal(err)
-	}
+	lostPath := e.blockPath(rewritten)
+	e.powerCutAfter(epoch, tail)
 	if err := os.Truncate(lostPath, 0); err != nil {
 		t.Fatal(err)
 	}
