@@ -39,7 +39,9 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		// Not from inside a request on this inode in general (see
 		// Invalidate), but OPENDIR holds no lock on the directory, and
 		// the kernel must drop its copy before this open reads it.
-		n.NotifyContent(0, 0)
+		if errno := n.NotifyContent(0, 0); n.dirKnown {
+			n.fsys.log.Debug("fs: directory names changed; the kernel reads them again", "ino", n.ino(), "errno", errno)
+		}
 		n.dirKnown, n.dirVer = true, v
 	}
 	n.dirMu.Unlock()
