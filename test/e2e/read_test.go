@@ -242,6 +242,7 @@ func TestListingCost(t *testing.T) {
 	px.Reset()
 	ops0 := listOps()
 	out := harness.Run(t, m.Dir, "ls -l dir | wc -l")
+	drops := harness.PageCacheDrops(t)
 	if strings.TrimSpace(out) != "2001" {
 		t.Fatalf("ls -l printed %s lines", out)
 	}
@@ -254,13 +255,31 @@ func TestListingCost(t *testing.T) {
 	if ops1 == ops0 {
 		t.Fatal("a cold ls -l read no directory through the daemon")
 	}
-	px.Reset()
-	harness.Run(t, m.Dir, "ls -l dir >/dev/null")
-	if c := px.Counts(); len(c) != 0 {
-		t.Fatalf("warm ls -l within the TTL cost %v, want nothing", c)
-	}
-	if ops := listOps(); ops != ops1 {
-		t.Fatalf("warm ls -l within the TTL cost %v directory reads in the daemon, want the kernel's copy", ops-ops1)
+	// The kernel keeps its copy in the directory's page cache, which
+	// anything on the host may empty (echo 3 > /proc/sys/vm/drop_caches,
+	// as make bench does before each cold step, possibly on the same
+	// machine). A warm ls after a drop reads the directory again, as it
+	// should, so a drop that /proc/vmstat shows since the last ls excuses
+	// it, and the step is tried again (three times at most). A read
+	// again without a drop is keelfs telling the kernel to forget.
+	for try := 1; ; try++ {
+		px.Reset()
+		harness.Run(t, m.Dir, "ls -l dir >/dev/null")
+		if c := px.Counts(); len(c) != 0 {
+			t.Fatalf("warm ls -l within the TTL cost %v, want nothing", c)
+		}
+		ops := listOps()
+		if ops == ops1 {
+			break
+		}
+		now := harness.PageCacheDrops(t)
+		if now == drops || try == 3 {
+			asked := strings.Count(m.Log(), "directory names changed; the kernel reads them again")
+			t.Fatalf("warm ls -l within the TTL cost %v directory reads in the daemon, want the kernel's copy (try %d; page cache drops %d to %d; keelfs told the kernel to forget a directory %d times)",
+				ops-ops1, try, drops, now, asked)
+		}
+		t.Logf("the host dropped the page cache before the warm ls -l ended (%v directory reads); again", ops-ops1)
+		drops, ops1 = now, ops
 	}
 	if err := os.WriteFile(m.Path("dir/new"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
