@@ -61,7 +61,7 @@ func (c *Cache) noteRead(st *inodeState) {
 			return err
 		}
 		stored.Atime = now
-		return putInode(txn, stored, stored)
+		return c.putInode(txn, stored, stored)
 	})
 	if err != nil {
 		rec.Atime = prev

@@ -249,7 +249,8 @@ type Cache struct {
 
 // namespace is the part of the cache that owns names and records.
 //
-// Lock order: mu before inodeState.mu before statesMu before namesMu.
+// Lock order: mu before inodeState.mu before statesMu before namesMu;
+// released.mu is a leaf.
 type namespace struct {
 	// mu serialises every change to the namespace: directory entries,
 	// claims, tombstones and inode allocation, and the merge of listings.
@@ -273,6 +274,8 @@ type namespace struct {
 	walking   map[uint64]bool // directories whose headers are being learned; guarded by walksMu
 	walkAgain map[uint64]bool // guarded by walksMu
 	walks     sync.WaitGroup  // header walks running
+
+	released releases // keys no longer hidden, for the listings under way
 }
 
 // Open opens (creating if needed) the cache in opt.Dir and resumes the
@@ -761,12 +764,12 @@ func claimsOf(n *Inode) []string {
 
 // putInode stores rec and keeps the journal and claim indexes in step with
 // it. old is the record as it was before the change (nil for a new inode).
-func putInode(txn *badger.Txn, old, rec *Inode) error {
-	return storeInode(txn, old, rec, rec.marshal())
+func (c *Cache) putInode(txn *badger.Txn, old, rec *Inode) error {
+	return c.storeInode(txn, old, rec, rec.marshal())
 }
 
 // storeInode is putInode with the record already marshalled.
-func storeInode(txn *badger.Txn, old, rec *Inode, b []byte) error {
+func (c *Cache) storeInode(txn *badger.Txn, old, rec *Inode, b []byte) error {
 	if err := txn.Set(inodeKey(rec.Ino), b); err != nil {
 		return err
 	}
@@ -782,12 +785,13 @@ func storeInode(txn *badger.Txn, old, rec *Inode, b []byte) error {
 			return err
 		}
 	}
-	return setClaims(txn, rec.Ino, claimsOf(old), claimsOf(rec))
+	return c.setClaims(txn, rec.Ino, claimsOf(old), claimsOf(rec))
 }
 
-func setClaims(txn *badger.Txn, ino uint64, old, cur []string) error {
+func (c *Cache) setClaims(txn *badger.Txn, ino uint64, old, cur []string) error {
 	for _, k := range old {
 		if !contains(cur, k) {
+			c.ns.released.note(k)
 			if err := txn.Delete(claimKey(k)); err != nil {
 				return err
 			}
@@ -803,14 +807,14 @@ func setClaims(txn *badger.Txn, ino uint64, old, cur []string) error {
 	return nil
 }
 
-func deleteInode(txn *badger.Txn, old *Inode) error {
+func (c *Cache) deleteInode(txn *badger.Txn, old *Inode) error {
 	if err := txn.Delete(inodeKey(old.Ino)); err != nil {
 		return err
 	}
 	if err := txn.Delete(journalKey(old.Ino)); err != nil {
 		return err
 	}
-	return setClaims(txn, old.Ino, claimsOf(old), nil)
+	return c.setClaims(txn, old.Ino, claimsOf(old), nil)
 }
 
 func contains(ss []string, s string) bool {

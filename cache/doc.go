@@ -37,8 +37,9 @@
 // in the same transaction as every stored record that needs work. A
 // deleted object waits as a tombstone t/<key>. An object key that an inode
 // still needs after a rename or unlink is claimed (k/<key>) so that
-// nothing else writes it first and listings do not show it twice. Open
-// resumes what a previous process left, so a crash or kill -9 loses
+// nothing else writes it first and listings do not show it twice. A
+// listing that S3 answered before such a key's DELETE landed does not
+// show it either (released.go). Open resumes what a previous process left, so a crash or kill -9 loses
 // nothing that reached the cache.
 //
 // # Write-back

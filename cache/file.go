@@ -830,7 +830,7 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 				return err
 			}
 		}
-		return putInode(txn, old, rec)
+		return c.putInode(txn, old, rec)
 	})
 	if err != nil {
 		rec.Runs = old.Runs
@@ -853,7 +853,7 @@ func (c *Cache) flushBufLocked(st *inodeState) error {
 // through a buffer flush (size, mtime).
 func (c *Cache) persistDataLocked(st *inodeState) error {
 	rec := st.rec
-	return update(c.db, func(txn *badger.Txn) error { return putInode(txn, nil, rec) })
+	return update(c.db, func(txn *badger.Txn) error { return c.putInode(txn, nil, rec) })
 }
 
 // Truncate sets a file's size. Growing adds a hole; shrinking drops blocks

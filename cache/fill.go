@@ -65,6 +65,7 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		return ErrNotDir
 	}
 	start := c.nextSeq()
+	defer c.ns.released.begin(start)()
 	epoch := start
 	prefix := dirPrefix(dir.Path)
 	var (
@@ -251,9 +252,14 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 		}
 	}
 	// Not known here. Keys held by an inode that moved away, or waiting to
-	// be deleted, stay hidden.
+	// be deleted, stay hidden, and so do those whose DELETE landed while
+	// S3 answered this listing (see releases). In that order: a release is
+	// noted before its record goes.
 	if claimed, err := c.claimed(key); err != nil || claimed {
 		return false, err
+	}
+	if c.ns.released.since(start, key) {
+		return false, nil
 	}
 	path := childPath(dir.Path, name)
 	ino, err := c.allocIno(t, path)
@@ -878,6 +884,7 @@ func (c *Cache) refreshName(ctx context.Context, ino uint64, name string) error 
 	}
 	key := childPath(dir.Path, name)
 	start := c.nextSeq()
+	defer c.ns.released.begin(start)()
 	var (
 		info    s3backend.ObjectInfo
 		headErr error
@@ -935,6 +942,7 @@ func (c *Cache) refreshWindow(ctx context.Context, ino uint64, name string) erro
 	prefix := dirPrefix(dir.Path)
 	key := childPath(dir.Path, name)
 	start := c.nextSeq()
+	defer c.ns.released.begin(start)()
 	var (
 		info    s3backend.ObjectInfo
 		headErr error

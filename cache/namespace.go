@@ -172,16 +172,21 @@ func (t *nsTx) commit() error {
 		}
 		puts = append(puts, put{ino, t.olds[ino], st.rec, b})
 	}
+	for k := range t.dels {
+		if k[0] == pTomb {
+			t.c.ns.released.note(k[1:])
+		}
+	}
 	err := update(t.c.db, func(txn *badger.Txn) error {
 		for ino := range t.held {
 			if t.gone[ino] && t.olds[ino] != nil {
-				if err := deleteInode(txn, t.olds[ino]); err != nil {
+				if err := t.c.deleteInode(txn, t.olds[ino]); err != nil {
 					return err
 				}
 			}
 		}
 		for _, p := range puts {
-			if err := storeInode(txn, p.old, p.rec, p.bytes); err != nil {
+			if err := t.c.storeInode(txn, p.old, p.rec, p.bytes); err != nil {
 				return err
 			}
 		}
@@ -1153,7 +1158,7 @@ func (c *Cache) Setattr(ctx context.Context, ino uint64, in SetAttr) (Attr, erro
 // and tells the scheduler of the work it leaves.
 func (c *Cache) persistLocked(st *inodeState, old *Inode) error {
 	rec := st.rec
-	if err := update(c.db, func(txn *badger.Txn) error { return putInode(txn, old, rec) }); err != nil {
+	if err := update(c.db, func(txn *badger.Txn) error { return c.putInode(txn, old, rec) }); err != nil {
 		return fmt.Errorf("cache commit: %w", err)
 	}
 	if rec.needsWork() {

@@ -244,7 +244,7 @@ func (c *Cache) setUploadID(st *inodeState, id string) error {
 	}
 	old := st.rec.clone()
 	st.rec.UploadID = id
-	if err := update(c.db, func(txn *badger.Txn) error { return putInode(txn, old, st.rec) }); err != nil {
+	if err := update(c.db, func(txn *badger.Txn) error { return c.putInode(txn, old, st.rec) }); err != nil {
 		st.rec.UploadID = old.UploadID
 		return fmt.Errorf("cache commit: record multipart upload: %w", err)
 	}

@@ -609,7 +609,7 @@ func (c *Cache) markDataPending(st *inodeState) error {
 	}
 	old := st.rec.clone()
 	st.rec.Pending |= pendData
-	if err := update(c.db, func(txn *badger.Txn) error { return putInode(txn, old, st.rec) }); err != nil {
+	if err := update(c.db, func(txn *badger.Txn) error { return c.putInode(txn, old, st.rec) }); err != nil {
 		*st.rec = *old
 		return fmt.Errorf("cache commit: %w", err)
 	}

@@ -322,7 +322,7 @@ func (c *Cache) applyCuts(cuts []blocks.Cut) error {
 				}
 			}
 			after = rec.Size
-			return putInode(txn, old, rec)
+			return c.putInode(txn, old, rec)
 		})
 		if err != nil {
 			return fmt.Errorf("cache recovery: make file %d agree with what was durable: %w", ino, err)

@@ -357,7 +357,7 @@ func (c *Cache) finishStream(st *inodeState, p *uploadPlan) (id string, parts ma
 		if err := txn.Delete(streamKey(st.ino, s.id)); err != nil {
 			return err
 		}
-		return putInode(txn, old, st.rec)
+		return c.putInode(txn, old, st.rec)
 	})
 	if err != nil {
 		st.rec.UploadID = old.UploadID

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/s3backend"
+	"github.com/keelfs/keelfs/s3backend/memstore"
 )
 
 // The unhappy paths of issue 13, one test (or more) per case. Each failed
@@ -829,5 +831,156 @@ func TestCorruptBlockIsNotAnOutage(t *testing.T) {
 				t.Fatal("a corrupt block in the cache made S3 count as unreachable")
 			}
 		})
+	}
+}
+
+// A listing that S3 answered before this mount's DELETE of a file landed,
+// but that is merged after it landed, must not bring the file back: the
+// unlink said it is gone. Before: the tombstone, the only thing that hid
+// the name from a listing, was gone by the time the page was merged, so
+// the file came back as an object of S3's, and a read of it failed with
+// ESTALE once the GET found nothing (TestModel, seed 1796613150084308600:
+// "read f3: stale file handle" right after "unlink f3"). The same holds
+// for the old name of a renamed file, hidden by a claim until its DELETE
+// lands.
+func TestListingAnsweredBeforeADeleteLanded(t *testing.T) {
+	for _, how := range []string{"unlink", "rename"} {
+		t.Run(how, func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.store.PutObject("f", []byte("x"), nil)
+			e.store.PutObject("g", []byte("y"), nil)
+			e.readDir("")
+			// The DELETE waits for the listing to have read the page with
+			// "f" (a key a page), and the listing waits on its next page
+			// while the DELETE lands.
+			e.store.PageSize = 1
+			var lists atomic.Int32
+			reached, release := make(chan struct{}), make(chan struct{})
+			e.store.SetHook(func(op, key string) error {
+				switch {
+				case op == "List" && key == "" && lists.Add(1) == 2:
+					close(reached)
+					<-release
+				case op == "Delete" && key == "f":
+					select {
+					case <-reached:
+					case <-time.After(10 * time.Second):
+						return errors.New("test: the listing never reached its second page")
+					}
+				}
+				return nil
+			})
+			if how == "unlink" {
+				if err := e.c.Unlink(ctx, RootIno, "f"); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := e.c.Rename(ctx, RootIno, "f", RootIno, "h", 0); err != nil {
+				t.Fatal(err)
+			}
+			e.clock.Advance(2 * time.Second)
+			listed := make(chan error, 1)
+			go func() {
+				_, err := e.c.OpenDir(ctx, RootIno)
+				listed <- err
+			}()
+			select {
+			case <-reached:
+			case err := <-listed:
+				t.Fatalf("the listing ended (%v) before its second page", err)
+			}
+			e.drain()
+			if _, _, ok := e.store.Object("f"); ok {
+				t.Fatal("f is still in S3 after the drain")
+			}
+			close(release)
+			if err := <-listed; err != nil {
+				t.Fatal(err)
+			}
+			e.store.SetHook(nil)
+			want := []string{"g"}
+			if how == "rename" {
+				want = []string{"g", "h"}
+			}
+			if got := e.readDir(""); !slices.Equal(got, want) {
+				t.Fatalf("names after the listing: %v, want %v", got, want)
+			}
+			if _, err := e.lookup("f"); !errors.Is(err, ErrNotExist) {
+				t.Fatalf("lookup f: %v, want ErrNotExist", err)
+			}
+		})
+	}
+}
+
+// headFirst is a store whose DELETE of "f" waits, once armed, until a
+// HEAD of "f" has answered.
+type headFirst struct {
+	*memstore.Store
+	armed  atomic.Bool
+	once   sync.Once
+	headed chan struct{}
+}
+
+func (s *headFirst) Head(ctx context.Context, key string) (s3backend.ObjectInfo, error) {
+	info, err := s.Store.Head(ctx, key)
+	if key == "f" && s.armed.Load() {
+		s.once.Do(func() { close(s.headed) })
+	}
+	return info, err
+}
+
+// The lookup of one name asks S3 with a HEAD and a one-key LIST at once
+// (refreshName). A HEAD that found a file this mount has just unlinked,
+// merged after the file's DELETE landed, must not bring the name back
+// either.
+func TestLookupAnsweredBeforeADeleteLanded(t *testing.T) {
+	s := &headFirst{Store: memstore.New(), headed: make(chan struct{})}
+	e := newEnv(t, func(o *Options) { o.Store = s })
+	e.store = s.Store
+	e.store.PutObject("f", []byte("x"), nil)
+	e.mustLookup("f") // the root is never listed: lookups ask about one name
+	landed := make(chan struct{})
+	e.store.SetHook(func(op, key string) error {
+		var wait chan struct{}
+		switch {
+		case op == "Delete" && key == "f":
+			wait = s.headed
+		case op == "List" && key == "f/" && s.armed.Load():
+			wait = landed
+		default:
+			return nil
+		}
+		select {
+		case <-wait:
+			return nil
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("test: %s %s waited too long", op, key)
+		}
+	})
+	if err := e.c.Unlink(ctx, RootIno, "f"); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(2 * time.Second)
+	s.armed.Store(true)
+	looked := make(chan error, 1)
+	go func() {
+		_, err := e.c.Lookup(ctx, RootIno, "f")
+		looked <- err
+	}()
+	select {
+	case <-s.headed:
+	case err := <-looked:
+		t.Fatalf("the lookup ended (%v) before its HEAD answered", err)
+	}
+	e.drain()
+	if _, _, ok := e.store.Object("f"); ok {
+		t.Fatal("f is still in S3 after the drain")
+	}
+	close(landed)
+	if err := <-looked; !errors.Is(err, ErrNotExist) {
+		t.Fatalf("lookup f: %v, want ErrNotExist", err)
+	}
+	e.store.SetHook(nil)
+	if got := e.readDir(""); len(got) != 0 {
+		t.Fatalf("names: %v, want none", got)
 	}
 }
