@@ -1067,10 +1067,25 @@ func TestCacheFormatVersion(t *testing.T) {
 // last ones may still be on their way when its read returns.
 func (e *env) waitEvicted() {
 	e.t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); e.c.blocks.Stats().Evictions == 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			e.t.Fatal("reading evicted nothing: the test needs a cache short of room")
+	// A fetch stores its blocks after the reader has them, and stays in
+	// flight until it has: once none is, every block read was offered to
+	// the cache. (A deadline on the evictions instead failed once in a
+	// loaded make test: the reads were done, their stores were not.)
+	f := e.c.fetchState()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		f.mu.Lock()
+		n := len(f.inflight)
+		f.mu.Unlock()
+		if n == 0 {
+			break
 		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d block fetches still in flight a minute after the read", n)
+		}
+	}
+	if e.c.blocks.Stats().Evictions == 0 {
+		clean, dirty := e.c.blocks.Usage()
+		e.t.Fatalf("reading evicted nothing (clean %d, dirty %d bytes of %d): the test needs a cache short of room", clean, dirty, e.opt.CacheSize)
 	}
 }
 
