@@ -1361,7 +1361,10 @@ func powerCutAfterUploadOfAnEdit(t *testing.T, completeMax int64) {
 	e.wantUploaded("f", want)
 	// A reader needs room, and f's unchanged blocks are the oldest: no
 	// sync has made the upload known, so they must not go.
-	e.store.PutObject("h", randBytes(31*bs), nil)
+	// Twice the cache: fetches that run at once each find room before
+	// any of them has added its block (Reserve does not reserve), so a
+	// read only just past the size may evict nothing.
+	e.store.PutObject("h", randBytes(2*int(e.opt.CacheSize)), nil)
 	e.read("h")
 	e.waitEvicted()
 	d.powerCut()
@@ -1420,7 +1423,8 @@ func powerCutRewriteOfAnUploadedFile(t *testing.T, reader, crash bool) {
 		e.logs.allow("background sync of written blocks failed")
 		blocks.FsyncPath = func(string) error { return errors.New("the disk stalls") }
 		t.Cleanup(func() { blocks.FsyncPath = blocks.FsyncFile })
-		e.store.PutObject("h", randBytes(int(e.opt.CacheSize)), nil)
+		// 1.5 times the cache: see powerCutAfterUploadOfAnEdit.
+		e.store.PutObject("h", randBytes(int(e.opt.CacheSize)*3/2), nil)
 		e.read("h")
 		e.waitEvicted()
 		blocks.FsyncPath = blocks.FsyncFile
