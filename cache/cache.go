@@ -102,6 +102,10 @@ type Options struct {
 	// most that much of what close acknowledged; a crash of the process
 	// loses none of it. Default 5s.
 	CommitInterval time.Duration
+	// PushSyncWait is how long an upload waits for the sync of the cache
+	// that goes before it (see commitBeforePush) before it sends anyway;
+	// default 10s.
+	PushSyncWait time.Duration
 	// SpaceWait is how long a writer waits for uploads to make room in a
 	// full cache before it gets ErrNoSpace; default 60s.
 	SpaceWait time.Duration
@@ -183,6 +187,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.CommitInterval <= 0 {
 		o.CommitInterval = 5 * time.Second
+	}
+	if o.PushSyncWait <= 0 {
+		o.PushSyncWait = 10 * time.Second
 	}
 	if o.FileMode == 0 {
 		o.FileMode = 0o644

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
+
 	"github.com/keelfs/keelfs/cache/blocks"
 	"github.com/keelfs/keelfs/s3backend"
 	"github.com/keelfs/keelfs/s3backend/memstore"
@@ -982,5 +984,73 @@ func TestLookupAnsweredBeforeADeleteLanded(t *testing.T) {
 	e.store.SetHook(nil)
 	if got := e.readDir(""); len(got) != 0 {
 		t.Fatalf("names: %v, want none", got)
+	}
+}
+
+// A cache disk whose fsync hangs (a stalled volume) must not keep data
+// from S3. Each upload syncs the cache before it sends (see
+// commitBeforePush), and waits PushSyncWait at most for it. Before: the
+// upload waited for the hung fsync, and so did the drain behind it, and
+// an fsync(2), forever.
+func TestHungCacheDiskDoesNotHoldUploads(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	e := newEnv(t, func(o *Options) {
+		o.Clock, o.CommitInterval, o.PushSyncWait = clock, time.Hour, 10*time.Second
+	})
+	e.logs.allow("has not ended; uploading without waiting")
+	hung := make(chan struct{})
+	var hangs atomic.Int32
+	blocks.FsyncPath = func(p string) error {
+		hangs.Add(1)
+		<-hung
+		return blocks.FsyncFile(p)
+	}
+	t.Cleanup(func() {
+		// Before the env's Close, which syncs: let the hung sync end,
+		// and the one after it, before FsyncPath changes under them.
+		close(hung)
+		if err := e.c.blocks.Sync(); err != nil {
+			t.Error(err)
+		}
+		blocks.FsyncPath = blocks.FsyncFile
+	})
+	want := randBytes(100 << 10)
+	e.write("f", 0, want)
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() {
+		left, err := e.c.Drain(dctx)
+		if err == nil && len(left) > 0 {
+			err = fmt.Errorf("left %v", left)
+		}
+		drained <- err
+	}()
+	// The upload waits on the clock for the sync: move the clock on
+	// until the drain ends.
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	giveUp := time.After(30 * time.Second) // real time: a bound on a hang
+	for done := false; !done; {
+		select {
+		case <-giveUp:
+			t.Fatal("the drain still waits for the hung cache disk after 30 s")
+		case err := <-drained:
+			if err != nil {
+				t.Fatalf("drain with the cache disk hung: %v", err)
+			}
+			done = true
+		case <-tick.C:
+			clock.Advance(time.Second)
+		}
+	}
+	if hangs.Load() == 0 {
+		t.Fatal("no fsync reached the disk: the test hung nothing")
+	}
+	if got := e.object("f"); !bytes.Equal(got, want) {
+		t.Fatalf("S3 holds %d bytes, want the %d written", len(got), len(want))
+	}
+	if !e.logs.has("uploading without waiting for it") {
+		t.Error("the log does not say that uploads go ahead of the cache disk")
 	}
 }

@@ -974,3 +974,57 @@ func TestBeginWriteHoldsOffSyncs(t *testing.T) {
 		}
 	}
 }
+
+// CommitAsync while a sync hangs: every caller gets a channel that closes
+// only after a sync begun after its call, and callers share the run that
+// waits for the hung one, so a hung disk costs two goroutines, not one per
+// upload.
+func TestCommitAsyncSharesRunsWhileASyncHangs(t *testing.T) {
+	var g groupSync
+	hang := make(chan struct{})
+	var spawned, runs atomic.Int32
+	spawn := func(fn func()) bool {
+		spawned.Add(1)
+		go fn()
+		return true
+	}
+	syncFn := func() error {
+		if runs.Add(1) == 1 {
+			<-hang
+		}
+		return nil
+	}
+	run := func() {
+		if err := g.do(syncFn); err != nil {
+			t.Error(err)
+		}
+	}
+	first := g.after(run, spawn)
+	for deadline := time.Now().Add(10 * time.Second); runs.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first run never started")
+		}
+	}
+	second := g.after(run, spawn)
+	for i := 0; i < 50; i++ {
+		if ch := g.after(run, spawn); ch != second {
+			t.Fatalf("call %d while the sync hangs got a run of its own", i)
+		}
+	}
+	if n := spawned.Load(); n != 2 {
+		t.Fatalf("%d runs spawned, want 2: the hung one and the one after it", n)
+	}
+	select {
+	case <-first:
+		t.Fatal("the first caller's channel closed while its sync hangs")
+	case <-second:
+		t.Fatal("a later caller's channel closed before a sync begun after it")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(hang)
+	<-first
+	<-second
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("%d syncs ran, want 2", n)
+	}
+}

@@ -34,6 +34,20 @@ func (s *Store) Commit() {
 	}
 }
 
+// CommitAsync is Commit for a caller that will not wait for the disk
+// however long it takes: it returns a channel closed once a sync that
+// began after the call has ended, in success or not.
+func (s *Store) CommitAsync() <-chan struct{} {
+	spawn := s.background
+	if spawn == nil {
+		spawn = func(fn func()) bool {
+			go fn()
+			return true
+		}
+	}
+	return s.syncer.after(s.Commit, spawn)
+}
+
 // syncAheadLocked starts a sync in the background unless one runs (or
 // the store closes). s.mu is held.
 func (s *Store) syncAheadLocked() {
@@ -247,6 +261,34 @@ type groupSync struct {
 	started uint64
 	done    uint64
 	err     error
+
+	// The run after spawned last, and the sync it waits for (see after).
+	next     chan struct{}
+	nextNeed uint64
+}
+
+// after is do for a caller that does not wait: it returns a channel closed
+// once run, which calls do, has returned, having waited for a sync that
+// started after this call. Callers between two syncs share one run, so
+// however many call while a sync hangs, at most two runs are spawned: the
+// one in the hung sync and the one waiting for it. If spawn refuses (the
+// store closes), the channel is closed at once.
+func (g *groupSync) after(run func(), spawn func(func()) bool) <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	need := g.started + 1
+	if g.next != nil && g.nextNeed == need {
+		return g.next
+	}
+	ch := make(chan struct{})
+	g.next, g.nextNeed = ch, need
+	if !spawn(func() {
+		run()
+		close(ch)
+	}) {
+		close(ch)
+	}
+	return ch
 }
 
 func (g *groupSync) do(fn func() error) error {
