@@ -792,13 +792,20 @@ func (c *Cache) storeInode(txn *badger.Txn, old, rec *Inode, b []byte) error {
 			return err
 		}
 	}
-	return c.setClaims(txn, rec.Ino, claimsOf(old), claimsOf(rec))
+	return c.setClaims(txn, rec.Ino, old, claimsOf(old), claimsOf(rec))
 }
 
-func (c *Cache) setClaims(txn *badger.Txn, ino uint64, old, cur []string) error {
+// setClaims moves ino's claims from old (the claims of its record before,
+// prev) to cur. A released claim is noted for the listings under way
+// (see releases), with prev's version for the key it came from.
+func (c *Cache) setClaims(txn *badger.Txn, ino uint64, prev *Inode, old, cur []string) error {
 	for _, k := range old {
 		if !contains(cur, k) {
-			c.ns.released.note(k)
+			etag := ""
+			if k == prev.RemoteKey {
+				etag = prev.ETag
+			}
+			c.ns.released.note(k, etag)
 			if err := txn.Delete(claimKey(k)); err != nil {
 				return err
 			}
@@ -821,7 +828,7 @@ func (c *Cache) deleteInode(txn *badger.Txn, old *Inode) error {
 	if err := txn.Delete(journalKey(old.Ino)); err != nil {
 		return err
 	}
-	return c.setClaims(txn, old.Ino, claimsOf(old), nil)
+	return c.setClaims(txn, old.Ino, old, claimsOf(old), nil)
 }
 
 func contains(ss []string, s string) bool {

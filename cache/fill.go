@@ -252,13 +252,13 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 		}
 	}
 	// Not known here. Keys held by an inode that moved away, or waiting to
-	// be deleted, stay hidden, and so do those whose DELETE landed while
-	// S3 answered this listing (see releases). In that order: a release is
+	// be deleted, stay hidden, and so do the versions whose DELETE landed
+	// while S3 answered this listing (see releases). In that order: a release is
 	// noted before its record goes.
 	if claimed, err := c.claimed(key); err != nil || claimed {
 		return false, err
 	}
-	if c.ns.released.since(start, key) {
+	if c.ns.released.since(start, key, e.ETag, e.IsPrefix) {
 		return false, nil
 	}
 	path := childPath(dir.Path, name)

@@ -174,7 +174,7 @@ func (t *nsTx) commit() error {
 	}
 	for k := range t.dels {
 		if k[0] == pTomb {
-			t.c.ns.released.note(k[1:])
+			t.c.ns.released.note(k[1:], "") // taken over by an upload (absorb)
 		}
 	}
 	err := update(t.c.db, func(txn *badger.Txn) error {

@@ -12,15 +12,19 @@ import "sync"
 // the object back as one of S3's: a name the unlink said was gone, whose
 // read fails once the GET finds nothing. So each listing registers its
 // start (a nextSeq, unique) before its first request, every release of a
-// claim or tombstone is noted, before its commit, in the listings under
-// way, and a listing adds no name whose key was released since it began.
-// A later listing, which S3 answers after the DELETE, does not need it.
+// claim or tombstone is noted, with the version it hid, before its
+// commit, in the listings under way, and a listing adds no object of that
+// key and version that was released since it began. Another version (a
+// file another client wrote there meanwhile) shows as usual. A later
+// listing, which S3 answers after the DELETE, does not need the note.
 //
-// Lock notes: mu is a leaf. noteReleased is called inside badger
-// transactions, under namespace.mu or not.
+// Lock notes: mu is a leaf. note is called inside badger transactions,
+// under namespace.mu or not.
 type releases struct {
-	mu       sync.Mutex
-	listings map[uint64]map[string]bool // start -> keys released since; guarded by mu
+	mu sync.Mutex
+	// start -> key -> ETags of the versions released since ("": any
+	// version, when the record did not say which); guarded by mu.
+	listings map[uint64]map[string][]string
 }
 
 // begin registers a listing that starts at start; the caller calls end
@@ -28,7 +32,7 @@ type releases struct {
 func (r *releases) begin(start uint64) (end func()) {
 	r.mu.Lock()
 	if r.listings == nil {
-		r.listings = make(map[uint64]map[string]bool)
+		r.listings = make(map[uint64]map[string][]string)
 	}
 	r.listings[start] = nil
 	r.mu.Unlock()
@@ -39,25 +43,32 @@ func (r *releases) begin(start uint64) (end func()) {
 	}
 }
 
-// note records that key is no longer hidden by a claim or tombstone. It
-// is called before the commit that removes the record, so that a merge
-// that finds the record gone also finds the note.
-func (r *releases) note(key string) {
+// note records that the version etag of key ("": whichever) is no
+// longer hidden by a claim or tombstone. It is called before the commit
+// that removes the record, so that a merge that finds the record gone
+// also finds the note.
+func (r *releases) note(key, etag string) {
 	r.mu.Lock()
 	for start, keys := range r.listings {
 		if keys == nil {
-			keys = make(map[string]bool)
+			keys = make(map[string][]string)
 			r.listings[start] = keys
 		}
-		keys[key] = true
+		keys[key] = append(keys[key], etag)
 	}
 	r.mu.Unlock()
 }
 
-// since reports whether key was released after the listing that started
-// at start began.
-func (r *releases) since(start uint64, key string) bool {
+// since reports whether the version etag of key was released after the
+// listing that started at start began. A directory's prefix has no
+// version: any release of its key counts.
+func (r *releases) since(start uint64, key, etag string, prefix bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.listings[start][key]
+	for _, v := range r.listings[start][key] {
+		if prefix || v == "" || v == etag {
+			return true
+		}
+	}
+	return false
 }

@@ -66,7 +66,7 @@ func (c *Cache) processTomb(ctx context.Context, key string) writeback.Result {
 		c.stats.DeletesDone.Add(1)
 	}
 	c.ns.mu.Lock()
-	c.ns.released.note(key)
+	c.ns.released.note(key, ts.ETag)
 	err = update(c.db, func(txn *badger.Txn) error { return txn.Delete(tombKey(key)) })
 	delete(c.rc.deleting, key)
 	c.ns.mu.Unlock()

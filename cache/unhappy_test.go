@@ -862,7 +862,11 @@ func TestListingAnsweredBeforeADeleteLanded(t *testing.T) {
 				switch {
 				case op == "List" && key == "" && lists.Add(1) == 2:
 					close(reached)
-					<-release
+					select {
+					case <-release:
+					case <-time.After(10 * time.Second):
+						return errors.New("test: the listing was never let go on")
+					}
 				case op == "Delete" && key == "f":
 					select {
 					case <-reached:
@@ -910,6 +914,68 @@ func TestListingAnsweredBeforeADeleteLanded(t *testing.T) {
 				t.Fatalf("lookup f: %v, want ErrNotExist", err)
 			}
 		})
+	}
+}
+
+// What a listing hides after a DELETE landed is the version deleted, not
+// the name: a file another client wrote under that key meanwhile shows.
+// Here the other client's PUT comes between the listing's pages and our
+// conditional DELETE, which then finds another version and deletes
+// nothing. Before (with the first form of the fix, hiding the key): ls
+// and lookup said ENOENT for the other client's file until the TTL ran
+// out. (From a review.)
+func TestListingShowsAnotherWritersVersionAfterADelete(t *testing.T) {
+	e := newEnv(t, nil)
+	e.store.PutObject("a", []byte("a"), nil)
+	e.store.PutObject("f", []byte("v1"), nil)
+	e.readDir("")
+	e.store.PageSize = 1
+	var lists atomic.Int32
+	reached, release := make(chan struct{}), make(chan struct{})
+	e.store.SetHook(func(op, key string) error {
+		switch {
+		case op == "List" && key == "" && lists.Add(1) == 2:
+			close(reached)
+			select {
+			case <-release:
+			case <-time.After(10 * time.Second):
+				return errors.New("test: the listing was never let go on")
+			}
+		case op == "Delete" && key == "f":
+			select {
+			case <-reached:
+			case <-time.After(10 * time.Second):
+				return errors.New("test: the listing never reached its second page")
+			}
+		}
+		return nil
+	})
+	if err := e.c.Unlink(ctx, RootIno, "f"); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(2 * time.Second)
+	listed := make(chan error, 1)
+	go func() {
+		_, err := e.c.OpenDir(ctx, RootIno)
+		listed <- err
+	}()
+	select {
+	case <-reached:
+	case err := <-listed:
+		t.Fatalf("the listing ended (%v) before its second page", err)
+	}
+	e.store.PutObject("f", []byte("v2, from another client"), nil)
+	e.drain() // If-Match v1 fails: the tombstone goes, nothing is deleted
+	close(release)
+	if err := <-listed; err != nil {
+		t.Fatal(err)
+	}
+	e.store.SetHook(nil)
+	if got := e.readDir(""); !slices.Equal(got, []string{"a", "f"}) {
+		t.Errorf("names: %v, want [a f]", got)
+	}
+	if got := string(e.read("f")); got != "v2, from another client" {
+		t.Errorf("f reads %q", got)
 	}
 }
 
