@@ -84,13 +84,26 @@ func (s *Store) Replaced(id ID) {
 	s.retireLocked(id)
 }
 
+// testHookCleanReserved runs in StoreClean after Reserve, before the
+// block's store (tests).
+var testHookCleanReserved func()
+
 // StoreClean caches a block fetched from S3, if there is room. A failure
 // is logged: the block is simply not cached.
 func (s *Store) StoreClean(id ID, data []byte) {
-	ok, err := s.Reserve(context.Background(), uint32(len(data)), false, 0)
+	need := s.diskSize(uint32(len(data)))
+	ok, err := s.reserveBytes(context.Background(), need, false, 0, true)
+	if testHookCleanReserved != nil {
+		testHookCleanReserved()
+	}
 	if err != nil || !ok {
 		return
 	}
+	defer func() {
+		s.mu.Lock()
+		s.reserved -= need
+		s.mu.Unlock()
+	}()
 	meta, err := s.Write(id, data)
 	if err != nil {
 		s.log.Warn("cache: store block", "err", err)

@@ -233,6 +233,11 @@ type Store struct {
 	inoBlocks  map[uint64][]blockRef
 	cleanBytes int64
 	dirtyBytes int64
+	// reserved is what Reserve granted clean blocks being stored
+	// (StoreClean) that are not added yet: counted as used, so that
+	// fetches that store at once do not each find the same room and
+	// leave the cache over its limit with nothing evicted.
+	reserved int64
 	// verified holds blocks whose whole file passed its checksum since
 	// the store opened, by the meta it matched. A small read of such a
 	// block reads just its range: a 4 KiB random read must not cost a
@@ -738,10 +743,12 @@ func (s *Store) Stats() Stats {
 // the filesystem keeps MinFree bytes free for the metadata store, whose
 // memory-mapped files would fault (SIGBUS) if the disk filled under them.
 func (s *Store) Reserve(ctx context.Context, n uint32, dirty bool, wait time.Duration) (ok bool, err error) {
-	return s.reserveBytes(ctx, s.diskSize(n), dirty, wait)
+	return s.reserveBytes(ctx, s.diskSize(n), dirty, wait, false)
 }
 
-func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait time.Duration) (ok bool, err error) {
+// reserveBytes is Reserve; hold keeps the room granted counted (reserved)
+// until the caller gives it back, after it added the block or failed to.
+func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait time.Duration, hold bool) (ok bool, err error) {
 	deadline := time.Now().Add(wait)
 	synced := false
 	for {
@@ -759,10 +766,13 @@ func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait t
 			}
 		}
 		s.mu.Lock()
-		used := s.cleanBytes + s.dirtyBytes + s.retiredBytes + s.backingBytes()
+		used := s.cleanBytes + s.dirtyBytes + s.retiredBytes + s.backingBytes() + s.reserved
 		fits := used+need <= s.limit && short <= 0
 		dirtyFits := s.dirtyBytes+s.retiredBytes+s.cleanedBytes+s.pinnedBytes+s.backingPinnedBytes()+need <= s.limit && short <= 0
 		waiting := s.retiredBytes + s.cleanedBytes
+		if fits && hold {
+			s.reserved += need
+		}
 		s.mu.Unlock()
 		if fits {
 			return true, nil
@@ -859,7 +869,7 @@ func (s *Store) evictFor(need int64) victims {
 	var v victims
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.cleanBytes+s.dirtyBytes+s.retiredBytes+s.backings.bytes+need > s.limit {
+	for s.cleanBytes+s.dirtyBytes+s.retiredBytes+s.backings.bytes+s.reserved+need > s.limit {
 		if b := s.backings.oldestUnusedLocked(); b != nil {
 			s.backings.forgetLocked(b)
 			v.backings = append(v.backings, b)

@@ -1028,3 +1028,50 @@ func TestCommitAsyncSharesRunsWhileASyncHangs(t *testing.T) {
 		t.Fatalf("%d syncs ran, want 2", n)
 	}
 }
+
+// Clean blocks stored at once (the fetches of a read run in parallel)
+// keep the cache within its limit. Before: each found room in Reserve
+// before any had added its block, so eight of them on a cache with room
+// for four left it four blocks over, with nothing evicted.
+func TestConcurrentCleanStoresStayWithinTheLimit(t *testing.T) {
+	const bs, stores = 64 << 10, 8
+	s := newTestStore(t, 0, nil)
+	s.mu.Lock()
+	s.limit = 16 * s.diskSize(bs)
+	s.mu.Unlock()
+	data := bytes.Repeat([]byte{1}, bs)
+	for i := int64(0); i < 12; i++ {
+		put(t, s, ID{Ino: 1, Gen: 1, Idx: i}, data, false)
+	}
+	// Every store waits, past its Reserve, until all have got that far.
+	var arrived atomic.Int32
+	all := make(chan struct{})
+	testHookCleanReserved = func() {
+		if arrived.Add(1) == stores {
+			close(all)
+		}
+		select {
+		case <-all:
+		case <-time.After(10 * time.Second):
+			t.Error("the stores never all got past Reserve")
+		}
+	}
+	t.Cleanup(func() { testHookCleanReserved = nil })
+	done := make(chan struct{})
+	for i := int64(0); i < stores; i++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			s.StoreClean(ID{Ino: 2, Gen: 1, Idx: i}, data)
+		}()
+	}
+	for i := 0; i < stores; i++ {
+		<-done
+	}
+	clean, dirty := s.Usage()
+	if clean+dirty > s.limit {
+		t.Fatalf("the cache holds %d bytes after %d stores at once, over its limit of %d (%d evictions)", clean+dirty, stores, s.limit, s.Stats().Evictions)
+	}
+	if s.Stats().Evictions == 0 {
+		t.Fatal("nothing was evicted for the new blocks")
+	}
+}
