@@ -65,9 +65,9 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		return ErrNotDir
 	}
 	start := c.nextSeq()
-	defer c.ns.released.begin(start)()
 	epoch := start
 	prefix := dirPrefix(dir.Path)
+	defer c.ns.released.begin(start, prefix)()
 	var (
 		batch    []s3backend.ListEntry
 		deferred []s3backend.ListEntry
@@ -884,7 +884,7 @@ func (c *Cache) refreshName(ctx context.Context, ino uint64, name string) error 
 	}
 	key := childPath(dir.Path, name)
 	start := c.nextSeq()
-	defer c.ns.released.begin(start)()
+	defer c.ns.released.begin(start, key)()
 	var (
 		info    s3backend.ObjectInfo
 		headErr error
@@ -942,7 +942,7 @@ func (c *Cache) refreshWindow(ctx context.Context, ino uint64, name string) erro
 	prefix := dirPrefix(dir.Path)
 	key := childPath(dir.Path, name)
 	start := c.nextSeq()
-	defer c.ns.released.begin(start)()
+	defer c.ns.released.begin(start, prefix)()
 	var (
 		info    s3backend.ObjectInfo
 		headErr error

@@ -1,6 +1,9 @@
 package cache
 
-import "sync"
+import (
+	"strings"
+	"sync"
+)
 
 // releases tells a listing which keys this mount stopped hiding while S3
 // answered it.
@@ -22,19 +25,24 @@ import "sync"
 // under namespace.mu or not.
 type releases struct {
 	mu sync.Mutex
-	// start -> key -> ETags of the versions released since ("": any
-	// version, when the record did not say which); guarded by mu.
-	listings map[uint64]map[string][]string
+	// start -> the listing under way; guarded by mu.
+	listings map[uint64]*listing
 }
 
-// begin registers a listing that starts at start; the caller calls end
-// when its last page is merged.
-func (r *releases) begin(start uint64) (end func()) {
+// listing is what one listing under way needs noted.
+type listing struct {
+	prefix string              // keys it may merge all start with it
+	keys   map[string][]string // key -> ETags of the versions released since ("": any version, when the record did not say which)
+}
+
+// begin registers a listing that starts at start and merges only keys
+// under prefix; the caller calls end when its last page is merged.
+func (r *releases) begin(start uint64, prefix string) (end func()) {
 	r.mu.Lock()
 	if r.listings == nil {
-		r.listings = make(map[uint64]map[string][]string)
+		r.listings = make(map[uint64]*listing)
 	}
-	r.listings[start] = nil
+	r.listings[start] = &listing{prefix: prefix}
 	r.mu.Unlock()
 	return func() {
 		r.mu.Lock()
@@ -49,12 +57,14 @@ func (r *releases) begin(start uint64) (end func()) {
 // also finds the note.
 func (r *releases) note(key, etag string) {
 	r.mu.Lock()
-	for start, keys := range r.listings {
-		if keys == nil {
-			keys = make(map[string][]string)
-			r.listings[start] = keys
+	for _, l := range r.listings {
+		if !strings.HasPrefix(key, l.prefix) {
+			continue
 		}
-		keys[key] = append(keys[key], etag)
+		if l.keys == nil {
+			l.keys = make(map[string][]string)
+		}
+		l.keys[key] = append(l.keys[key], etag)
 	}
 	r.mu.Unlock()
 }
@@ -65,7 +75,11 @@ func (r *releases) note(key, etag string) {
 func (r *releases) since(start uint64, key, etag string, prefix bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, v := range r.listings[start][key] {
+	l := r.listings[start]
+	if l == nil {
+		return false
+	}
+	for _, v := range l.keys[key] {
 		if prefix || v == "" || v == etag {
 			return true
 		}
