@@ -9,7 +9,6 @@ import (
 	"maps"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -45,9 +44,8 @@ type reconciler struct {
 	// processTomb); guarded by namespace.mu.
 	deleting map[string]bool
 
-	// pushSyncLate is set while uploads go ahead of a sync of the cache
-	// disk that did not end in time (see commitBeforePush).
-	pushSyncLate atomic.Bool
+	// disk bounds the waits for syncs of the cache disk (diskwait.go).
+	disk diskWait
 
 	mu     sync.Mutex
 	recent []ConflictInfo // the last conflict copies made, newest last; guarded by mu
@@ -218,46 +216,6 @@ func (c *Cache) reconcile(ctx context.Context, ino uint64) writeback.Result {
 	c.commitBeforePush(ctx)
 	etag, err := c.push(ctx, st, plan)
 	return c.commit(ctx, st, plan, etag, err)
-}
-
-// commitBeforePush syncs the cache before an upload sends, for
-// PushSyncWait at most (see commitWithin).
-func (c *Cache) commitBeforePush(ctx context.Context) { c.commitWithin(ctx) }
-
-// commitWithin starts a sync of the cache and waits for it PushSyncWait
-// at most, or until ctx ends; it reports whether the sync ended. A cache
-// disk whose fsync hangs must not keep every upload, and every fsync(2)
-// and drain that waits for one, from S3, which is then the safer copy:
-// the sync goes on in the background (a failure is kept for the next
-// fsync, as the group commit's is), and the caller goes ahead.
-func (c *Cache) commitWithin(ctx context.Context) bool {
-	done := c.blocks.CommitAsync()
-	select {
-	case <-done:
-	default:
-		t := c.opt.Clock.NewTimer(c.opt.PushSyncWait)
-		defer t.Stop()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return false
-		case <-t.Chan():
-			c.syncLate()
-			return false
-		}
-	}
-	if c.rc.pushSyncLate.CompareAndSwap(true, false) {
-		c.log.Info("cache: the cache disk syncs in time again")
-	}
-	return true
-}
-
-// syncLate says, once until a sync ends in time again, that uploads go
-// ahead of a sync of the cache disk that has not ended.
-func (c *Cache) syncLate() {
-	if c.rc.pushSyncLate.CompareAndSwap(false, true) {
-		c.log.Warn("cache: a sync of the cache disk has not ended; uploading without waiting for it", "waited", c.opt.PushSyncWait)
-	}
 }
 
 // endUpload makes sure an attempt's plan is no longer in flight once it

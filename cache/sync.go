@@ -168,13 +168,9 @@ type PendingItem struct {
 func (c *Cache) Drain(ctx context.Context) ([]PendingItem, error) {
 	c.flushAllBuffers()
 	// The cache is synced, and a failure of its disk reported, before
-	// the uploads; for PushSyncWait at most (see commitWithin), so that a
+	// the uploads; for PushSyncWait at most (see syncWithin), so that a
 	// hung cache disk does not keep the data from S3.
-	if c.commitWithin(ctx) {
-		if err := c.blocks.Sync(); err != nil {
-			return c.PendingItems(), err
-		}
-	} else if err := ctx.Err(); err != nil {
+	if err := c.syncWithin(ctx); err != nil {
 		return c.PendingItems(), err
 	}
 	c.probeS3(ctx)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1054,10 +1055,11 @@ func TestLookupAnsweredBeforeADeleteLanded(t *testing.T) {
 }
 
 // A cache disk whose fsync hangs (a stalled volume) must not keep data
-// from S3. Each upload syncs the cache before it sends (see
-// commitBeforePush), and waits PushSyncWait at most for it. Before: the
-// upload waited for the hung fsync, and so did the drain behind it, and
-// an fsync(2), forever.
+// from S3. Each upload syncs the cache before it sends (see diskWait),
+// and waits PushSyncWait at most for it; so does Drain for its own sync.
+// While that sync has not ended, later uploads do not wait at all; once
+// it ends, they wait again. Before: the upload waited for the hung fsync,
+// and so did the drain behind it, and an fsync(2), forever.
 func TestHungCacheDiskDoesNotHoldUploads(t *testing.T) {
 	clock := clockwork.NewFakeClock()
 	e := newEnv(t, func(o *Options) {
@@ -1071,52 +1073,94 @@ func TestHungCacheDiskDoesNotHoldUploads(t *testing.T) {
 		<-hung
 		return blocks.FsyncFile(p)
 	}
+	var answer sync.Once
+	answers := func() { answer.Do(func() { close(hung) }) }
 	t.Cleanup(func() {
 		// Before the env's Close, which syncs: let the hung sync end,
 		// and the one after it, before FsyncPath changes under them.
-		close(hung)
+		answers()
 		if err := e.c.blocks.Sync(); err != nil {
 			t.Error(err)
 		}
 		blocks.FsyncPath = blocks.FsyncFile
 	})
-	want := randBytes(100 << 10)
-	e.write("f", 0, want)
-	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	drained := make(chan error, 1)
-	go func() {
-		left, err := e.c.Drain(dctx)
-		if err == nil && len(left) > 0 {
-			err = fmt.Errorf("left %v", left)
-		}
-		drained <- err
-	}()
-	// The upload waits on the clock for the sync: move the clock on
-	// until the drain ends.
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	giveUp := time.After(30 * time.Second) // real time: a bound on a hang
-	for done := false; !done; {
-		select {
-		case <-giveUp:
-			t.Fatal("the drain still waits for the hung cache disk after 30 s")
-		case err := <-drained:
-			if err != nil {
-				t.Fatalf("drain with the cache disk hung: %v", err)
+	// drain drains, moving the fake clock on by step meanwhile (0: not).
+	drain := func(step time.Duration) {
+		t.Helper()
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		drained := make(chan error, 1)
+		go func() {
+			left, err := e.c.Drain(dctx)
+			if err == nil && len(left) > 0 {
+				err = fmt.Errorf("left %v", left)
 			}
-			done = true
-		case <-tick.C:
-			clock.Advance(time.Second)
+			drained <- err
+		}()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		giveUp := time.After(30 * time.Second) // real time: a bound on a hang
+		for {
+			select {
+			case <-giveUp:
+				t.Fatal("the drain still waits for the hung cache disk after 30 s")
+			case err := <-drained:
+				if err != nil {
+					t.Fatalf("drain with the cache disk hung: %v", err)
+				}
+				return
+			case <-tick.C:
+				if step > 0 {
+					clock.Advance(step)
+				}
+			}
 		}
 	}
+	want := randBytes(100 << 10)
+	e.write("f", 0, want)
+	drain(time.Second) // the drain's sync, then the upload's, wait on the clock
 	if hangs.Load() == 0 {
 		t.Fatal("no fsync reached the disk: the test hung nothing")
 	}
-	if got := e.object("f"); !bytes.Equal(got, want) {
-		t.Fatalf("S3 holds %d bytes, want the %d written", len(got), len(want))
-	}
+	e.wantUploaded("f", want)
 	if !e.logs.has("uploading without waiting for it") {
 		t.Error("the log does not say that uploads go ahead of the cache disk")
+	}
+	// The disk still hangs: the next upload does not wait at all, and
+	// the clock stands still.
+	g := randBytes(10 << 10)
+	e.write("g", 0, g)
+	drain(0)
+	e.wantUploaded("g", g)
+	// The disk answers: uploads wait for its syncs again, and the log
+	// says so once the late sync ends.
+	answers()
+	for deadline := time.Now().Add(10 * time.Second); !e.logs.has("the cache disk answers again"); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the log does not say that the cache disk answers again")
+		}
+	}
+	h := randBytes(10 << 10)
+	e.write("h", 0, h)
+	drain(0)
+	e.wantUploaded("h", h)
+}
+
+// Drain reports a failure of its sync of the cache disk, which keelfs
+// flush turns into its exit status: a write-back error that Linux
+// reports once must reach it, not a later caller.
+func TestDrainReportsItsSyncFailure(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.CommitInterval, o.WriteBackDelay = time.Hour, time.Hour })
+	var failed atomic.Bool
+	blocks.FsyncPath = func(p string) error {
+		if failed.CompareAndSwap(false, true) {
+			return syscall.EIO
+		}
+		return blocks.FsyncFile(p)
+	}
+	t.Cleanup(func() { blocks.FsyncPath = blocks.FsyncFile })
+	e.write("f", 0, []byte("data"))
+	if _, err := e.c.Drain(ctx); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("drain after a failed sync: %v, want EIO", err)
 	}
 }

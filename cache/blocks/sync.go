@@ -22,15 +22,7 @@ const syncAhead = 64 << 20
 // for the next Sync to report, as a background sync's is.
 func (s *Store) Commit() {
 	if err := s.syncer.do(s.syncAll); err != nil {
-		s.mu.Lock()
-		first := s.aheadErr == nil
-		if first {
-			s.aheadErr = err
-		}
-		s.mu.Unlock()
-		if first {
-			s.log.Error("cache: group commit of written blocks failed; the next fsync reports it", "err", err)
-		}
+		s.KeepErr(err)
 	}
 }
 
@@ -46,6 +38,20 @@ func (s *Store) CommitAsync() <-chan struct{} {
 		}
 	}
 	return s.syncer.after(s.Commit, spawn)
+}
+
+// KeepErr keeps err, the failure of a sync whose caller did not wait for
+// it, for the next Sync to report, as a failed Commit's is.
+func (s *Store) KeepErr(err error) {
+	s.mu.Lock()
+	first := s.aheadErr == nil
+	if first {
+		s.aheadErr = err
+	}
+	s.mu.Unlock()
+	if first {
+		s.log.Error("cache: a sync of written blocks failed; the next fsync reports it", "err", err)
+	}
 }
 
 // syncAheadLocked starts a sync in the background unless one runs (or
