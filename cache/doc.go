@@ -70,7 +70,9 @@
 // replaced. Each upload syncs before it sends, and blocks an upload made
 // clean stay cached until the next sync, so that a power cut that brings
 // back the record from before an upload finds its blocks and knows the
-// object in S3 as its own. Fsync waits until the upload that contains
+// object in S3 as its own; an upload waits for that sync PushSyncWait at
+// most, and not at all while a late one has not ended (diskwait.go), so
+// that a hung cache disk does not keep the data from S3. Fsync waits until the upload that contains
 // them has landed; SyncDir (fsync of a directory) until the namespace changes in
 // the directory have. Uploads are conditional on the ETag the edit
 // started from (If-Match) or on absence (If-None-Match); a 412 from
