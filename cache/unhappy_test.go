@@ -853,30 +853,7 @@ func TestListingAnsweredBeforeADeleteLanded(t *testing.T) {
 			e.store.PutObject("f", []byte("x"), nil)
 			e.store.PutObject("g", []byte("y"), nil)
 			e.readDir("")
-			// The DELETE waits for the listing to have read the page with
-			// "f" (a key a page), and the listing waits on its next page
-			// while the DELETE lands.
-			e.store.PageSize = 1
-			var lists atomic.Int32
-			reached, release := make(chan struct{}), make(chan struct{})
-			e.store.SetHook(func(op, key string) error {
-				switch {
-				case op == "List" && key == "" && lists.Add(1) == 2:
-					close(reached)
-					select {
-					case <-release:
-					case <-time.After(10 * time.Second):
-						return errors.New("test: the listing was never let go on")
-					}
-				case op == "Delete" && key == "f":
-					select {
-					case <-reached:
-					case <-time.After(10 * time.Second):
-						return errors.New("test: the listing never reached its second page")
-					}
-				}
-				return nil
-			})
+			reached, release := e.listAroundTheDeleteOfF()
 			if how == "unlink" {
 				if err := e.c.Unlink(ctx, RootIno, "f"); err != nil {
 					t.Fatal(err)
@@ -885,16 +862,7 @@ func TestListingAnsweredBeforeADeleteLanded(t *testing.T) {
 				t.Fatal(err)
 			}
 			e.clock.Advance(2 * time.Second)
-			listed := make(chan error, 1)
-			go func() {
-				_, err := e.c.OpenDir(ctx, RootIno)
-				listed <- err
-			}()
-			select {
-			case <-reached:
-			case err := <-listed:
-				t.Fatalf("the listing ended (%v) before its second page", err)
-			}
+			listed := e.listRootUntil(reached)
 			e.drain()
 			if _, _, ok := e.store.Object("f"); ok {
 				t.Fatal("f is still in S3 after the drain")
@@ -918,21 +886,14 @@ func TestListingAnsweredBeforeADeleteLanded(t *testing.T) {
 	}
 }
 
-// What a listing hides after a DELETE landed is the version deleted, not
-// the name: a file another client wrote under that key meanwhile shows.
-// Here the other client's PUT comes between the listing's pages and our
-// conditional DELETE, which then finds another version and deletes
-// nothing. Before (with the first form of the fix, hiding the key): ls
-// and lookup said ENOENT for the other client's file until the TTL ran
-// out. (From a review.)
-func TestListingShowsAnotherWritersVersionAfterADelete(t *testing.T) {
-	e := newEnv(t, nil)
-	e.store.PutObject("a", []byte("a"), nil)
-	e.store.PutObject("f", []byte("v1"), nil)
-	e.readDir("")
+// listAroundTheDeleteOfF makes the next listing of the root read one key a
+// page and wait on its second page until release is closed, and the
+// DELETE of "f" wait until the listing has got there (reached): a page
+// with "f" answered before the DELETE, merged after it.
+func (e *env) listAroundTheDeleteOfF() (reached, release chan struct{}) {
 	e.store.PageSize = 1
 	var lists atomic.Int32
-	reached, release := make(chan struct{}), make(chan struct{})
+	reached, release = make(chan struct{}), make(chan struct{})
 	e.store.SetHook(func(op, key string) error {
 		switch {
 		case op == "List" && key == "" && lists.Add(1) == 2:
@@ -951,10 +912,13 @@ func TestListingShowsAnotherWritersVersionAfterADelete(t *testing.T) {
 		}
 		return nil
 	})
-	if err := e.c.Unlink(ctx, RootIno, "f"); err != nil {
-		t.Fatal(err)
-	}
-	e.clock.Advance(2 * time.Second)
+	return reached, release
+}
+
+// listRootUntil lists the root in the background and returns once the
+// listing has reached its second page; the channel gets its result.
+func (e *env) listRootUntil(reached <-chan struct{}) <-chan error {
+	e.t.Helper()
 	listed := make(chan error, 1)
 	go func() {
 		_, err := e.c.OpenDir(ctx, RootIno)
@@ -963,8 +927,29 @@ func TestListingShowsAnotherWritersVersionAfterADelete(t *testing.T) {
 	select {
 	case <-reached:
 	case err := <-listed:
-		t.Fatalf("the listing ended (%v) before its second page", err)
+		e.t.Fatalf("the listing ended (%v) before its second page", err)
 	}
+	return listed
+}
+
+// What a listing hides after a DELETE landed is the version deleted, not
+// the name: a file another client wrote under that key meanwhile shows.
+// Here the other client's PUT comes between the listing's pages and our
+// conditional DELETE, which then finds another version and deletes
+// nothing. Before (with the first form of the fix, hiding the key): ls
+// and lookup said ENOENT for the other client's file until the TTL ran
+// out. (From a review.)
+func TestListingShowsAnotherWritersVersionAfterADelete(t *testing.T) {
+	e := newEnv(t, nil)
+	e.store.PutObject("a", []byte("a"), nil)
+	e.store.PutObject("f", []byte("v1"), nil)
+	e.readDir("")
+	reached, release := e.listAroundTheDeleteOfF()
+	if err := e.c.Unlink(ctx, RootIno, "f"); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(2 * time.Second)
+	listed := e.listRootUntil(reached)
 	e.store.PutObject("f", []byte("v2, from another client"), nil)
 	e.drain() // If-Match v1 fails: the tombstone goes, nothing is deleted
 	close(release)
