@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"sync"
 )
 
@@ -30,29 +31,27 @@ type diskWait struct {
 // commitBeforePush syncs the cache before an upload sends, as far as
 // diskWait allows.
 func (c *Cache) commitBeforePush(ctx context.Context) {
-	c.waitForDisk(ctx, c.blocks.CommitAsync())
+	c.waitForDisk(ctx, c.blocks.CommitAsync().Done())
 }
 
-// syncWithin is blocks.Store.Sync as far as diskWait allows: its error if
-// it ended in time; ctx's if ctx ended first; nil if the caller goes
-// ahead of it, and then its failure, if it fails, is kept for the next
-// fsync to report.
+// syncWithin syncs the cache as far as diskWait allows, and reports a
+// failure of its disk: of this sync if it ended in time, or of an earlier
+// one still kept for the next fsync (left there: an fsync(2) must get it
+// too); ctx's error if ctx ended first; nil if the caller goes ahead of
+// a sync that has not ended (its failure is then kept for the next
+// fsync). It starts no run of its own: it shares the uploads'.
 func (c *Cache) syncWithin(ctx context.Context) error {
-	synced := make(chan error, 1)
-	ended := make(chan struct{})
-	go func() {
-		synced <- c.blocks.Sync()
-		close(ended)
-	}()
-	if c.waitForDisk(ctx, ended) {
-		return <-synced
+	p := c.blocks.CommitAsync()
+	if !c.waitForDisk(ctx, p.Done()) {
+		return ctx.Err()
 	}
-	go func() {
-		if err := <-synced; err != nil {
-			c.blocks.KeepErr(err)
-		}
-	}()
-	return ctx.Err()
+	if err := p.Err(); err != nil {
+		return err
+	}
+	if err := c.blocks.KeptErr(); err != nil {
+		return fmt.Errorf("an earlier sync of the cache failed, so data written since may be lost: %w", err)
+	}
+	return nil
 }
 
 // waitForDisk waits until ended is closed, for PushSyncWait at most and

@@ -1131,11 +1131,50 @@ func TestHungCacheDiskDoesNotHoldUploads(t *testing.T) {
 	e.wantUploaded("h", h)
 }
 
+// A Drain that goes ahead of a hung sync leaves the failure kept from an
+// earlier sync to the next fsync(2). (From a review: Drain ran a Sync of
+// its own in the background, which could take that failure once the disk
+// answered and keep it again only after the fsync(2) had been told all
+// was well.)
+func TestLateDrainLeavesTheKeptFailureToFsync(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.CommitInterval, o.WriteBackDelay = time.Hour, time.Hour })
+	e.logs.allow("sync of written blocks failed")
+	e.write("f", 0, []byte("data"))
+	hung := make(chan struct{})
+	var hangs atomic.Int32
+	blocks.FsyncPath = func(p string) error {
+		hangs.Add(1)
+		<-hung
+		return blocks.FsyncFile(p)
+	}
+	t.Cleanup(func() { blocks.FsyncPath = blocks.FsyncFile })
+	e.c.blocks.KeepErr(syscall.EIO) // an earlier group commit failed
+	hungSync := e.c.blocks.CommitAsync()
+	for deadline := time.Now().Add(10 * time.Second); hangs.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the sync never reached the disk")
+		}
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := e.c.Drain(dctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("drain with its context ended while the disk hangs: %v", err)
+	}
+	fsynced := make(chan error, 1)
+	go func() { fsynced <- e.c.blocks.Sync() }() // an fsync(2)
+	close(hung)
+	if err := <-fsynced; !errors.Is(err, syscall.EIO) {
+		t.Fatalf("fsync after a failed sync: %v, want EIO", err)
+	}
+	<-hungSync.Done()
+}
+
 // Drain reports a failure of its sync of the cache disk, which keelfs
 // flush turns into its exit status: a write-back error that Linux
 // reports once must reach it, not a later caller.
 func TestDrainReportsItsSyncFailure(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.CommitInterval, o.WriteBackDelay = time.Hour, time.Hour })
+	e.logs.allow("sync of written blocks failed")
 	var failed atomic.Bool
 	blocks.FsyncPath = func(p string) error {
 		if failed.CompareAndSwap(false, true) {

@@ -99,24 +99,33 @@ func (s *Store) StoreClean(id ID, data []byte) {
 	if err != nil || !ok {
 		return
 	}
-	defer func() {
-		s.mu.Lock()
-		s.reserved -= need
-		s.mu.Unlock()
-	}()
 	meta, err := s.Write(id, data)
 	if err != nil {
+		s.unreserve(need)
 		s.log.Warn("cache: store block", "err", err)
 		return
 	}
 	err = s.db.Update(func(txn *badger.Txn) error { return s.Index(txn, id, meta) })
 	if err != nil {
 		s.removeFile(id)
+		s.unreserve(need)
 		s.log.Warn("cache: index block", "err", err)
 		return
 	}
-	s.Added(id, meta.Len, false)
+	s.mu.Lock()
+	s.reserved -= need // in the same hold as the block's own count
+	s.addedLocked(id, meta.Len, false, false)
+	s.mu.Unlock()
 	s.Trust(id, meta)
+}
+
+// unreserve gives back room that reserveBytes held for a block that was
+// not stored, and wakes writers waiting for room.
+func (s *Store) unreserve(need int64) {
+	s.mu.Lock()
+	s.reserved -= need
+	s.spaceFreed.Broadcast()
+	s.mu.Unlock()
 }
 
 // Delete removes blocks: their index entries, then their files. If the

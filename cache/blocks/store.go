@@ -428,6 +428,11 @@ func (s *Store) Added(id ID, n uint32, dirty bool) { s.added(id, n, dirty, false
 func (s *Store) added(id ID, n uint32, dirty, synced bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.addedLocked(id, n, dirty, synced)
+}
+
+// addedLocked is added with s.mu held.
+func (s *Store) addedLocked(id ID, n uint32, dirty, synced bool) {
 	s.forgetLocked(id)
 	sz := s.diskSize(n)
 	s.size[id] = sized{bytes: sz, pos: len(s.inoBlocks[id.Ino])}
@@ -768,7 +773,7 @@ func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait t
 		s.mu.Lock()
 		used := s.cleanBytes + s.dirtyBytes + s.retiredBytes + s.backingBytes() + s.reserved
 		fits := used+need <= s.limit && short <= 0
-		dirtyFits := s.dirtyBytes+s.retiredBytes+s.cleanedBytes+s.pinnedBytes+s.backingPinnedBytes()+need <= s.limit && short <= 0
+		dirtyFits := s.dirtyBytes+s.retiredBytes+s.cleanedBytes+s.pinnedBytes+s.backingPinnedBytes()+s.reserved+need <= s.limit && short <= 0
 		waiting := s.retiredBytes + s.cleanedBytes
 		if fits && hold {
 			s.reserved += need

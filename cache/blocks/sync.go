@@ -27,9 +27,9 @@ func (s *Store) Commit() {
 }
 
 // CommitAsync is Commit for a caller that will not wait for the disk
-// however long it takes: it returns a channel closed once a sync that
-// began after the call has ended, in success or not.
-func (s *Store) CommitAsync() <-chan struct{} {
+// however long it takes: it returns the sync, begun after the call, that
+// the caller may wait for.
+func (s *Store) CommitAsync() *Pending {
 	spawn := s.background
 	if spawn == nil {
 		spawn = func(fn func()) bool {
@@ -37,7 +37,21 @@ func (s *Store) CommitAsync() <-chan struct{} {
 			return true
 		}
 	}
-	return s.syncer.after(s.Commit, spawn)
+	return s.syncer.after(func() error {
+		err := s.syncer.do(s.syncAll)
+		if err != nil {
+			s.KeepErr(err)
+		}
+		return err
+	}, spawn)
+}
+
+// KeptErr returns the failure of a sync that is kept for the next Sync to
+// report, if there is one, and leaves it there.
+func (s *Store) KeptErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.aheadErr
 }
 
 // KeepErr keeps err, the failure of a sync whose caller did not wait for
@@ -269,32 +283,50 @@ type groupSync struct {
 	err     error
 
 	// The run after spawned last, and the sync it waits for (see after).
-	next     chan struct{}
+	next     *Pending
 	nextNeed uint64
 }
 
-// after is do for a caller that does not wait: it returns a channel closed
-// once run, which calls do, has returned, having waited for a sync that
-// started after this call. Callers between two syncs share one run, so
-// however many call while a sync hangs, at most two runs are spawned: the
-// one in the hung sync and the one waiting for it. If spawn refuses (the
-// store closes), the channel is closed at once.
-func (g *groupSync) after(run func(), spawn func(func()) bool) <-chan struct{} {
+// Pending is a sync that CommitAsync started, or joined.
+type Pending struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// Done is closed once the sync ended.
+func (p *Pending) Done() <-chan struct{} { return p.done }
+
+// Err is how the sync ended, once Done is closed: its own failure, which
+// is also kept for the next Sync to report. A sync the store refused to
+// start (it closes) ended with ErrClosing.
+func (p *Pending) Err() error { return p.err }
+
+// ErrClosing: the store closes, and starts no more syncs.
+var ErrClosing = errors.New("cache: the block store closes")
+
+// after is do for a caller that does not wait: it returns a Pending that
+// ends once run, which calls do, has returned, having waited for a sync
+// that started after this call. Callers between two syncs share one run,
+// so however many call while a sync hangs, at most two runs are spawned:
+// the one in the hung sync and the one waiting for it. If spawn refuses
+// (the store closes), the Pending ends at once with ErrClosing.
+func (g *groupSync) after(run func() error, spawn func(func()) bool) *Pending {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	need := g.started + 1
 	if g.next != nil && g.nextNeed == need {
 		return g.next
 	}
-	ch := make(chan struct{})
-	g.next, g.nextNeed = ch, need
+	p := &Pending{done: make(chan struct{})}
+	g.next, g.nextNeed = p, need
 	if !spawn(func() {
-		run()
-		close(ch)
+		p.err = run()
+		close(p.done)
 	}) {
-		close(ch)
+		p.err = ErrClosing
+		close(p.done)
 	}
-	return ch
+	return p
 }
 
 func (g *groupSync) do(fn func() error) error {
