@@ -115,6 +115,7 @@ func (s *Store) StoreClean(id ID, data []byte) {
 	s.mu.Lock()
 	s.reserved -= need // in the same hold as the block's own count
 	s.addedLocked(id, meta.Len, false, false)
+	s.spaceFreed.Broadcast() // a writer held up by the room may evict the block now
 	s.mu.Unlock()
 	s.Trust(id, meta)
 }

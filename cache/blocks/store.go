@@ -773,7 +773,11 @@ func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait t
 		s.mu.Lock()
 		used := s.cleanBytes + s.dirtyBytes + s.retiredBytes + s.backingBytes() + s.reserved
 		fits := used+need <= s.limit && short <= 0
-		dirtyFits := s.dirtyBytes+s.retiredBytes+s.cleanedBytes+s.pinnedBytes+s.backingPinnedBytes()+s.reserved+need <= s.limit && short <= 0
+		// What a dirty block cannot evict, and room that clean stores hold
+		// (reserved): that room comes back as soon as they end.
+		dirtyNeed := s.dirtyBytes + s.retiredBytes + s.cleanedBytes + s.pinnedBytes + s.backingPinnedBytes() + need
+		dirtyFits := dirtyNeed+s.reserved <= s.limit && short <= 0
+		heldOnly := !dirtyFits && dirtyNeed <= s.limit && short <= 0
 		waiting := s.retiredBytes + s.cleanedBytes
 		if fits && hold {
 			s.reserved += need
@@ -805,7 +809,9 @@ func (s *Store) reserveBytes(ctx context.Context, need int64, dirty bool, wait t
 		if dirtyFits {
 			continue // eviction raced with another reader; try again
 		}
-		if time.Now().After(deadline) || (s.hopeless != nil && s.hopeless()) {
+		// Uploads that cannot run (hopeless) free nothing; clean stores
+		// that end do, so room they hold is waited for all the same.
+		if time.Now().After(deadline) || (!heldOnly && s.hopeless != nil && s.hopeless()) {
 			return false, ErrNoSpace
 		}
 		if s.onPressure != nil {
@@ -831,9 +837,13 @@ func (s *Store) diskShort(need int64) (int64, error) {
 	return need + s.minFree - free, nil
 }
 
+// freedPoll is the longest a writer waiting for room sleeps before it
+// looks again, in case nothing woke it (a variable for tests).
+var freedPoll = time.Second
+
 func (s *Store) waitFreed(ctx context.Context, d time.Duration) error {
-	if d > time.Second {
-		d = time.Second
+	if d > freedPoll {
+		d = freedPoll
 	}
 	done := make(chan struct{})
 	t := time.AfterFunc(d, func() {

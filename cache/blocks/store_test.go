@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -1084,25 +1086,7 @@ func TestConcurrentCleanStoresStayWithinTheLimit(t *testing.T) {
 func TestDirtyReserveWaitsOnHeldRoom(t *testing.T) {
 	const bs = 64 << 10
 	s := newTestStore(t, 0, nil)
-	s.mu.Lock()
-	s.limit = 4 * s.diskSize(bs)
-	s.mu.Unlock()
-	data := bytes.Repeat([]byte{1}, bs)
-	for i := int64(0); i < 3; i++ {
-		put(t, s, ID{Ino: 1, Gen: 1, Idx: i}, data, true)
-	}
-	held, release := make(chan struct{}), make(chan struct{})
-	testHookCleanReserved = func() {
-		close(held)
-		<-release
-	}
-	t.Cleanup(func() { testHookCleanReserved = nil })
-	cleanDone := make(chan struct{})
-	go func() {
-		s.StoreClean(ID{Ino: 2, Gen: 1, Idx: 0}, data)
-		close(cleanDone)
-	}()
-	<-held // three dirty blocks and the one held fill the cache
+	release := fillAndHold(t, s)
 	rctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	res := make(chan error, 1)
@@ -1118,6 +1102,77 @@ func TestDirtyReserveWaitsOnHeldRoom(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("a writer short of room (wait 100 ms, context 200 ms) still waits after 10 s")
 	}
-	close(release)
-	<-cleanDone
+	release()
+}
+
+// fillAndHold fills s with three dirty blocks and one clean store that
+// holds its room, past Reserve, until the returned function lets it end.
+func fillAndHold(t *testing.T, s *Store) (release func()) {
+	t.Helper()
+	const bs = 64 << 10
+	s.mu.Lock()
+	s.limit = 4 * s.diskSize(bs)
+	s.mu.Unlock()
+	data := bytes.Repeat([]byte{1}, bs)
+	for i := int64(0); i < 3; i++ {
+		put(t, s, ID{Ino: 1, Gen: 1, Idx: i}, data, true)
+	}
+	held, let := make(chan struct{}), make(chan struct{})
+	testHookCleanReserved = func() {
+		close(held)
+		<-let
+	}
+	t.Cleanup(func() { testHookCleanReserved = nil })
+	done := make(chan struct{})
+	go func() {
+		s.StoreClean(ID{Ino: 2, Gen: 1, Idx: 0}, data)
+		close(done)
+	}()
+	<-held
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(let) })
+		<-done
+	}
+}
+
+// A writer that waits for room a clean store holds goes on when that
+// store ends, whether or not uploads can run (Hopeless): the store's
+// block is clean and may be evicted. (From a review: the writer slept
+// until its own next look, up to 1 s, and with S3 unreachable got ENOSPC
+// at once.)
+func TestDirtyReserveGetsHeldRoomWhenTheStoreEnds(t *testing.T) {
+	for _, hopeless := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hopeless=%v", hopeless), func(t *testing.T) {
+			// Only a wake-up from the store's end gets the writer on:
+			// its own look every freedPoll is an hour away.
+			freedPoll = time.Hour
+			t.Cleanup(func() { freedPoll = time.Second })
+			s := newTestStore(t, 0, func(o *Options) { o.Hopeless = func() bool { return hopeless } })
+			release := fillAndHold(t, s)
+			t.Cleanup(release)
+			wctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			res := make(chan error, 1)
+			go func() {
+				_, err := s.Reserve(wctx, 64<<10, true, time.Hour)
+				res <- err
+			}()
+			select {
+			case err := <-res:
+				t.Fatalf("the writer did not wait for the held room: %v", err)
+			case <-time.After(100 * time.Millisecond):
+			}
+			release()
+			select {
+			case err := <-res:
+				if err != nil {
+					t.Fatalf("the writer, once the store ended: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				cancel()
+				t.Fatalf("the writer still waits 10 s after the store ended (then: %v)", <-res)
+			}
+		})
+	}
 }
