@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"fmt"
 	"sync"
 )
 
@@ -48,10 +47,7 @@ func (c *Cache) syncWithin(ctx context.Context) error {
 	if err := p.Err(); err != nil {
 		return err
 	}
-	if err := c.blocks.KeptErr(); err != nil {
-		return fmt.Errorf("an earlier sync of the cache failed, so data written since may be lost: %w", err)
-	}
-	return nil
+	return c.blocks.KeptErr()
 }
 
 // waitForDisk waits until ended is closed, for PushSyncWait at most and

@@ -1039,6 +1039,30 @@ func TestLookupAnsweredBeforeADeleteLanded(t *testing.T) {
 	}
 }
 
+// hangFsync makes every fsync of the cache disk hang until answers lets
+// them through; hangs counts the fsyncs that came. The cleanup, before
+// the env's Close (which syncs), lets them through and waits for the hung
+// sync and the one after it, so that FsyncPath does not change under them.
+func (e *env) hangFsync() (hangs *atomic.Int32, answers func()) {
+	hung := make(chan struct{})
+	hangs = new(atomic.Int32)
+	blocks.FsyncPath = func(p string) error {
+		hangs.Add(1)
+		<-hung
+		return blocks.FsyncFile(p)
+	}
+	var once sync.Once
+	answers = func() { once.Do(func() { close(hung) }) }
+	e.t.Cleanup(func() {
+		answers()
+		if err := e.c.blocks.Sync(); err != nil {
+			e.t.Error(err)
+		}
+		blocks.FsyncPath = blocks.FsyncFile
+	})
+	return hangs, answers
+}
+
 // A cache disk whose fsync hangs (a stalled volume) must not keep data
 // from S3. Each upload syncs the cache before it sends (see diskWait),
 // and waits PushSyncWait at most for it; so does Drain for its own sync.
@@ -1051,24 +1075,7 @@ func TestHungCacheDiskDoesNotHoldUploads(t *testing.T) {
 		o.Clock, o.CommitInterval, o.PushSyncWait = clock, time.Hour, 10*time.Second
 	})
 	e.logs.allow("has not ended; uploading without waiting")
-	hung := make(chan struct{})
-	var hangs atomic.Int32
-	blocks.FsyncPath = func(p string) error {
-		hangs.Add(1)
-		<-hung
-		return blocks.FsyncFile(p)
-	}
-	var answer sync.Once
-	answers := func() { answer.Do(func() { close(hung) }) }
-	t.Cleanup(func() {
-		// Before the env's Close, which syncs: let the hung sync end,
-		// and the one after it, before FsyncPath changes under them.
-		answers()
-		if err := e.c.blocks.Sync(); err != nil {
-			t.Error(err)
-		}
-		blocks.FsyncPath = blocks.FsyncFile
-	})
+	hangs, answers := e.hangFsync()
 	// drain drains, moving the fake clock on by step meanwhile (0: not).
 	drain := func(step time.Duration) {
 		t.Helper()
@@ -1140,14 +1147,7 @@ func TestLateDrainLeavesTheKeptFailureToFsync(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.CommitInterval, o.WriteBackDelay = time.Hour, time.Hour })
 	e.logs.allow("sync of written blocks failed")
 	e.write("f", 0, []byte("data"))
-	hung := make(chan struct{})
-	var hangs atomic.Int32
-	blocks.FsyncPath = func(p string) error {
-		hangs.Add(1)
-		<-hung
-		return blocks.FsyncFile(p)
-	}
-	t.Cleanup(func() { blocks.FsyncPath = blocks.FsyncFile })
+	hangs, answers := e.hangFsync()
 	e.c.blocks.KeepErr(syscall.EIO) // an earlier group commit failed
 	hungSync := e.c.blocks.CommitAsync()
 	for deadline := time.Now().Add(10 * time.Second); hangs.Load() == 0; time.Sleep(time.Millisecond) {
@@ -1162,7 +1162,7 @@ func TestLateDrainLeavesTheKeptFailureToFsync(t *testing.T) {
 	}
 	fsynced := make(chan error, 1)
 	go func() { fsynced <- e.c.blocks.Sync() }() // an fsync(2)
-	close(hung)
+	answers()
 	if err := <-fsynced; !errors.Is(err, syscall.EIO) {
 		t.Fatalf("fsync after a failed sync: %v, want EIO", err)
 	}

@@ -21,9 +21,19 @@ const syncAhead = 64 << 20
 // Commit syncs in the background (the group commit): a failure is kept
 // for the next Sync to report, as a background sync's is.
 func (s *Store) Commit() {
-	if err := s.syncer.do(s.syncAll); err != nil {
+	if err := s.commit(); err != nil {
+		// KeepErr logged the first failure at ERROR; each one shows here.
+		s.log.Debug("cache: group commit failed; kept for the next fsync", "err", err)
+	}
+}
+
+// commit is Commit that also says how the sync ended (CommitAsync).
+func (s *Store) commit() error {
+	err := s.syncer.do(s.syncAll)
+	if err != nil {
 		s.KeepErr(err)
 	}
+	return err
 }
 
 // CommitAsync is Commit for a caller that will not wait for the disk
@@ -37,21 +47,24 @@ func (s *Store) CommitAsync() *Pending {
 			return true
 		}
 	}
-	return s.syncer.after(func() error {
-		err := s.syncer.do(s.syncAll)
-		if err != nil {
-			s.KeepErr(err)
-		}
-		return err
-	}, spawn)
+	return s.syncer.after(s.commit, spawn)
 }
 
 // KeptErr returns the failure of a sync that is kept for the next Sync to
-// report, if there is one, and leaves it there.
+// report, as Sync reports it, and leaves it there.
 func (s *Store) KeptErr() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.aheadErr
+	return earlierFailure(s.aheadErr)
+}
+
+// earlierFailure is how Sync reports ahead, the failure of an earlier
+// sync: nil if there was none.
+func earlierFailure(ahead error) error {
+	if ahead == nil {
+		return nil
+	}
+	return fmt.Errorf("an earlier sync of written blocks failed, so data written since may be lost: %w", ahead)
 }
 
 // KeepErr keeps err, the failure of a sync whose caller did not wait for
@@ -128,8 +141,8 @@ func (s *Store) Sync() error {
 	ahead := s.aheadErr
 	s.aheadErr = nil
 	s.mu.Unlock()
-	if err == nil && ahead != nil {
-		err = fmt.Errorf("an earlier sync of written blocks failed, so data written since may be lost: %w", ahead)
+	if err == nil {
+		err = earlierFailure(ahead)
 	}
 	return err
 }
