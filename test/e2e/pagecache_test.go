@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keelfs/keelfs/test/harness"
+)
+
+// residentPages maps the first n bytes of the file at path without
+// touching them and says how many of its pages the kernel's page cache
+// holds (mincore reports the cache of a file mapping, faulted in or not).
+func residentPages(t *testing.T, path string, n int) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mapped, err := unix.Mmap(int(f.Fd()), 0, n, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("mmap: %v", err)
+	}
+	defer func() {
+		if err := unix.Munmap(mapped); err != nil {
+			t.Error(err)
+		}
+	}()
+	vec := make([]byte, (n+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mapped[0])), uintptr(n), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatalf("mincore: %v", errno)
+	}
+	in := 0
+	for _, v := range vec {
+		in += int(v & 1)
+	}
+	return in
+}
+
+// TestWriteOnlyOpenBypassesPageCache (issue 17): the writes of a
+// write-only open of a new file go around the kernel's page cache, which
+// nobody would read them from: a big write then allocates no page for
+// them (each new page costs a fault on a machine that returns unused
+// memory to its host). Passthrough is off, so the check's own open reads
+// through the page cache and keeps whatever it holds.
+func TestWriteOnlyOpenBypassesPageCache(t *testing.T) {
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	m := srv.Mount(t, b, harness.MountOptions{Args: []string{"--passthrough=false"}})
+	const size = 8 << 20
+	data := randBytes(size)
+	if err := os.WriteFile(m.Path("w"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if in := residentPages(t, m.Path("w"), size); in != 0 {
+		t.Errorf("the page cache holds %d pages of a file written by a write-only open, want 0", in)
+	}
+	// The same bytes written by a read-write open stay in the page cache
+	// (its reads and mappings use it): the check can see pages.
+	f, err := os.OpenFile(m.Path("rw"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if in := residentPages(t, m.Path("rw"), size); in == 0 {
+		t.Errorf("the page cache holds no page of a file written by a read-write open: the check cannot see pages")
+	}
+	got, err := os.ReadFile(m.Path("w"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back: %d bytes, %v", len(got), err)
+	}
+	m.Flush()
+	if got, _ := srv.Get(t, b, "w"); !bytes.Equal(got, data) {
+		t.Errorf("S3 holds %d bytes, want the %d written", len(got), len(data))
+	}
+}
+
+// TestMappingSeesWriteOnlyWriter: a process that mapped a file and closed
+// it goes on reading the kernel's pages; a later write-only open (which
+// keelfs would rather send around the page cache) must not leave them
+// stale. A reader that opens while such a writer writes sees its writes.
+// Passthrough is off: with it on, the mapping is of the backing file,
+// which no write reaches once the last open of the file has closed (a
+// known gap, the same for every writer).
+func TestMappingSeesWriteOnlyWriter(t *testing.T) {
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	for _, args := range [][]string{{"--passthrough=false"}} {
+		m := srv.Mount(t, b, harness.MountOptions{Args: args})
+		name := m.Path("f")
+		if err := os.WriteFile(name, bytes.Repeat([]byte("a"), 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mapped, err := unix.Mmap(int(f.Fd()), 0, 1<<20, unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			t.Fatalf("mmap: %v", err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if mapped[4096] != 'a' {
+			t.Fatalf("mapping reads %q, want 'a'", mapped[4096])
+		}
+		w, err := os.OpenFile(name, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.WriteAt([]byte("bbbb"), 4096); err != nil {
+			t.Fatal(err)
+		}
+		r, err := os.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.WriteAt([]byte("cccc"), 8192); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		if _, err := r.ReadAt(buf, 8192); err != nil || string(buf) != "cccc" {
+			t.Errorf("args %q: a reader opened during a write-only open read %q, %v; want cccc", args, buf, err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(mapped[4096:4100]); got != "bbbb" {
+			t.Errorf("args %q: a mapping kept after close reads %q after a write-only open wrote bbbb", args, got)
+		}
+		if err := unix.Munmap(mapped); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Unlink(name); err != nil {
+			t.Fatal(err)
+		}
+		m.Stop()
+	}
+}
