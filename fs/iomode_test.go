@@ -51,7 +51,7 @@ func TestWriteOnlyOpensGoAroundThePageCache(t *testing.T) {
 		t.Fatalf("read-write open: mode %d, want ioCached", rw.mode)
 	}
 	n.ioRelease(ctx, rw)
-	if n.io.direct != 0 || n.io.dwrite != 0 || n.io.pages.users != 0 {
-		t.Fatalf("after every release: direct %d, dwrite %d, users %d; want 0", n.io.direct, n.io.dwrite, n.io.pages.users)
+	if io := &n.state().io; io.direct != 0 || io.dwrite != 0 || io.pages.users != 0 {
+		t.Fatalf("after every release: direct %d, dwrite %d, users %d; want 0", io.direct, io.dwrite, io.pages.users)
 	}
 }

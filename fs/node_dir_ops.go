@@ -34,17 +34,18 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	if err != nil {
 		return nil, 0, toErrno("opendir", err)
 	}
-	n.dirMu.Lock()
-	if v := n.fsys.c.DirVersion(n.ino()); !n.dirKnown || v != n.dirVer {
+	st := n.state()
+	st.dirMu.Lock()
+	if v := n.fsys.c.DirVersion(n.ino()); !st.dirKnown || v != st.dirVer {
 		// Not from inside a request on this inode in general (see
 		// Invalidate), but OPENDIR holds no lock on the directory, and
 		// the kernel must drop its copy before this open reads it.
-		if errno := n.NotifyContent(0, 0); n.dirKnown {
+		if errno := n.NotifyContent(0, 0); st.dirKnown {
 			n.fsys.log.Debug("fs: directory names changed; the kernel reads them again", "ino", n.ino(), "errno", errno)
 		}
-		n.dirKnown, n.dirVer = true, v
+		st.dirKnown, st.dirVer = true, v
 	}
-	n.dirMu.Unlock()
+	st.dirMu.Unlock()
 	parentIno := n.ino()
 	if _, p := n.Parent(); p != nil {
 		parentIno = p.StableAttr().Ino

@@ -94,7 +94,7 @@ func (p *ptState) finish(s *openSlot, ok bool, out *fuse.OpenOut) {
 	if !ok || s.ep == nil {
 		return
 	}
-	io := &s.node.io
+	io := &s.node.state().io
 	io.mu.Lock()
 	defer io.mu.Unlock()
 	ep := s.ep
@@ -151,7 +151,7 @@ type nodeIO struct {
 // backing file's filesystem would demand aligned buffers and offsets,
 // which a FUSE file does not.
 func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write, readable, direct bool, ver uint64) (mode ioMode, ep *epoch, flags uint32, changed bool) {
-	io := &n.io
+	io := &n.state().io
 	pt := &n.fsys.pt
 	slot := pt.slotOf(ctx)
 	io.mu.Lock()
@@ -225,7 +225,7 @@ func (n *Node) ioRelease(ctx context.Context, f *fileHandle) {
 			n.fsys.log.Error("fs: what a mapping wrote to a passthrough file could not be taken in", "ino", n.ino(), "err", err)
 		}
 	}
-	io := &n.io
+	io := &n.state().io
 	io.mu.Lock()
 	if f.mode == ioEpoch {
 		// Reads that passed through move atime now, before the
@@ -292,9 +292,13 @@ func (f *FS) startPassthrough(server *fuse.Server) {
 // back, if an epoch is under way (the kernel asks for the attributes
 // again after such reads).
 func (n *Node) noteReads() {
-	n.io.mu.Lock()
-	defer n.io.mu.Unlock() // the epoch, and so its backing file, lasts while held
-	if n.io.ep != nil {
-		n.io.ep.bk.NoteReads()
+	st := n.st.Load()
+	if st == nil {
+		return // never opened
+	}
+	st.io.mu.Lock()
+	defer st.io.mu.Unlock() // the epoch, and so its backing file, lasts while held
+	if st.io.ep != nil {
+		st.io.ep.bk.NoteReads()
 	}
 }
