@@ -16,9 +16,9 @@
 // version is the one the kernel last opened; when another writer's version
 // replaces a file, the cache calls Invalidate, which drops the kernel's
 // pages asynchronously (a notification from inside a request on the same
-// inode could deadlock). A write-only open of a file the kernel holds no
-// page of is FOPEN_DIRECT_IO, and so is every open while it lasts (see
-// ioOpen).
+// inode could deadlock). A write-only open made while no open reads through
+// the page cache is FOPEN_DIRECT_IO on kernels that drop the pages a
+// direct write covers (see ioOpen).
 //
 // # Locking
 //

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -58,6 +59,8 @@ type FS struct {
 
 	server *fuse.Server
 	pt     ptState
+	// directWrites: write-only opens may be FOPEN_DIRECT_IO (see ioOpen).
+	directWrites atomic.Bool
 }
 
 // New returns the filesystem for c. Pass its Invalidate and InvalidateEntry
@@ -163,6 +166,7 @@ func (f *FS) Mount(dir string) error {
 		return fmt.Errorf("mount %s: %w", dir, err)
 	}
 	f.startPassthrough(server)
+	f.startDirectWrites(server)
 	f.register(cache.RootIno, f.root)
 	if f.opt.KernelReadAhead > 0 {
 		if err := setReadAhead(dir, f.opt.KernelReadAhead); err != nil {

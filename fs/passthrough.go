@@ -129,10 +129,9 @@ func (p *ptState) disable(why string, errno syscall.Errno) {
 type ioMode int
 
 const (
-	ioCached      ioMode = iota // through the kernel's page cache
-	ioDirect                    // FOPEN_DIRECT_IO, outside any epoch
-	ioDirectWrite               // a write-only open, FOPEN_DIRECT_IO (see ioOpen)
-	ioEpoch                     // in a passthrough epoch
+	ioCached ioMode = iota // through the kernel's page cache
+	ioDirect               // FOPEN_DIRECT_IO, outside any epoch
+	ioEpoch                // in a passthrough epoch
 )
 
 // nodeIO is the I/O state of a node's open files: its page cache (see
@@ -141,7 +140,6 @@ type nodeIO struct {
 	mu     sync.Mutex
 	pages  pageCache // guarded by mu
 	direct int       // opens with FOPEN_DIRECT_IO outside an epoch
-	dwrite int       // of those, write-only opens (ioDirectWrite)
 	ep     *epoch    // the epoch under way, or nil
 }
 
@@ -185,28 +183,29 @@ func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write, readable, dir
 			return ioEpoch, ep, 0, false
 		}
 	}
-	switch {
-	case write && !readable && !io.pages.known:
+	if write && !readable && io.pages.users == 0 && n.fsys.directWrites.Load() {
 		// A write-only open reads nothing and cannot be mapped (mmap
 		// needs read access), so its writes may go around the page
 		// cache: keelfs has every byte of them anyway. Through the
 		// page cache, a big write first fills new pages of this file
 		// that nobody reads back, and a machine that hands unused
 		// memory back to its host pays a fault for each of them (by
-		// hand, a 1 GiB write after a 1 GiB read took 3.0-6.0 s to
-		// close, and 1.3-2.0 s around the page cache). Only while the
-		// kernel holds no page of the file (a new file, or one nobody
-		// opened through the page cache since its last direct
-		// writer): a page it holds may be mapped by a process that
-		// closed its file, and it must see the writes. Until this
-		// open closes, every other open is direct too, so none fills
-		// pages the writes would outdate.
+		// hand, a 1 GiB write after a 1 GiB read took 2.9-3.7 s to
+		// close, and 1.6-1.7 s around the page cache).
+		//
+		// Only while no open reads through the page cache (a mapping
+		// keeps its open until it is unmapped). Pages the kernel still
+		// holds from earlier opens are dropped where the writes cover
+		// them (the kernel does that on a direct write since FUSE
+		// 7.40, which directWrites requires), and all of them by the
+		// next open (known is false: no KEEP_CACHE). Opens made while
+		// this one lasts take their usual way: a reader through the
+		// page cache keeps what it reads, which the kernel drops where
+		// a later direct write covers it.
+		changed = io.pages.known && io.pages.ver != ver
+		io.pages.known = false
 		io.direct++
-		io.dwrite++
-		return ioDirectWrite, nil, fuse.FOPEN_DIRECT_IO, false
-	case io.dwrite > 0:
-		io.direct++
-		return ioDirect, nil, fuse.FOPEN_DIRECT_IO, false
+		return ioDirect, nil, fuse.FOPEN_DIRECT_IO, changed
 	}
 	flags, cached, changed := io.pages.acquire(ver)
 	if cached {
@@ -238,9 +237,6 @@ func (n *Node) ioRelease(ctx context.Context, f *fileHandle) {
 		io.pages.release()
 	case ioDirect:
 		io.direct--
-	case ioDirectWrite:
-		io.direct--
-		io.dwrite--
 	case ioEpoch:
 		f.ep.users--
 		if f.ep.users == 0 {
@@ -286,6 +282,17 @@ func (f *FS) startPassthrough(server *fuse.Server) {
 	}
 	f.pt.enabled.Store(true)
 	f.log.Debug("fs: FUSE passthrough is on for reads of files wholly in the cache")
+}
+
+// startDirectWrites lets write-only opens be direct (see ioOpen) where the
+// kernel drops the pages a direct write covers: FUSE 7.40 (Linux 6.9,
+// the first with passthrough) does.
+func (f *FS) startDirectWrites(server *fuse.Server) {
+	if ks := server.KernelSettings(); ks.Major > 7 || (ks.Major == 7 && ks.Minor >= 40) {
+		f.directWrites.Store(true)
+		return
+	}
+	f.log.Info("fs: write-only opens go through the page cache: the kernel's FUSE is older than 7.40")
 }
 
 // noteReads moves atime for the reads of n that passed through keelfs's

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"syscall"
 	"testing"
@@ -149,5 +150,73 @@ func TestMappingSeesWriteOnlyWriter(t *testing.T) {
 			t.Fatal(err)
 		}
 		m.Stop()
+	}
+}
+
+// TestSharedMapWhileWriteOnlyOpen: a write-only open that writes around
+// the page cache leaves the other opens of the file able to map it shared
+// (a log kept open by `>>` and read by a program that maps it), while it
+// is open and right after it closed (the kernel sends its RELEASE
+// asynchronously). FUSE refuses a shared mapping of a direct open.
+func TestSharedMapWhileWriteOnlyOpen(t *testing.T) {
+	srv := harness.StartServer(t)
+	for _, on := range []bool{false, true} {
+		t.Run(fmt.Sprintf("passthrough=%v", on), func(t *testing.T) {
+			b := srv.NewBucket(t)
+			m := srv.Mount(t, b, harness.MountOptions{Args: []string{fmt.Sprintf("--passthrough=%v", on)}})
+			w, err := os.OpenFile(m.Path("log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			if _, err := w.Write(make([]byte, 1<<16)); err != nil {
+				t.Fatal(err)
+			}
+			for _, fl := range []int{os.O_RDONLY, os.O_RDWR} {
+				r, err := os.OpenFile(m.Path("log"), fl, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				prot := unix.PROT_READ
+				if fl == os.O_RDWR {
+					prot |= unix.PROT_WRITE
+				}
+				mapped, err := unix.Mmap(int(r.Fd()), 0, 1<<16, prot, unix.MAP_SHARED)
+				if err != nil {
+					t.Errorf("open flags %#x: mmap(MAP_SHARED) while a write-only open is open: %v", fl, err)
+				} else if err := unix.Munmap(mapped); err != nil {
+					t.Error(err)
+				}
+				if err := r.Close(); err != nil {
+					t.Error(err)
+				}
+			}
+			fails := 0
+			const n = 200
+			for i := 0; i < n; i++ {
+				p := m.Path(fmt.Sprintf("f%d", i))
+				if err := os.WriteFile(p, make([]byte, 8192), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				r, err := os.Open(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				mapped, err := unix.Mmap(int(r.Fd()), 0, 8192, unix.PROT_READ, unix.MAP_SHARED)
+				if err != nil {
+					if fails++; fails == 1 {
+						t.Logf("first failure, at file %d: %v", i, err)
+					}
+				} else if err := unix.Munmap(mapped); err != nil {
+					t.Error(err)
+				}
+				if err := r.Close(); err != nil {
+					t.Error(err)
+				}
+			}
+			if fails > 0 {
+				t.Errorf("%d of %d mmap(MAP_SHARED) right after a write-only open closed failed", fails, n)
+			}
+		})
 	}
 }
