@@ -86,66 +86,108 @@ func TestWriteOnlyOpenBypassesPageCache(t *testing.T) {
 }
 
 // TestMappingSeesWriteOnlyWriter: a process that mapped a file and closed
-// it goes on reading the kernel's pages; a later write-only open (which
-// keelfs would rather send around the page cache) must not leave them
-// stale. A reader that opens while such a writer writes sees its writes.
-// Passthrough is off: with it on, the mapping is of the backing file,
-// which no write reaches once the last open of the file has closed (a
-// known gap, the same for every writer).
+// it goes on reading the kernel's pages (the mapping keeps the open, so
+// the writer below writes through the page cache). A later write-only
+// open must not leave them stale. Passthrough is off: with it on, the
+// mapping is of the backing file, which no write reaches once the last
+// open of the file has closed (a known gap, the same for every writer).
 func TestMappingSeesWriteOnlyWriter(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
-	for _, args := range [][]string{{"--passthrough=false"}} {
-		m := srv.Mount(t, b, harness.MountOptions{Args: args})
-		name := m.Path("f")
-		if err := os.WriteFile(name, bytes.Repeat([]byte("a"), 1<<20), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		f, err := os.Open(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mapped, err := unix.Mmap(int(f.Fd()), 0, 1<<20, unix.PROT_READ, unix.MAP_SHARED)
-		if err != nil {
-			t.Fatalf("mmap: %v", err)
-		}
-		if err := f.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if mapped[4096] != 'a' {
-			t.Fatalf("mapping reads %q, want 'a'", mapped[4096])
-		}
-		w, err := os.OpenFile(name, os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.WriteAt([]byte("bbbb"), 4096); err != nil {
-			t.Fatal(err)
-		}
-		r, err := os.Open(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.WriteAt([]byte("cccc"), 8192); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 4)
-		if _, err := r.ReadAt(buf, 8192); err != nil || string(buf) != "cccc" {
-			t.Errorf("args %q: a reader opened during a write-only open read %q, %v; want cccc", args, buf, err)
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if got := string(mapped[4096:4100]); got != "bbbb" {
-			t.Errorf("args %q: a mapping kept after close reads %q after a write-only open wrote bbbb", args, got)
-		}
+	m := srv.Mount(t, b, harness.MountOptions{Args: []string{"--passthrough=false"}})
+	name := m.Path("f")
+	if err := os.WriteFile(name, bytes.Repeat([]byte("a"), 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapped, err := unix.Mmap(int(f.Fd()), 0, 1<<20, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("mmap: %v", err)
+	}
+	defer func() {
 		if err := unix.Munmap(mapped); err != nil {
-			t.Fatal(err)
+			t.Error(err)
 		}
-		m.Stop()
+	}()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if mapped[4096] != 'a' {
+		t.Fatalf("mapping reads %q, want 'a'", mapped[4096])
+	}
+	w, err := os.OpenFile(name, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt([]byte("bbbb"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(mapped[4096:4100]); got != "bbbb" {
+		t.Errorf("a mapping kept after close reads %q after a write-only open wrote bbbb", got)
+	}
+}
+
+// TestReaderSeesDirectWriter: a reader, and its shared mapping, opened
+// while a write-only open writes around the page cache, read through the
+// page cache; what they cached is dropped where a later direct write
+// covers it (the kernel does that from FUSE 7.40 on, which keelfs
+// requires before it writes around the page cache), so they see every
+// write.
+func TestReaderSeesDirectWriter(t *testing.T) {
+	srv := harness.StartServer(t)
+	for _, on := range []bool{false, true} {
+		t.Run(fmt.Sprintf("passthrough=%v", on), func(t *testing.T) {
+			b := srv.NewBucket(t)
+			m := srv.Mount(t, b, harness.MountOptions{Args: []string{fmt.Sprintf("--passthrough=%v", on)}})
+			name := m.Path("f")
+			if err := os.WriteFile(name, bytes.Repeat([]byte("a"), 1<<20), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			w, err := os.OpenFile(name, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			r, err := os.Open(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			mapped, err := unix.Mmap(int(r.Fd()), 0, 1<<20, unix.PROT_READ, unix.MAP_SHARED)
+			if err != nil {
+				t.Fatalf("mmap: %v", err)
+			}
+			defer func() {
+				if err := unix.Munmap(mapped); err != nil {
+					t.Error(err)
+				}
+			}()
+			buf := make([]byte, 4)
+			for i, want := range []string{"bbbb", "cccc"} {
+				off := int64(12288)
+				// Read (and map) the page first, so that the kernel
+				// holds it when the write comes.
+				if _, err := r.ReadAt(buf, off); err != nil {
+					t.Fatal(err)
+				}
+				_ = mapped[off]
+				if _, err := w.WriteAt([]byte(want), off); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := r.ReadAt(buf, off); err != nil || string(buf) != want {
+					t.Errorf("write %d: the reader reads %q, %v; want %s", i, buf, err, want)
+				}
+				if got := string(mapped[off : off+4]); got != want {
+					t.Errorf("write %d: the reader's mapping reads %q; want %s", i, got, want)
+				}
+			}
+		})
 	}
 }
 
