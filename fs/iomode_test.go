@@ -10,7 +10,7 @@ import (
 // testOpen runs ioOpen as an open of version ver with no passthrough.
 func (n *Node) testOpen(t *testing.T, write, readable bool, ver uint64) (*fileHandle, uint32) {
 	t.Helper()
-	mode, ep, flags, _ := n.ioOpen(context.Background(), nil, write, readable, false, ver)
+	mode, ep, flags, _ := n.ioOpen(context.Background(), nil, write, write && !readable, false, ver)
 	if (mode == ioCached) == (flags&fuse.FOPEN_DIRECT_IO != 0) {
 		t.Fatalf("mode %d with flags %#x", mode, flags)
 	}

@@ -26,8 +26,8 @@ func (n *Node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		return nil, 0, toErrno("open", err)
 	}
 	direct := flags&syscall.O_DIRECT != 0
-	readable := flags&syscall.O_ACCMODE != syscall.O_WRONLY
-	mode, ep, fuseFlags, changed := n.ioOpen(ctx, h, write, readable, direct, res.ContentVer)
+	writeOnly := flags&syscall.O_ACCMODE == syscall.O_WRONLY
+	mode, ep, fuseFlags, changed := n.ioOpen(ctx, h, write, writeOnly, direct, res.ContentVer)
 	if changed {
 		// Another writer's version replaced the one the kernel has seen.
 		// The open's answer drops its pages, but not the size it caches:

@@ -148,7 +148,7 @@ type nodeIO struct {
 // open joins. An O_DIRECT open (direct) never reads the backing file: the
 // backing file's filesystem would demand aligned buffers and offsets,
 // which a FUSE file does not.
-func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write, readable, direct bool, ver uint64) (mode ioMode, ep *epoch, flags uint32, changed bool) {
+func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write, writeOnly, direct bool, ver uint64) (mode ioMode, ep *epoch, flags uint32, changed bool) {
 	io := &n.state().io
 	pt := &n.fsys.pt
 	slot := pt.slotOf(ctx)
@@ -183,7 +183,7 @@ func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write, readable, dir
 			return ioEpoch, ep, 0, false
 		}
 	}
-	if write && !readable && io.pages.users == 0 && n.fsys.directWrites.Load() {
+	if writeOnly && io.pages.users == 0 && n.fsys.directWrites.Load() {
 		// A write-only open reads nothing and cannot be mapped (mmap
 		// needs read access), so its writes may go around the page
 		// cache: keelfs has every byte of them anyway. Through the
@@ -196,12 +196,14 @@ func (n *Node) ioOpen(ctx context.Context, h *cache.Handle, write, readable, dir
 		// Only while no open reads through the page cache (a mapping
 		// keeps its open until it is unmapped). Pages the kernel still
 		// holds from earlier opens are dropped where the writes cover
-		// them (the kernel does that on a direct write since FUSE
-		// 7.40, which directWrites requires), and all of them by the
-		// next open (known is false: no KEEP_CACHE). Opens made while
-		// this one lasts take their usual way: a reader through the
-		// page cache keeps what it reads, which the kernel drops where
-		// a later direct write covers it.
+		// them (the kernels directWrites admits, FUSE 7.40 and later,
+		// do that before they send a direct write), and all of them by
+		// the next open (known is false: no KEEP_CACHE). Opens made
+		// while this one lasts take their usual way (a direct open
+		// could not be mapped shared): a reader through the page cache
+		// keeps what it reads, which the kernel drops where a later
+		// direct write covers it. A page faulted in while such a write
+		// is on its way may keep its old bytes (README).
 		changed = io.pages.known && io.pages.ver != ver
 		io.pages.known = false
 		io.direct++

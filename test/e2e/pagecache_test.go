@@ -12,6 +12,21 @@ import (
 	"github.com/keelfs/keelfs/test/harness"
 )
 
+// mapShared maps the first n bytes of f read-only and shared, failing the
+// test if it cannot; unmap undoes it.
+func mapShared(t *testing.T, f *os.File, n int) (mapped []byte, unmap func()) {
+	t.Helper()
+	mapped, err := unix.Mmap(int(f.Fd()), 0, n, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("mmap: %v", err)
+	}
+	return mapped, func() {
+		if err := unix.Munmap(mapped); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 // residentPages maps the first n bytes of the file at path without
 // touching them and says how many of its pages the kernel's page cache
 // holds (mincore reports the cache of a file mapping, faulted in or not).
@@ -22,15 +37,8 @@ func residentPages(t *testing.T, path string, n int) int {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	mapped, err := unix.Mmap(int(f.Fd()), 0, n, unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatalf("mmap: %v", err)
-	}
-	defer func() {
-		if err := unix.Munmap(mapped); err != nil {
-			t.Error(err)
-		}
-	}()
+	mapped, unmap := mapShared(t, f, n)
+	defer unmap()
 	vec := make([]byte, (n+os.Getpagesize()-1)/os.Getpagesize())
 	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mapped[0])), uintptr(n), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
 		t.Fatalf("mincore: %v", errno)
@@ -103,15 +111,8 @@ func TestMappingSeesWriteOnlyWriter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mapped, err := unix.Mmap(int(f.Fd()), 0, 1<<20, unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatalf("mmap: %v", err)
-	}
-	defer func() {
-		if err := unix.Munmap(mapped); err != nil {
-			t.Error(err)
-		}
-	}()
+	mapped, unmap := mapShared(t, f, 1<<20)
+	defer unmap()
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -159,15 +160,8 @@ func TestReaderSeesDirectWriter(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer r.Close()
-			mapped, err := unix.Mmap(int(r.Fd()), 0, 1<<20, unix.PROT_READ, unix.MAP_SHARED)
-			if err != nil {
-				t.Fatalf("mmap: %v", err)
-			}
-			defer func() {
-				if err := unix.Munmap(mapped); err != nil {
-					t.Error(err)
-				}
-			}()
+			mapped, unmap := mapShared(t, r, 1<<20)
+			defer unmap()
 			buf := make([]byte, 4)
 			for i, want := range []string{"bbbb", "cccc"} {
 				off := int64(12288)
