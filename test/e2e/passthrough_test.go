@@ -26,6 +26,30 @@ func ptMount(t *testing.T, srv *harness.Server, b string, args ...string) (*harn
 	return m, reads, addr
 }
 
+// waitReleased waits until the kernel has sent RELEASE for every file
+// open keelfs granted. It sends it after close(2) has returned, on its
+// own time: an open that comes first still finds the closed one, which
+// used the page cache or wrote around it, so it cannot start a
+// passthrough epoch and reads through keelfs (correctly). Tests that
+// count the READs of a reader wait for that first.
+func waitReleased(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s := scrape(t, "http://"+addr+"/metrics")
+		opened := metricSum(s, "keelfs_fuse_ops_total", `op="open"`, `result="ok"`) +
+			metricSum(s, "keelfs_fuse_ops_total", `op="create"`, `result="ok"`)
+		released := metricSum(s, "keelfs_fuse_ops_total", `op="release"`)
+		if opened == released {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s, %v file opens and %v releases: an open the test closed was never released", opened, released)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // TestPassthroughReadsCachedFile (issue 17): a file wholly in the cache is
 // read, and mapped, by the kernel from its backing file: keelfs answers no
 // READ for it. With --passthrough=false the same reads come to keelfs,
@@ -40,6 +64,7 @@ func TestPassthroughReadsCachedFile(t *testing.T) {
 			if err := os.WriteFile(m.Path("f"), data, 0o644); err != nil {
 				t.Fatal(err)
 			}
+			waitReleased(t, addr)
 			before := reads()
 			got, err := os.ReadFile(m.Path("f"))
 			if err != nil || !bytes.Equal(got, data) {
@@ -87,18 +112,18 @@ func TestPassthroughReadsCachedFile(t *testing.T) {
 func TestPassthroughReaderSeesWrites(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
-	m, reads, _ := ptMount(t, srv, b)
+	m, reads, addr := ptMount(t, srv, b)
 	m.AllowLog(`took in what a writable mapping wrote`)
 	base := randBytes(1 << 20)
 	if err := os.WriteFile(m.Path("log"), base, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// Its upload lands now, not while the reader opens. This test is
-	// about writes while a reader passes through; once, under the load of
-	// the whole suite, the reader's open read through keelfs instead, with
-	// the upload due about then (the cause was not found: an open that
-	// cannot pass through reads through keelfs, which is correct).
+	// Its upload lands now, not while the reader opens. Once, under the
+	// load of the whole suite, the reader's open read through keelfs
+	// instead: most likely it came before the writer's RELEASE, which
+	// waitReleased now waits for.
 	m.Flush()
+	waitReleased(t, addr)
 	r, err := os.Open(m.Path("log"))
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +193,7 @@ func TestPassthroughReaderSeesWrites(t *testing.T) {
 func TestPassthroughNeverServesReplacedVersion(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
-	m, reads, _ := ptMount(t, srv, b, "--metadata-ttl", "1s")
+	m, reads, addr := ptMount(t, srv, b, "--metadata-ttl", "1s")
 	old := randBytes(2 << 20)
 	if err := os.WriteFile(m.Path("f"), old, 0o644); err != nil {
 		t.Fatal(err)
@@ -188,6 +213,7 @@ func TestPassthroughNeverServesReplacedVersion(t *testing.T) {
 		t.Fatal("the new version was read without keelfs: from the old version's backing file?")
 	}
 	// Now cached: the next open passes through again, with the new bytes.
+	waitReleased(t, addr)
 	before = reads()
 	if got, err := os.ReadFile(m.Path("f")); err != nil || !bytes.Equal(got, newer) {
 		t.Fatalf("second read of the new version: %v", err)
@@ -285,7 +311,7 @@ func TestPassthroughFallsBackWhenTheKernelRefuses(t *testing.T) {
 func TestPassthroughODirectUnaligned(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
-	m, reads, _ := ptMount(t, srv, b)
+	m, reads, addr := ptMount(t, srv, b)
 	data := randBytes(1<<20 + 99)
 	if err := os.WriteFile(m.Path("f"), data, 0o644); err != nil {
 		t.Fatal(err)
@@ -305,6 +331,7 @@ func TestPassthroughODirectUnaligned(t *testing.T) {
 		}
 	}
 	directRead("alone")
+	waitReleased(t, addr)
 	r, err := os.Open(m.Path("f"))
 	if err != nil {
 		t.Fatal(err)
@@ -326,7 +353,7 @@ func TestPassthroughODirectUnaligned(t *testing.T) {
 func TestPassthroughReadMovesAtime(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
-	m, reads, _ := ptMount(t, srv, b)
+	m, reads, addr := ptMount(t, srv, b)
 	p := m.Path("f")
 	if err := os.WriteFile(p, []byte("some content"), 0o644); err != nil {
 		t.Fatal(err)
@@ -335,6 +362,7 @@ func TestPassthroughReadMovesAtime(t *testing.T) {
 	if err := os.Chtimes(p, old, old); err != nil {
 		t.Fatal(err)
 	}
+	waitReleased(t, addr)
 	start := time.Now()
 	before := reads()
 	if got, err := os.ReadFile(p); err != nil || string(got) != "some content" {
@@ -359,12 +387,13 @@ func TestPassthroughReadMovesAtime(t *testing.T) {
 func TestPassthroughFsyncCoversMapping(t *testing.T) {
 	srv := harness.StartServer(t)
 	b := srv.NewBucket(t)
-	m, reads, _ := ptMount(t, srv, b)
+	m, reads, addr := ptMount(t, srv, b)
 	m.AllowLog(`took in what a writable mapping wrote`)
 	base := randBytes(64 << 10)
 	if err := os.WriteFile(m.Path("db"), base, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	waitReleased(t, addr)
 	r, err := os.Open(m.Path("db"))
 	if err != nil {
 		t.Fatal(err)
