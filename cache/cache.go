@@ -43,11 +43,16 @@ type Options struct {
 	Dir   string // where the badger store and block files live (created 0700)
 	Store s3backend.ObjectStore
 
-	ReadOnly       bool
-	BlockSize      int64         // default 1 MiB
-	CacheSize      int64         // bytes of blocks on disk; default 10 GiB
-	MetadataTTL    time.Duration // default 1s
-	WriteBackDelay time.Duration // default 1s; negative means 0
+	ReadOnly    bool
+	BlockSize   int64         // default 1 MiB
+	CacheSize   int64         // bytes of blocks on disk; default 10 GiB
+	MetadataTTL time.Duration // default 1s
+	// WriteBackDelay is how long after its last change (a write, a
+	// close) a file's upload starts; zero or negative: at once. A file
+	// that has not finished an upload within the last WriteBackDelay
+	// goes sooner, once no file has changed for a quarter of it
+	// (writeback.Options.QuickDelay).
+	WriteBackDelay time.Duration
 	SyncOnClose    bool
 	NoAtime        bool  // reads never move atime (the noatime mount option)
 	PartSize       int64 // multipart part size; default 16 MiB, grown for huge files
@@ -351,8 +356,9 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		return nil, err
 	}
 	c.wb = writeback.New(writeback.Options{
-		Run: c.runJob, Workers: opt.MaxUploads, Delay: opt.WriteBackDelay, MaxDirtyAge: maxDirtyAge,
-		MinBackoff: opt.MinBackoff, MaxBackoff: opt.MaxBackoff, Clock: opt.Clock,
+		Run: c.runJob, Workers: opt.MaxUploads, Delay: opt.WriteBackDelay, QuickDelay: opt.WriteBackDelay / quickDelayDiv,
+		MaxDirtyAge: maxDirtyAge,
+		MinBackoff:  opt.MinBackoff, MaxBackoff: opt.MaxBackoff, Clock: opt.Clock,
 		Go: func(f func()) {
 			if !c.tasks.Go(f) {
 				f() // closing: the attempt sees its cancelled context at once

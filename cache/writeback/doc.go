@@ -12,7 +12,10 @@
 // # States
 //
 //	Pending        waits for its due time: the write-back delay after the
-//	               last change (capped by MaxDirtyAge), or at once when urged
+//	               last change (capped by MaxDirtyAge), or at once when urged.
+//	               A job whose id has not finished an upload within
+//	               the last Delay also goes once no job has changed for
+//	               QuickDelay
 //	Uploading      an attempt runs
 //	BackingOff     the last attempt failed with a retryable error; due again
 //	               after an exponential backoff with jitter, capped

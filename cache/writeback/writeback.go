@@ -97,7 +97,18 @@ type Options struct {
 	// Delay is how long a job waits after its last change before it runs
 	// (the write-back delay); MaxDirtyAge bounds that wait for a job that
 	// changes without pause (default 30s).
+	//
+	// QuickDelay, when set and shorter, shortens the wait of a job whose
+	// id has not finished an upload within the last Delay (a file
+	// written in one go: a cp, a burst of appends): it runs once no job
+	// at all has changed for QuickDelay, if that comes before its own
+	// Delay. While changes go on elsewhere (a tar x), it waits as any
+	// job does, so uploads do not compete with the writer. A job that
+	// changes again within Delay of its last upload (or while it
+	// uploads) waits Delay: a file changed again and again is not sent
+	// each time. Zero means Delay.
 	Delay       time.Duration
+	QuickDelay  time.Duration
 	MaxDirtyAge time.Duration
 	// Backoff after the n-th failure in a row: MinBackoff * 2^(n-1), at
 	// most MaxBackoff, of which a random half is taken off (jitter).
@@ -123,6 +134,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxDirtyAge <= 0 {
 		o.MaxDirtyAge = 30 * time.Second
+	}
+	if o.QuickDelay <= 0 || o.QuickDelay > o.Delay {
+		o.QuickDelay = o.Delay
 	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = time.Second
@@ -157,6 +171,7 @@ type job struct {
 	seq   uint64    // queue order among equal due times
 
 	since       time.Time // when it was created (oldest pending)
+	quick       bool      // it may run QuickDelay after the last change of any job
 	firstChange time.Time // of the changes not yet attempted; zero if none
 	lastChange  time.Time
 	urgent      bool // skip the write-back delay (fsync, flush, pressure)
@@ -189,16 +204,24 @@ type Scheduler struct {
 	running int
 	timer   clockwork.Timer
 	timerAt time.Time
-	drain   int // Flush callers: jobs added meanwhile skip the delay
-	stopped bool
-	ctx     context.Context
-	stop    context.CancelFunc
+	// uploaded holds when each id whose job went finished its last
+	// upload, for Delay (a new job of it then waits Delay, not
+	// QuickDelay). Entries older than that are swept once it has grown
+	// to sweepAt.
+	uploaded map[ID]time.Time
+	sweepAt  int
+	lastAdd  time.Time // of any job
+	drain    int       // Flush callers: jobs added meanwhile skip the delay
+	stopped  bool
+	ctx      context.Context
+	stop     context.CancelFunc
 }
 
 // New returns a scheduler; it runs jobs as they come due until Stop.
 func New(opt Options) *Scheduler {
 	opt.setDefaults()
-	s := &Scheduler{opt: opt, jobs: make(map[ID]*job), waiters: make(map[string]map[*job]bool)}
+	s := &Scheduler{opt: opt, jobs: make(map[ID]*job), waiters: make(map[string]map[*job]bool),
+		uploaded: make(map[ID]time.Time), sweepAt: minSweep}
 	s.cond = sync.NewCond(&s.mu)
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	return s
@@ -245,7 +268,13 @@ func (s *Scheduler) addLocked(id ID, urgent bool) {
 	now := s.now()
 	j := s.jobs[id]
 	if j == nil {
-		j = &job{id: id, state: Pending, index: -1, since: now}
+		j = &job{id: id, state: Pending, index: -1, since: now, quick: s.opt.QuickDelay < s.opt.Delay}
+		if t, ok := s.uploaded[id]; ok {
+			if now.Sub(t) < s.opt.Delay {
+				j.quick = false
+			}
+			delete(s.uploaded, id)
+		}
 		s.jobs[id] = j
 	}
 	j.changes++
@@ -253,6 +282,7 @@ func (s *Scheduler) addLocked(id ID, urgent bool) {
 		j.firstChange = now
 	}
 	j.lastChange = now
+	s.lastAdd = now
 	if urgent || s.drain > 0 {
 		j.urgent = true
 	}
@@ -278,7 +308,32 @@ func (s *Scheduler) delayFor(j *job) time.Duration {
 	if j.urgent || s.drain > 0 {
 		return 0
 	}
+	if j.quick {
+		return s.opt.QuickDelay
+	}
 	return s.opt.Delay
+}
+
+// minSweep is the least size of Scheduler.uploaded at which it is swept.
+const minSweep = 256
+
+// noteUploadedLocked records that j's last upload finished now, as its
+// job goes.
+func (s *Scheduler) noteUploadedLocked(j *job, now time.Time) {
+	if s.opt.QuickDelay == s.opt.Delay {
+		return // every job waits Delay anyway
+	}
+	s.uploaded[j.id] = now
+	if len(s.uploaded) < s.sweepAt {
+		return
+	}
+	for id, t := range s.uploaded {
+		if now.Sub(t) >= s.opt.Delay {
+			delete(s.uploaded, id)
+		}
+	}
+	// Swept again once it has doubled: each entry costs O(1) sweeping.
+	s.sweepAt = max(minSweep, 2*len(s.uploaded))
 }
 
 func laterOf(a, b time.Time) time.Time {
@@ -613,7 +668,13 @@ func (s *Scheduler) processLocked() {
 		heap.Pop(&s.queue)
 		if !j.urgent && s.drain == 0 && j.state == Pending && !j.firstChange.IsZero() {
 			// Debounce: wait for the writer to pause, but not forever.
+			// A quick job may go sooner, once nothing has changed for
+			// QuickDelay. While other jobs change, it comes back here
+			// about once per QuickDelay until its own Delay has passed.
 			at := j.lastChange.Add(s.opt.Delay)
+			if q := s.lastAdd.Add(s.opt.QuickDelay); j.quick && q.Before(at) {
+				at = q
+			}
 			if cap := j.firstChange.Add(s.opt.MaxDirtyAge); cap.Before(at) {
 				at = cap
 			}
@@ -693,11 +754,13 @@ func (s *Scheduler) finish(j *job, res Result) {
 		j.err, j.failures, j.conflicts = nil, 0, 0
 		if j.changes == j.started {
 			s.dropLocked(j)
+			s.noteUploadedLocked(j, now)
 			return
 		}
-		// Changed while it ran: those changes wait their delay (or not,
-		// if someone waits for them).
+		// Changed while it ran: those changes wait the whole delay (or
+		// not, if someone waits for them).
 		j.state = Pending
+		j.quick = false
 		if j.firstChange.IsZero() {
 			j.firstChange = now
 		}

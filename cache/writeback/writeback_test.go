@@ -579,3 +579,132 @@ func TestSyncDuringAnAttemptThatFailsForGood(t *testing.T) {
 		t.Fatal("Sync waits forever on a job that failed for good")
 	}
 }
+
+// TestQuickDelayUnlessUploadedLately: a file written in one go is sent
+// once its writer pauses for QuickDelay; one that changes again within
+// Delay of its last upload, or while it uploads, waits Delay, and so does
+// a file written again and again; after Delay without a change it is
+// quick again. While other files change, a quick one waits for them to
+// pause, but no longer than its Delay.
+func TestQuickDelayUnlessUploadedLately(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.QuickDelay = 250 * time.Millisecond })
+	// advance moves the clock on and waits until the scheduler has
+	// handled every job that came due (the timer's function runs on a
+	// goroutine of its own): each queued job is due later than now.
+	advance := func(d time.Duration) {
+		t.Helper()
+		e.clock.Advance(d)
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			now, settled := e.clock.Now(), true
+			for _, in := range e.s.Jobs() {
+				if !in.Due.IsZero() && !in.Due.After(now) {
+					settled = false
+				}
+			}
+			if settled {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("jobs due at %v not handled: %+v", now.Sub(t0), e.s.Jobs())
+			}
+		}
+	}
+	pending := func(ids ...ID) {
+		t.Helper()
+		for _, id := range ids {
+			if st := e.state(id); st != Pending {
+				t.Fatalf("%v is %v at %v, want pending", id, st, e.clock.Now().Sub(t0))
+			}
+		}
+	}
+	// A burst of changes: sent QuickDelay after the last.
+	e.s.Add(ino1)
+	advance(200 * time.Millisecond)
+	e.s.Add(ino1)
+	advance(249 * time.Millisecond)
+	pending(ino1)
+	e.clock.Advance(time.Millisecond)
+	e.finish(e.next(), Result{Outcome: Done})
+	e.gone(ino1)
+
+	// Changed again 100 ms after that upload: it waits Delay.
+	e.clock.Advance(100 * time.Millisecond)
+	e.s.Add(ino1)
+	advance(999 * time.Millisecond)
+	pending(ino1)
+	e.clock.Advance(time.Millisecond)
+	a := e.next()
+	// Changed while it uploads: Delay again.
+	e.s.Add(ino1)
+	e.finish(a, Result{Outcome: Done})
+	advance(999 * time.Millisecond)
+	pending(ino1)
+	e.clock.Advance(time.Millisecond)
+	e.finish(e.next(), Result{Outcome: Done})
+	e.gone(ino1)
+
+	// Quiet for Delay since that upload: quick again. Another file is
+	// quick meanwhile.
+	e.clock.Advance(time.Second)
+	e.s.Add(ino1)
+	e.s.Add(ino2)
+	advance(249 * time.Millisecond)
+	pending(ino1, ino2)
+	e.clock.Advance(time.Millisecond)
+	got := map[ID]bool{}
+	for i := 0; i < 2; i++ {
+		a := e.next()
+		got[a.id] = true
+		e.finish(a, Result{Outcome: Done})
+	}
+	if !got[ino1] || !got[ino2] {
+		t.Fatalf("attempts of %v after QuickDelay, want %v and %v", got, ino1, ino2)
+	}
+
+	// ino1 written once while ino3 changes every 200 ms: ino1 waits its
+	// Delay; ino3 goes QuickDelay after the changes stop.
+	e.clock.Advance(time.Second)
+	e.s.Add(ino1)
+	for i := 0; i < 4; i++ {
+		e.s.Add(ino3)
+		advance(200 * time.Millisecond)
+		pending(ino1, ino3)
+	}
+	e.s.Add(ino3)
+	advance(199 * time.Millisecond)
+	pending(ino1, ino3)
+	e.clock.Advance(time.Millisecond)
+	if a := e.next(); a.id != ino1 {
+		t.Fatalf("%v ran 1s after ino1's change, want %v", a.id, ino1)
+	} else {
+		e.finish(a, Result{Outcome: Done})
+	}
+	advance(49 * time.Millisecond)
+	pending(ino3)
+	e.clock.Advance(time.Millisecond)
+	if a := e.next(); a.id != ino3 {
+		t.Fatalf("%v ran QuickDelay after the last change, want %v", a.id, ino3)
+	} else {
+		e.finish(a, Result{Outcome: Done})
+	}
+}
+
+// TestUploadedTimesAreSwept: the times kept to tell a file changed again
+// soon after its upload do not pile up: those older than Delay go.
+func TestUploadedTimesAreSwept(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.QuickDelay = 250 * time.Millisecond; o.Workers = 1 })
+	for i := 0; i < 3*minSweep; i++ {
+		e.s.AddNow(Inode(uint64(100 + i)))
+		e.finish(e.next(), Result{Outcome: Done})
+		e.clock.Advance(10 * time.Millisecond) // Delay spans 100 uploads
+	}
+	e.s.mu.Lock()
+	n := len(e.s.uploaded)
+	e.s.mu.Unlock()
+	if n > minSweep {
+		t.Fatalf("%d upload times kept after %d uploads 10 ms apart with Delay 1s; want at most %d", n, 3*minSweep, minSweep)
+	}
+	if n < 100 {
+		t.Fatalf("%d upload times kept; the last 100 uploads are within Delay", n)
+	}
+}

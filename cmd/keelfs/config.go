@@ -99,7 +99,7 @@ func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
 	fs.Var(&cfg.PartSize, "part-size", "multipart upload part size (grown as needed for huge files)")
 	cfg.MetadataTTL = ttlValue(time.Second)
 	fs.Var(&cfg.MetadataTTL, "metadata-ttl", "how long names and attributes are trusted before S3 is asked again: a duration (1s, 5m), seconds (as mount-s3), minimal (1s) or indefinite")
-	fs.DurationVar(&cfg.WriteBackDelay, "write-back-delay", time.Second, "how long after close (or after writes stop) the upload starts")
+	fs.DurationVar(&cfg.WriteBackDelay, "write-back-delay", time.Second, "how long after close (or after writes stop) the upload starts (a file not uploaded within the last delay goes once nothing has changed for a quarter of it)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "on SIGTERM, how long to wait for pending uploads before exiting")
 	fs.DurationVar(&cfg.CommitInterval, "commit-interval", 5*time.Second, "how often what close(2) wrote is made durable on the cache's disk, for all closes at once (a crash of the process loses nothing that close acknowledged; a power cut at most this much)")
 	fs.DurationVar(&cfg.S3Timeout, "s3-timeout", 5*time.Second, "the longest an operation that needs S3 waits for an answer before it fails with EIO and S3 counts as unreachable (cached data is served meanwhile)")

@@ -76,9 +76,11 @@ func newConflictEnv(t *testing.T, name string, size int) *conflictEnv {
 		return harness.Fault{}
 	})
 	// Smallest part and block sizes the flags allow; the write-back
-	// delay leaves time to replace the object before B uploads.
+	// delay leaves time to replace the object before B uploads (B has
+	// not uploaded the file lately, so it may go once nothing has changed
+	// for a quarter of it: 3 s).
 	e.m = e.srv.Mount(t, e.b, harness.MountOptions{Endpoint: e.px.Endpoint, Args: []string{
-		"--part-size", "5M", "--block-size", "64K", "--write-back-delay", "3s", "--shutdown-timeout", "3s"}})
+		"--part-size", "5M", "--block-size", "64K", "--write-back-delay", "12s", "--shutdown-timeout", "3s"}})
 	t.Cleanup(e.unhold) // after the mount's cleanup was registered: runs before it
 	e.m.AllowLog(regexp.QuoteMeta(name) + `|` + faultLogs)
 	return e
