@@ -98,11 +98,11 @@ type Options struct {
 	// (the write-back delay); MaxDirtyAge bounds that wait for a job that
 	// changes without pause (default 30s).
 	//
-	// QuickDelay, when set and shorter, shortens the wait of a job whose
-	// id has not finished an upload within the last Delay (a file
-	// written in one go: a cp, a burst of appends): it runs once no job
-	// at all has changed for QuickDelay, if that comes before its own
-	// Delay. While changes go on elsewhere (a tar x), it waits as any
+	// QuickDelay, when set and shorter, shortens the wait of a job made
+	// when its id had not finished an upload within the last Delay (a
+	// file written in one go: a cp, a burst of appends): it runs once no
+	// job at all has changed (Add, AddNow) for QuickDelay, if that comes
+	// before its own Delay. While changes go on elsewhere (a tar x), it waits as any
 	// job does, so uploads do not compete with the writer. A job that
 	// changes again within Delay of its last upload (or while it
 	// uploads) waits Delay: a file changed again and again is not sent
@@ -288,7 +288,9 @@ func (s *Scheduler) addLocked(id ID, urgent bool) {
 	}
 	switch j.state {
 	case Uploading:
-		// finish sees changes > started and runs it again.
+		// finish sees changes > started and runs it again, after the
+		// whole delay: the file changes again as it is sent.
+		j.quick = false
 	case Failed:
 		j.state = Pending
 		s.enqueueLocked(j, laterOf(now.Add(s.delayFor(j)), j.retryAfter))
@@ -760,7 +762,6 @@ func (s *Scheduler) finish(j *job, res Result) {
 		// Changed while it ran: those changes wait the whole delay (or
 		// not, if someone waits for them).
 		j.state = Pending
-		j.quick = false
 		if j.firstChange.IsZero() {
 			j.firstChange = now
 		}

@@ -661,6 +661,22 @@ func TestQuickDelayUnlessUploadedLately(t *testing.T) {
 		t.Fatalf("attempts of %v after QuickDelay, want %v and %v", got, ino1, ino2)
 	}
 
+	// A quick job changed while it uploads waits the whole delay.
+	e.clock.Advance(time.Second)
+	e.s.Add(ino2)
+	advance(250 * time.Millisecond)
+	a = e.next()
+	if a.id != ino2 {
+		t.Fatalf("%v started, want %v", a.id, ino2)
+	}
+	e.s.Add(ino2)
+	e.finish(a, Result{Outcome: Done})
+	advance(999 * time.Millisecond)
+	pending(ino2)
+	e.clock.Advance(time.Millisecond)
+	e.finish(e.next(), Result{Outcome: Done})
+	e.gone(ino2)
+
 	// ino1 written once while ino3 changes every 200 ms: ino1 waits its
 	// Delay; ino3 goes QuickDelay after the changes stop.
 	e.clock.Advance(time.Second)

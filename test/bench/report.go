@@ -460,8 +460,9 @@ func (b *bench) document(table string) string {
 		"  listings for `--dir-cache-time` (5 min). A warm `ls -l` that starts more than 1 s after the\n" +
 		"  cold one began therefore lists and checks S3 again on keelfs.\n")
 	w("- rclone uploads a closed file after `--vfs-write-back` (default 5 s) and keelfs after\n" +
-		"  `--write-back-delay` (default 1 s); s3fs uploads during `close(2)`. The \"until in S3\" rows\n" +
-		"  include these delays: they are what a reader elsewhere sees.\n")
+		"  `--write-back-delay` (default 1 s), or once nothing on the mount has changed for a quarter\n" +
+		"  of it for a file not uploaded lately; s3fs uploads during `close(2)`. The \"until in S3\"\n" +
+		"  rows include these delays: they are what a reader elsewhere sees.\n")
 	w("\n## Every run\n\nThe value of each run, in the order of the rounds.\n\n%s", b.runsTable())
 	if len(b.notes) > 0 {
 		w("\n## Problems in this run\n\n")
