@@ -617,31 +617,30 @@ func TestQuickDelayUnlessUploadedLately(t *testing.T) {
 			}
 		}
 	}
+	// runsAfter moves the clock on by d and checks that id runs then,
+	// and not 1 ms before; its attempt ends Done and the job goes.
+	runsAfter := func(id ID, d time.Duration) {
+		t.Helper()
+		advance(d - time.Millisecond)
+		pending(id)
+		e.clock.Advance(time.Millisecond)
+		a := e.next()
+		if a.id != id {
+			t.Fatalf("%v started, want %v", a.id, id)
+		}
+		e.finish(a, Result{Outcome: Done})
+		e.gone(id)
+	}
 	// A burst of changes: sent QuickDelay after the last.
 	e.s.Add(ino1)
 	advance(200 * time.Millisecond)
 	e.s.Add(ino1)
-	advance(249 * time.Millisecond)
-	pending(ino1)
-	e.clock.Advance(time.Millisecond)
-	e.finish(e.next(), Result{Outcome: Done})
-	e.gone(ino1)
+	runsAfter(ino1, 250*time.Millisecond)
 
 	// Changed again 100 ms after that upload: it waits Delay.
 	e.clock.Advance(100 * time.Millisecond)
 	e.s.Add(ino1)
-	advance(999 * time.Millisecond)
-	pending(ino1)
-	e.clock.Advance(time.Millisecond)
-	a := e.next()
-	// Changed while it uploads: Delay again.
-	e.s.Add(ino1)
-	e.finish(a, Result{Outcome: Done})
-	advance(999 * time.Millisecond)
-	pending(ino1)
-	e.clock.Advance(time.Millisecond)
-	e.finish(e.next(), Result{Outcome: Done})
-	e.gone(ino1)
+	runsAfter(ino1, time.Second)
 
 	// Quiet for Delay since that upload: quick again. Another file is
 	// quick meanwhile.
@@ -665,17 +664,13 @@ func TestQuickDelayUnlessUploadedLately(t *testing.T) {
 	e.clock.Advance(time.Second)
 	e.s.Add(ino2)
 	advance(250 * time.Millisecond)
-	a = e.next()
+	a := e.next()
 	if a.id != ino2 {
 		t.Fatalf("%v started, want %v", a.id, ino2)
 	}
 	e.s.Add(ino2)
 	e.finish(a, Result{Outcome: Done})
-	advance(999 * time.Millisecond)
-	pending(ino2)
-	e.clock.Advance(time.Millisecond)
-	e.finish(e.next(), Result{Outcome: Done})
-	e.gone(ino2)
+	runsAfter(ino2, time.Second)
 
 	// ino1 written once while ino3 changes every 200 ms: ino1 waits its
 	// Delay; ino3 goes QuickDelay after the changes stop.
