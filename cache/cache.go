@@ -356,9 +356,9 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		return nil, err
 	}
 	c.wb = writeback.New(writeback.Options{
-		Run: c.runJob, Workers: opt.MaxUploads, Delay: opt.WriteBackDelay, QuickDelay: opt.WriteBackDelay / quickDelayDiv,
-		MaxDirtyAge: maxDirtyAge,
-		MinBackoff:  opt.MinBackoff, MaxBackoff: opt.MaxBackoff, Clock: opt.Clock,
+		Run: c.runJob, Workers: opt.MaxUploads, MaxDirtyAge: maxDirtyAge,
+		Delay: opt.WriteBackDelay, QuickDelay: opt.WriteBackDelay / quickDelayDiv,
+		MinBackoff: opt.MinBackoff, MaxBackoff: opt.MaxBackoff, Clock: opt.Clock,
 		Go: func(f func()) {
 			if !c.tasks.Go(f) {
 				f() // closing: the attempt sees its cancelled context at once

@@ -102,11 +102,11 @@ type Options struct {
 	// when its id had not finished an upload within the last Delay (a
 	// file written in one go: a cp, a burst of appends): it runs once no
 	// job at all has changed (Add, AddNow) for QuickDelay, if that comes
-	// before its own Delay. While changes go on elsewhere (a tar x), it waits as any
-	// job does, so uploads do not compete with the writer. A job that
-	// changes again within Delay of its last upload (or while it
-	// uploads) waits Delay: a file changed again and again is not sent
-	// each time. Zero means Delay.
+	// before its own Delay. While changes go on elsewhere (a tar x), it
+	// waits as any job does, so uploads do not compete with the writer.
+	// A job that changes again within Delay of its last upload (or while
+	// it uploads) waits Delay: a file changed again and again is not
+	// sent each time. Zero means Delay.
 	Delay       time.Duration
 	QuickDelay  time.Duration
 	MaxDirtyAge time.Duration
