@@ -281,11 +281,10 @@ type namespace struct {
 	namesVer map[uint64]uint64 // directory ino -> namesSeq of its last change; guarded by namesMu
 	nlinks   nlinkCache        // directories' link counts, see dirNlink
 
-	heads     flight // one HEAD at a time per inode, see learnHeaders
-	walksMu   sync.Mutex
-	walking   map[uint64]bool // directories whose headers are being learned; guarded by walksMu
-	walkAgain map[uint64]bool // guarded by walksMu
-	walks     sync.WaitGroup  // header walks running
+	heads   flight // one HEAD at a time per inode, see learnHeaders
+	walksMu sync.Mutex
+	walking map[uint64]*headWalk // directories whose headers are being learned; guarded by walksMu
+	walks   sync.WaitGroup       // header walks running
 
 	released releases // keys no longer hidden, for the listings under way
 }
@@ -313,10 +312,9 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		db:    db,
 		log:   opt.Logger,
 		ns: namespace{
-			states:    make(map[uint64]*inodeState),
-			namesVer:  make(map[uint64]uint64),
-			walking:   make(map[uint64]bool),
-			walkAgain: make(map[uint64]bool),
+			states:   make(map[uint64]*inodeState),
+			namesVer: make(map[uint64]uint64),
+			walking:  make(map[uint64]*headWalk),
 		},
 		fetch: fetcher{inflight: make(map[blocks.ID]*fetchCall), sem: make(chan struct{}, 16)},
 		rc:    reconciler{deleting: make(map[string]bool)},

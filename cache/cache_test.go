@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"sort"
 	"strings"
@@ -377,6 +378,93 @@ func TestListingCosts(t *testing.T) {
 	}
 	if a := e.mustLookup("d"); a.Ino != d.Ino {
 		t.Fatalf("inode number changed across remount: %d -> %d", d.Ino, a.Ino)
+	}
+}
+
+// TestListingHeadsFirstPageEarly: the HEADs of a listing's first page
+// run while its next pages are listed (a cold ls -l waits for both), and
+// those of later pages wait until the listing ends, so that a program
+// that wants names only does not share the server with them. Then every
+// entry's headers are read, once.
+func TestListingHeadsFirstPageEarly(t *testing.T) {
+	e := newEnv(t, nil)
+	const n = 2500 // three LIST pages
+	for i := 0; i < n; i++ {
+		e.store.PutObject(fmt.Sprintf("d/f%04d", i), []byte("x"), nil)
+	}
+	e.mustLookup("d")
+	var (
+		mu     sync.Mutex
+		headed = map[string]int{}
+		lists  int
+		atPage []map[string]int // what was HEADed when pages 2 and 3 were asked for
+	)
+	e.store.SetHook(func(op, key string) error {
+		mu.Lock()
+		switch {
+		case op == "Head":
+			headed[key]++
+		case op == "List" && key == "d/":
+			if lists++; lists > 1 {
+				mu.Unlock()
+				e.c.waitHeaderWalks() // what was queued so far is done
+				mu.Lock()
+				atPage = append(atPage, maps.Clone(headed))
+			}
+		}
+		mu.Unlock()
+		return nil
+	})
+	if got := len(e.readDir("d")); got != n {
+		t.Fatalf("readdir gave %d names, want %d", got, n)
+	}
+	e.c.waitHeaderWalks()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(atPage) != 2 {
+		t.Fatalf("%d LIST pages after the first, want 2", len(atPage))
+	}
+	// Entries are merged in batches of 256; those of the batches that
+	// start on the first page go early: when page 2 is asked for, the
+	// three merged so far (0 to 767); when page 3 is, the fourth too.
+	for p, early := range []int{768, 1024} {
+		h := atPage[p]
+		for i := 0; i < n; i++ {
+			key := fmt.Sprintf("d/f%04d", i)
+			if got, want := h[key] > 0, i < early; got != want {
+				t.Fatalf("when page %d was asked for, HEAD of %s done: %v, want %v", p+2, key, got, want)
+			}
+		}
+	}
+	for i := 0; i < n; i++ {
+		if key := fmt.Sprintf("d/f%04d", i); headed[key] != 1 {
+			t.Fatalf("%s: %d HEADs, want 1", key, headed[key])
+		}
+	}
+}
+
+// TestListingHeadsOfAHugeDirectory: beyond the HEADs a listing keeps until
+// it ends (maxHeldHeads), the walk goes over the directory instead, and
+// still reads every entry's headers.
+func TestListingHeadsOfAHugeDirectory(t *testing.T) {
+	e := newEnv(t, nil)
+	const n = earlyHeads + maxHeldHeads + 1000
+	for i := 0; i < n; i++ {
+		e.store.PutObject(fmt.Sprintf("d/f%05d", i), []byte("x"), s3backend.Metadata{"mode": "33152"})
+	}
+	e.mustLookup("d")
+	e.store.ResetCounts()
+	if got := len(e.readDir("d")); got != n {
+		t.Fatalf("readdir gave %d names, want %d", got, n)
+	}
+	e.c.waitHeaderWalks()
+	if c := e.store.Counts(); c["Head"] != n {
+		t.Fatalf("%d HEADs for %d objects", c["Head"], n)
+	}
+	for _, i := range []int{0, earlyHeads + 1, n / 2, n - 1} {
+		if a := e.mustLookup(fmt.Sprintf("d/f%05d", i)); a.Mode != 0o100600 {
+			t.Fatalf("f%05d: mode %o, want its headers' 100600", i, a.Mode)
+		}
 	}
 }
 

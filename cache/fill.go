@@ -49,7 +49,7 @@ func (f *flight) do(key uint64, fn func() error) error {
 // in S3 always win over what the listing says. It returns once the names
 // are known: the headers of object versions not seen before (x-amz-meta-*:
 // mode, owner, times, type) are learned afterwards, in the background and
-// many at once (walkHeaders), and a stat waits only for the entry it asks
+// many at once (queueHeads), and a stat waits only for the entry it asks
 // about (learnHeaders). A program that wants names only (find, ls -f, a web
 // app listing uploads) does not pay a HEAD per object first.
 func (c *Cache) fill(ctx context.Context, ino uint64) error {
@@ -71,6 +71,8 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 	var (
 		batch    []s3backend.ListEntry
 		deferred []s3backend.ListEntry
+		later    []headJob // HEADs queued when the listing ends
+		heldBack bool      // a batch's HEADs were left to a walk over the directory
 		count    uint32
 		stale    bool
 	)
@@ -78,12 +80,30 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		if len(batch) == 0 {
 			return nil
 		}
-		d, ok, err := c.mergeBatch(ino, prefix, batch, epoch, start, false)
+		first := int(count)-len(batch) < earlyHeads // the batch starts on the first page
+		d, heads, ok, err := c.mergeBatch(ino, prefix, batch, epoch, start, false)
 		deferred = append(deferred, d...)
 		batch = batch[:0]
 		if err == nil && !ok {
 			stale = true
 			return errListingStale
+		}
+		// The HEADs of the first page's entries overlap the rest of the
+		// listing (an ls -l waits for both). Those of later pages wait
+		// until the listing ends: they would compete with its LIST
+		// pages for the server, and a program that wants names only
+		// (find, ls -f) would wait for them. Up to maxHeldHeads are kept
+		// meanwhile; beyond, the walk goes over the whole directory
+		// instead (100 000 jobs hold their keys, and a heap near the
+		// memory limit costs GC time).
+		switch {
+		case first:
+			c.queueHeads(ino, heads, false)
+		case heldBack:
+		case len(later)+len(heads) > maxHeldHeads:
+			later, heldBack = nil, true
+		default:
+			later = append(later, heads...)
 		}
 		return err
 	}
@@ -108,12 +128,13 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		return err
 	}
 	if len(deferred) > 0 {
-		if _, _, err := c.mergeBatch(ino, prefix, deferred, epoch, start, false); err != nil {
+		_, heads, _, err := c.mergeBatch(ino, prefix, deferred, epoch, start, false)
+		if err != nil {
 			return err
 		}
+		later = append(later, heads...)
 	}
-	defer c.startHeaderWalk(ino)
-	return c.transact(txBookkeeping, func(t *nsTx) error {
+	err = c.transact(txBookkeeping, func(t *nsTx) error {
 		d, err := t.get(ino)
 		if err != nil {
 			return err
@@ -121,12 +142,26 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		if d.Path != dir.Path {
 			return errNoChange // moved while listed
 		}
+		c.headIfUnknown(t, d) // a directory without a marker: its own HEAD says so
+		later = append(later, t.heads...)
 		d.ListedUntil = c.now() + int64(c.opt.MetadataTTL)
 		d.FillEpoch = epoch
 		d.Entries = count
 		return nil
 	})
+	if err == nil {
+		c.queueHeads(ino, later, heldBack)
+	}
+	return err
 }
+
+// earlyHeads is the number of entries, one LIST page, up to which a
+// listing queues the HEADs of its entries while it goes on (see doFill).
+const earlyHeads = 1000
+
+// maxHeldHeads is the number of HEADs a listing keeps until it ends (see
+// doFill).
+const maxHeldHeads = 10000
 
 var errListingStale = errors.New("listing stale")
 
@@ -146,8 +181,9 @@ func busy(n *Inode) bool { return n.needsWork() || n.UploadKey != "" }
 // this listing are returned, to be decided after the sweep. confirm makes
 // each listed entry fresh for the TTL by itself (a window of a big
 // directory, see refreshWindow) rather than through the directory's
-// listing.
-func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEntry, epoch, start uint64, confirm bool) (deferred []s3backend.ListEntry, ok bool, err error) {
+// listing. heads are the HEADs of the entries whose headers are to be
+// learned (see queueHeads).
+func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEntry, epoch, start uint64, confirm bool) (deferred []s3backend.ListEntry, heads []headJob, ok bool, err error) {
 	err = c.transact(txBookkeeping, func(t *nsTx) error {
 		dir, err := t.get(ino)
 		if err != nil {
@@ -172,13 +208,13 @@ func (c *Cache) mergeBatch(ino uint64, prefix string, entries []s3backend.ListEn
 				deferred = append(deferred, e)
 			}
 		}
-		ok = true
+		ok, heads = true, t.heads
 		return nil
 	})
 	if err != nil || !ok {
-		return nil, false, err
+		return nil, nil, false, err
 	}
-	return deferred, true, nil
+	return deferred, heads, true, nil
 }
 
 // mergeMarker notes a directory's own marker object.
@@ -227,6 +263,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 				child.RemoteKey = key
 			}
 			seen()
+			c.headIfUnknown(t, child)
 			return false, nil
 		case e.IsPrefix:
 			// A file and a directory of the same name: the directory wins.
@@ -242,6 +279,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 			return true, nil
 		case child.RemoteKey == key && child.ETag == e.ETag && (info == nil || child.AttrsKnown):
 			seen()
+			c.headIfUnknown(t, child)
 			return false, nil
 		default:
 			if err := c.newVersionLocked(t, child, key, e, info); err != nil {
@@ -293,6 +331,21 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 	t.add(rec)
 	t.setDentry(dir.Ino, name, dentry{Ino: ino, Epoch: epoch, Kind: dentryKind(rec)})
 	return false, nil
+}
+
+// headIfUnknown asks for the HEAD of a listed entry the cache already
+// knew but whose headers it has not read (an earlier HEAD failed, or the
+// mount stopped before it ran): a listing learns the headers of every
+// entry that needs them, not only of those new to it.
+func (c *Cache) headIfUnknown(t *nsTx, n *Inode) {
+	if !c.needsHeaders(n) {
+		return
+	}
+	etag := n.ETag
+	if n.Kind == KindDir {
+		etag = ""
+	}
+	t.head(n.Ino, n.RemoteKey, etag)
 }
 
 // dentryKind is the kind a directory entry records for n: 0 (unknown, a
@@ -686,61 +739,64 @@ func (c *Cache) learnHeaders(ctx context.Context, n *Inode) *Inode {
 	return n
 }
 
-// startHeaderWalk learns, in the background, the headers of every entry of
-// directory ino that needs them (and of the directory itself), HeadWorkers
-// at a time, so that an ls -l after a readdir finds them read or being
-// read. One walk per directory runs at a time; a start while one runs makes
-// it go over the directory once more.
-func (c *Cache) startHeaderWalk(ino uint64) {
-	if c.opt.SkipHeaders {
+// queueHeads learns, in the background, the headers of the entries of
+// directory dir that jobs name, HeadWorkers at a time and in the order
+// given (a listing's: the order in which ls -l stats them), so that an
+// ls -l after a readdir finds them read or being read; with scan, then
+// those of every entry of dir that needs them. One walk per directory
+// runs at a time; what is queued while it runs joins it. An entry whose
+// headers were learned meanwhile (a stat's HEAD) costs no request; one
+// that still needs them is read as its record then is.
+func (c *Cache) queueHeads(dir uint64, jobs []headJob, scan bool) {
+	if (len(jobs) == 0 && !scan) || c.opt.SkipHeaders {
 		return
 	}
 	c.ns.walksMu.Lock()
-	if c.ns.walking[ino] {
-		c.ns.walkAgain[ino] = true
+	if w := c.ns.walking[dir]; w != nil {
+		w.queue = append(w.queue, jobs...)
+		w.scan = w.scan || scan
 		c.ns.walksMu.Unlock()
 		return
 	}
-	c.ns.walking[ino] = true
+	w := &headWalk{queue: jobs, scan: scan}
+	c.ns.walking[dir] = w
 	c.ns.walks.Add(1)
 	c.ns.walksMu.Unlock()
 	if !c.tasks.Go(func() {
 		defer c.ns.walks.Done()
-		for {
-			c.walkHeaders(ino)
-			c.ns.walksMu.Lock()
-			again := c.ns.walkAgain[ino]
-			delete(c.ns.walkAgain, ino)
-			if !again {
-				delete(c.ns.walking, ino)
-				c.ns.walksMu.Unlock()
-				return
-			}
-			c.ns.walksMu.Unlock()
-		}
+		c.runHeadWalk(dir, w)
 	}) {
 		c.ns.walksMu.Lock()
-		delete(c.ns.walking, ino)
+		delete(c.ns.walking, dir)
 		c.ns.walksMu.Unlock()
 		c.ns.walks.Done()
 	}
 }
 
-// walkHeaders is one walk of startHeaderWalk. It stops early when the
-// cache closes or S3 does not answer: what is left is learned on demand.
-func (c *Cache) walkHeaders(ino uint64) {
+// headWalk is what a directory's header walk has yet to do; guarded by
+// namespace.walksMu.
+type headWalk struct {
+	queue []headJob
+	scan  bool // go over the whole directory once the queue is done
+}
+
+// runHeadWalk is the walk of queueHeads: it hands the queued jobs, and
+// the entries of a scan, to its workers until nothing more is queued. It
+// skips the rest when the cache closes or S3 does not answer: what is
+// left is learned on demand.
+func (c *Cache) runHeadWalk(dir uint64, w *headWalk) {
 	ctx := c.tasks.ctx
-	jobs := make(chan uint64, 256)
+	jobs := make(chan uint64, c.opt.HeadWorkers)
 	var wg sync.WaitGroup
 	for i := 0; i < c.opt.HeadWorkers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for child := range jobs {
+			for ino := range jobs {
 				if ctx.Err() != nil || c.s3Unreachable() {
 					continue // drain the queue
 				}
-				if n, err := c.snapshot(child); err == nil {
+				if n, err := c.snapshot(ino); err == nil {
 					c.learnHeaders(ctx, n)
 				}
 			}
@@ -750,25 +806,54 @@ func (c *Cache) walkHeaders(ino uint64) {
 		close(jobs)
 		wg.Wait()
 	}()
-	if dir, err := c.snapshot(ino); err != nil || dir.Kind != KindDir {
-		return
-	} else if c.needsHeaders(dir) {
-		jobs <- ino
+	for {
+		c.ns.walksMu.Lock()
+		q, scan := w.queue, w.scan
+		w.queue, w.scan = nil, false
+		if len(q) == 0 && !scan {
+			delete(c.ns.walking, dir)
+			c.ns.walksMu.Unlock()
+			return
+		}
+		c.ns.walksMu.Unlock()
+		for _, j := range q {
+			jobs <- j.ino
+		}
+		if scan && !c.scanForHeads(dir, jobs) {
+			c.ns.walksMu.Lock()
+			delete(c.ns.walking, dir)
+			c.ns.walksMu.Unlock()
+			return
+		}
 	}
-	r := &DirReader{c: c, ino: ino}
+}
+
+// scanForHeads sends the entries of directory dir whose headers are not
+// known, and dir itself if its are not, to jobs. It returns false if it
+// stopped early: the cache closes, S3 does not answer, or the directory
+// cannot be read.
+func (c *Cache) scanForHeads(dir uint64, jobs chan<- uint64) bool {
+	ctx := c.tasks.ctx
+	if n, err := c.snapshot(dir); err != nil || n.Kind != KindDir {
+		return false
+	} else if c.needsHeaders(n) {
+		jobs <- dir
+	}
+	r := &DirReader{c: c, ino: dir}
 	for ctx.Err() == nil && !c.s3Unreachable() {
 		e, ok, err := r.Next()
 		if err != nil {
 			c.log.Warn("cache: walk a directory for headers", "err", err)
-			return
+			return false
 		}
 		if !ok {
-			return
+			return true
 		}
 		if n, err := c.snapshot(e.Ino); err == nil && c.needsHeaders(n) {
 			jobs <- e.Ino
 		}
 	}
+	return false
 }
 
 // waitHeaderWalks waits for the header walks that run (tests).
@@ -976,9 +1061,11 @@ func (c *Cache) refreshWindow(ctx context.Context, ino uint64, name string) erro
 		return err
 	}
 	if len(window) > 0 {
-		if _, _, err := c.mergeBatch(ino, prefix, window, 0, start, true); err != nil {
+		_, heads, _, err := c.mergeBatch(ino, prefix, window, 0, start, true)
+		if err != nil {
 			return err
 		}
+		c.queueHeads(ino, heads, false)
 	}
 	for _, j := range jobs {
 		info, err := c.store.Head(ctx, j.key)
