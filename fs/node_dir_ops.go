@@ -65,6 +65,13 @@ var _ = (gofs.FileLookuper)((*dirStream)(nil))
 // alone (node ID 0, which the kernel takes as "no attributes", not as
 // ENOENT), and the kernel sends a LOOKUP if a program stats it.
 func (d *dirStream) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if !d.have && d.next.Name == name && d.next.Mode == 0 {
+		// The entry just read has no type: its headers were not read
+		// when it was. Asking the cache again costs more than the
+		// LOOKUP it may save (a cold ls -l of 2 000 objects spent
+		// 50 ms here).
+		return nil, syscall.EAGAIN
+	}
 	a, ok := d.node.fsys.c.Listed(d.node.ino(), name)
 	if !ok {
 		return nil, syscall.EAGAIN
