@@ -48,9 +48,10 @@ func (f *flight) do(key uint64, fn func() error) error {
 // ListObjectsV2 walk for all names, sizes and ETags. Local changes not yet
 // in S3 always win over what the listing says. It returns once the names
 // are known: the headers of object versions not seen before (x-amz-meta-*:
-// mode, owner, times, type) are learned afterwards, in the background and
-// many at once (queueHeads), and a stat waits only for the entry it asks
-// about (learnHeaders). A program that wants names only (find, ls -f, a web
+// mode, owner, times, type) are learned in the background and many at once
+// (queueHeads; for the first page's entries while the next pages are
+// listed), and a stat waits only for the entry it asks about
+// (learnHeaders). A program that wants names only (find, ls -f, a web
 // app listing uploads) does not pay a HEAD per object first.
 func (c *Cache) fill(ctx context.Context, ino uint64) error {
 	return c.ns.fills.do(ino, func() error { return c.doFill(ctx, ino) })
@@ -71,8 +72,8 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 	var (
 		batch    []s3backend.ListEntry
 		deferred []s3backend.ListEntry
-		later    []headJob // HEADs queued when the listing ends
-		heldBack bool      // a batch's HEADs were left to a walk over the directory
+		later    []uint64 // entries whose HEADs are queued when the listing ends
+		heldBack bool     // a batch's HEADs were left to a walk over the directory
 		count    uint32
 		stale    bool
 	)
@@ -98,12 +99,12 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		// memory limit costs GC time).
 		switch {
 		case first:
-			c.queueHeads(ino, heads, false)
+			c.queueHeads(ino, inosOf(nil, heads), false)
 		case heldBack:
 		case len(later)+len(heads) > maxHeldHeads:
 			later, heldBack = nil, true
 		default:
-			later = append(later, heads...)
+			later = inosOf(later, heads)
 		}
 		return err
 	}
@@ -132,7 +133,7 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 		if err != nil {
 			return err
 		}
-		later = append(later, heads...)
+		later = inosOf(later, heads)
 	}
 	err = c.transact(txBookkeeping, func(t *nsTx) error {
 		d, err := t.get(ino)
@@ -143,25 +144,34 @@ func (c *Cache) doFill(ctx context.Context, ino uint64) error {
 			return errNoChange // moved while listed
 		}
 		c.headIfUnknown(t, d) // a directory without a marker: its own HEAD says so
-		later = append(later, t.heads...)
+		later = inosOf(later, t.heads)
 		d.ListedUntil = c.now() + int64(c.opt.MetadataTTL)
 		d.FillEpoch = epoch
 		d.Entries = count
 		return nil
 	})
-	if err == nil {
-		c.queueHeads(ino, later, heldBack)
-	}
+	// Whatever the outcome: the entries merged so far are in the cache.
+	c.queueHeads(ino, later, heldBack)
 	return err
 }
 
-// earlyHeads is the number of entries, one LIST page, up to which a
-// listing queues the HEADs of its entries while it goes on (see doFill).
+// earlyHeads is the size of a LIST page: a listing queues the HEADs of
+// the batches of entries that start within it while it goes on (see
+// doFill).
 const earlyHeads = 1000
 
-// maxHeldHeads is the number of HEADs a listing keeps until it ends (see
-// doFill).
+// maxHeldHeads is the number of HEADs a listing keeps until it ends, and
+// a directory's walk in its queue; beyond, the walk goes over the whole
+// directory instead (see doFill, queueHeads).
 const maxHeldHeads = 10000
+
+// inosOf appends the inodes of jobs to inos.
+func inosOf(inos []uint64, jobs []headJob) []uint64 {
+	for _, j := range jobs {
+		inos = append(inos, j.ino)
+	}
+	return inos
+}
 
 var errListingStale = errors.New("listing stale")
 
@@ -255,6 +265,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 		}
 		if local(child, start) {
 			seen()
+			c.headIfUnknown(t, child)
 			return false, nil
 		}
 		switch {
@@ -335,8 +346,10 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 
 // headIfUnknown asks for the HEAD of a listed entry the cache already
 // knew but whose headers it has not read (an earlier HEAD failed, or the
-// mount stopped before it ran): a listing learns the headers of every
-// entry that needs them, not only of those new to it.
+// mount stopped before it ran): a listing learns the headers of the
+// entries that need them when it merges them, not only of those new to
+// it. One that comes to need them later (a directory that takes another
+// mount's marker) is learned by the next listing, or by a stat.
 func (c *Cache) headIfUnknown(t *nsTx, n *Inode) {
 	if !c.needsHeaders(n) {
 		return
@@ -739,26 +752,27 @@ func (c *Cache) learnHeaders(ctx context.Context, n *Inode) *Inode {
 	return n
 }
 
-// queueHeads learns, in the background, the headers of the entries of
-// directory dir that jobs name, HeadWorkers at a time and in the order
-// given (a listing's: the order in which ls -l stats them), so that an
-// ls -l after a readdir finds them read or being read; with scan, then
-// those of every entry of dir that needs them. One walk per directory
-// runs at a time; what is queued while it runs joins it. An entry whose
-// headers were learned meanwhile (a stat's HEAD) costs no request; one
-// that still needs them is read as its record then is.
-func (c *Cache) queueHeads(dir uint64, jobs []headJob, scan bool) {
-	if (len(jobs) == 0 && !scan) || c.opt.SkipHeaders {
+// queueHeads learns, in the background, the headers of the entries inos
+// of directory dir, HeadWorkers at a time and in the order given (a
+// listing's: the order in which ls -l stats them), so that an ls -l after
+// a readdir finds them read or being read; with scan, then those of every
+// entry of dir that needs them. One walk per directory runs at a time;
+// what is queued while it runs joins it, and a queue longer than
+// maxHeldHeads becomes a scan. An entry whose headers were learned
+// meanwhile (a stat's HEAD) costs no request; one that still needs them
+// is read as its record then is.
+func (c *Cache) queueHeads(dir uint64, inos []uint64, scan bool) {
+	if (len(inos) == 0 && !scan) || c.opt.SkipHeaders {
 		return
 	}
 	c.ns.walksMu.Lock()
 	if w := c.ns.walking[dir]; w != nil {
-		w.queue = append(w.queue, jobs...)
-		w.scan = w.scan || scan
+		w.add(inos, scan)
 		c.ns.walksMu.Unlock()
 		return
 	}
-	w := &headWalk{queue: jobs, scan: scan}
+	w := &headWalk{}
+	w.add(inos, scan)
 	c.ns.walking[dir] = w
 	c.ns.walks.Add(1)
 	c.ns.walksMu.Unlock()
@@ -776,14 +790,23 @@ func (c *Cache) queueHeads(dir uint64, jobs []headJob, scan bool) {
 // headWalk is what a directory's header walk has yet to do; guarded by
 // namespace.walksMu.
 type headWalk struct {
-	queue []headJob
+	queue []uint64
 	scan  bool // go over the whole directory once the queue is done
 }
 
-// runHeadWalk is the walk of queueHeads: it hands the queued jobs, and
-// the entries of a scan, to its workers until nothing more is queued. It
-// skips the rest when the cache closes or S3 does not answer: what is
-// left is learned on demand.
+func (w *headWalk) add(inos []uint64, scan bool) {
+	w.scan = w.scan || scan
+	if len(w.queue)+len(inos) > maxHeldHeads {
+		w.queue, w.scan = nil, true // the scan finds them
+		return
+	}
+	w.queue = append(w.queue, inos...)
+}
+
+// runHeadWalk is the walk of queueHeads: it hands the queued entries, and
+// those of a scan, to its workers until nothing more is queued. While the
+// cache closes or S3 does not answer, the workers skip what they are
+// handed: it is learned on demand, or by the next listing.
 func (c *Cache) runHeadWalk(dir uint64, w *headWalk) {
 	ctx := c.tasks.ctx
 	jobs := make(chan uint64, c.opt.HeadWorkers)
@@ -816,26 +839,22 @@ func (c *Cache) runHeadWalk(dir uint64, w *headWalk) {
 			return
 		}
 		c.ns.walksMu.Unlock()
-		for _, j := range q {
-			jobs <- j.ino
+		for _, ino := range q {
+			jobs <- ino
 		}
-		if scan && !c.scanForHeads(dir, jobs) {
-			c.ns.walksMu.Lock()
-			delete(c.ns.walking, dir)
-			c.ns.walksMu.Unlock()
-			return
+		if scan {
+			c.scanForHeads(dir, jobs) // what is queued meanwhile is taken next
 		}
 	}
 }
 
 // scanForHeads sends the entries of directory dir whose headers are not
-// known, and dir itself if its are not, to jobs. It returns false if it
-// stopped early: the cache closes, S3 does not answer, or the directory
-// cannot be read.
-func (c *Cache) scanForHeads(dir uint64, jobs chan<- uint64) bool {
+// known, and dir itself if its are not, to jobs. It stops early when the
+// cache closes, S3 does not answer, or the directory cannot be read.
+func (c *Cache) scanForHeads(dir uint64, jobs chan<- uint64) {
 	ctx := c.tasks.ctx
 	if n, err := c.snapshot(dir); err != nil || n.Kind != KindDir {
-		return false
+		return
 	} else if c.needsHeaders(n) {
 		jobs <- dir
 	}
@@ -844,16 +863,15 @@ func (c *Cache) scanForHeads(dir uint64, jobs chan<- uint64) bool {
 		e, ok, err := r.Next()
 		if err != nil {
 			c.log.Warn("cache: walk a directory for headers", "err", err)
-			return false
+			return
 		}
 		if !ok {
-			return true
+			return
 		}
 		if n, err := c.snapshot(e.Ino); err == nil && c.needsHeaders(n) {
 			jobs <- e.Ino
 		}
 	}
-	return false
 }
 
 // waitHeaderWalks waits for the header walks that run (tests).
@@ -1065,7 +1083,7 @@ func (c *Cache) refreshWindow(ctx context.Context, ino uint64, name string) erro
 		if err != nil {
 			return err
 		}
-		c.queueHeads(ino, heads, false)
+		c.queueHeads(ino, inosOf(nil, heads), false)
 	}
 	for _, j := range jobs {
 		info, err := c.store.Head(ctx, j.key)
