@@ -469,6 +469,60 @@ func TestListingHeadsOfAHugeDirectory(t *testing.T) {
 	}
 }
 
+// reachStore is a memstore whose reachability the test sets, as
+// s3backend.Reach reports it.
+type reachStore struct {
+	*memstore.Store
+	down atomic.Bool
+}
+
+func (r *reachStore) Reachable() bool { return !r.down.Load() }
+
+// TestHeaderWalkKeepsWhatIsQueuedWhenItsScanStops: a scan that stops
+// early because S3 does not answer must not end the walk with entries
+// queued meanwhile left behind (a listing's held HEADs, which it queues
+// when it ends): they are handed out once S3 answers again.
+func TestHeaderWalkKeepsWhatIsQueuedWhenItsScanStops(t *testing.T) {
+	var rs *reachStore
+	e := newEnv(t, func(o *Options) {
+		rs = &reachStore{Store: o.Store.(*memstore.Store)}
+		o.Store = rs
+	})
+	for i := 0; i < 4; i++ {
+		e.store.PutObject(fmt.Sprintf("d/f%d", i), []byte("x"), s3backend.Metadata{"mode": "33152"})
+	}
+	d := e.mustLookup("d")
+	e.readDir("d")
+	e.c.waitHeaderWalks()
+	f1, err := e.c.childOf(d.Ino, "f1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As if its HEAD had failed: its headers are to be read again.
+	e.c.mutateClean(f1.Ino, f1.RemoteKey, f1.ETag, func(n *Inode) { n.AttrsKnown = false })
+	if _, ok := e.c.Listed(d.Ino, "f1"); ok {
+		t.Fatal("f1's headers still count as read")
+	}
+	e.store.ResetCounts()
+	var once sync.Once
+	testHookScanned = func(dir uint64) {
+		once.Do(func() {
+			e.c.queueHeads(dir, []uint64{f1.Ino}, false)
+			rs.down.Store(false)
+		})
+	}
+	t.Cleanup(func() { testHookScanned = nil })
+	rs.down.Store(true) // the scan stops at once
+	e.c.queueHeads(d.Ino, nil, true)
+	e.c.waitHeaderWalks()
+	if c := e.store.Counts(); c["Head"] != 1 {
+		t.Fatalf("%d HEADs after the scan stopped, want 1 (f1, queued meanwhile)", c["Head"])
+	}
+	if a, ok := e.c.Listed(d.Ino, "f1"); !ok || a.Mode != 0o100600 {
+		t.Fatalf("f1: headers read %v, mode %o, want its headers' 100600", ok, a.Mode)
+	}
+}
+
 func TestSkipHeadersCostsListOnly(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.SkipHeaders = true })
 	for i := 0; i < 50; i++ {

@@ -844,9 +844,16 @@ func (c *Cache) runHeadWalk(dir uint64, w *headWalk) {
 		}
 		if scan {
 			c.scanForHeads(dir, jobs) // what is queued meanwhile is taken next
+			if testHookScanned != nil {
+				testHookScanned(dir)
+			}
 		}
 	}
 }
+
+// testHookScanned, if set, runs when a walk's scan of a directory has
+// ended, early or not.
+var testHookScanned func(dir uint64)
 
 // scanForHeads sends the entries of directory dir whose headers are not
 // known, and dir itself if its are not, to jobs. It stops early when the
