@@ -138,7 +138,7 @@ func withoutVars(env []string, names ...string) []string {
 }
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := harness.Main(m)
 	if builtImage != "" {
 		if out, err := exec.Command("docker", "rmi", "-f", builtImage).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "remove image %s: %v %s\n", builtImage, err, out)

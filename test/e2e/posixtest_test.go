@@ -92,7 +92,10 @@ func TestMain(m *testing.M) {
 		m.Run()
 		os.Exit(runGapChild(name, os.Getenv(gapDirEnv)))
 	}
-	os.Exit(m.Run())
+	if dir := os.Getenv(timeoutChildEnv); dir != "" {
+		runTimeoutChild(m, dir) // does not return
+	}
+	os.Exit(harness.Main(m))
 }
 
 // runGapChild runs one posixtest case in the child and returns its exit

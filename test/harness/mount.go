@@ -154,6 +154,7 @@ func (m *Mount) start() {
 		// may answer a stat of it from its attribute cache: only a daemon
 		// that answers a statfs is live.
 		if IsMounted(m.Dir) && Answers(m.Dir) {
+			addLive(m.Dir)
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -306,6 +307,7 @@ func (m *Mount) cleanup() {
 	if IsMounted(m.Dir) {
 		detach(m.Dir)
 	}
+	dropLive(m.Dir)
 	if !m.t.Failed() {
 		m.checkLog()
 	}

@@ -289,7 +289,7 @@ func TestMain(m *testing.M) {
 	// binaries, which sleep a second at exit by default; nothing here
 	// needs that (races still fail the test through the daemon's log).
 	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	code := m.Run()
+	code := harness.Main(m)
 	if childDir != "" {
 		os.RemoveAll(childDir)
 	}
