@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,10 +26,10 @@ const timeoutChildEnv = "KEELFS_TIMEOUT_CHILD_DIR"
 func TestTimeoutDetachesMounts(t *testing.T) {
 	harness.RequireFUSE(t)
 	dir := t.TempDir()
-	var out bytes.Buffer
+	out := &lockedBuffer{}
 	cmd := exec.Command(os.Args[0], "-test.timeout=15s")
 	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+dir)
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -65,6 +66,25 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 	if !strings.Contains(out.String(), "harness: go test's -timeout is near") {
 		t.Fatalf("the child did not say why its mount went:\n%s", out.String())
 	}
+}
+
+// lockedBuffer is a bytes.Buffer a child process writes to while the test
+// reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // runTimeoutChild is the child's side of TestTimeoutDetachesMounts: with
