@@ -92,9 +92,6 @@ func TestMain(m *testing.M) {
 		m.Run()
 		os.Exit(runGapChild(name, os.Getenv(gapDirEnv)))
 	}
-	if dir := os.Getenv(timeoutChildEnv); dir != "" {
-		runTimeoutChild(m, dir) // does not return
-	}
 	os.Exit(harness.Main(m))
 }
 

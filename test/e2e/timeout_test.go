@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"flag"
 	"os"
 	"os/exec"
 	"strings"
@@ -20,14 +19,22 @@ const timeoutChildEnv = "KEELFS_TIMEOUT_CHILD_DIR"
 
 // go test's -timeout panics without running t.Cleanup: the daemons die
 // with the test process, and their mounts stayed behind (a by-hand run of
-// go test -count=40 left one). harness.Main detaches the mounts still up
-// shortly before. A child test process with a 15 s -timeout mounts and
-// hangs; its mount must be gone by the time the timeout would end it.
+// go test -count=40 left one). harness.Main, which this package's TestMain
+// runs, detaches the mounts still up shortly before. This test runs itself
+// again in a child test process with a 15 s -timeout, where it mounts and
+// hangs: the child must end in the timeout's panic, with no mount left.
 func TestTimeoutDetachesMounts(t *testing.T) {
+	if dir := os.Getenv(timeoutChildEnv); dir != "" {
+		// The child's side: mount at dir and hang until the -timeout.
+		s := harness.StartServer(t)
+		s.Mount(t, s.NewBucket(t), harness.MountOptions{Dir: dir})
+		time.Sleep(time.Hour)
+		return
+	}
 	harness.RequireFUSE(t)
 	dir := t.TempDir()
 	out := &lockedBuffer{}
-	cmd := exec.Command(os.Args[0], "-test.timeout=15s")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestTimeoutDetachesMounts$", "-test.timeout=15s")
 	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+dir)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -44,27 +51,32 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 			syscall.Unmount(dir, syscall.MNT_DETACH)
 		}
 	})
-	wait := func(what string, limit time.Duration, done func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(limit)
-		for !done() {
-			select {
-			case <-exited:
-				t.Fatalf("the child exited before %s:\n%s", what, out.String())
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within %v:\n%s", what, limit, out.String())
-			}
-			time.Sleep(50 * time.Millisecond)
+	deadline := time.Now().Add(30 * time.Second)
+	for !harness.IsMounted(dir) {
+		select {
+		case <-exited:
+			t.Fatalf("the child exited before it mounted:\n%s", out.String())
+		default:
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child did not mount within 30s:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	wait("the child mounted", 30*time.Second, func() bool { return harness.IsMounted(dir) })
-	// The child's test never ends; its -timeout is 15 s, so the mount must
-	// go 5 s before that (the margin for short timeouts).
-	wait("the mount was detached before the child's -timeout", 30*time.Second, func() bool { return !harness.IsMounted(dir) })
-	if !strings.Contains(out.String(), "harness: go test's -timeout is near") {
-		t.Fatalf("the child did not say why its mount went:\n%s", out.String())
+	select {
+	case <-exited:
+	case <-time.After(45 * time.Second):
+		t.Fatalf("the child did not end within 45s of its 15s -timeout:\n%s", out.String())
+	}
+	log := out.String()
+	if !strings.Contains(log, "panic: test timed out") {
+		t.Fatalf("the child did not end in go test's timeout:\n%s", log)
+	}
+	if harness.IsMounted(dir) {
+		t.Fatalf("the child's mount stayed behind its -timeout:\n%s", log)
+	}
+	if !strings.Contains(log, "harness: go test's -timeout is near") {
+		t.Fatalf("the child did not say why its mount went:\n%s", log)
 	}
 }
 
@@ -85,24 +97,4 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-// runTimeoutChild is the child's side of TestTimeoutDetachesMounts: with
-// the watch of harness.Main armed, it mounts at dir and hangs until the
-// parent kills it.
-func runTimeoutChild(m *testing.M, dir string) {
-	flag.Parse()
-	if err := flag.Set("test.run", "^$"); err != nil {
-		panic(err)
-	}
-	stop := harness.DetachNearTimeout()
-	m.Run() // sets up the testing package for RunTests
-	testing.RunTests(func(pat, str string) (bool, error) { return true, nil },
-		[]testing.InternalTest{{Name: "mountAndHang", F: func(t *testing.T) {
-			s := harness.StartServer(t)
-			s.Mount(t, s.NewBucket(t), harness.MountOptions{Dir: dir})
-			time.Sleep(time.Hour)
-		}}})
-	stop()
-	os.Exit(1)
 }

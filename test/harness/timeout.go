@@ -32,6 +32,9 @@ func dropLive(dir string) {
 // Main runs the tests of a package that mounts (from its TestMain), with
 // DetachNearTimeout armed.
 func Main(m *testing.M) int {
+	if !flag.Parsed() {
+		flag.Parse() // the -timeout is known only then; m.Run would parse too
+	}
 	defer DetachNearTimeout()()
 	return m.Run()
 }
@@ -42,7 +45,8 @@ func Main(m *testing.M) int {
 // (Pdeathsig), and their mounts would stay behind, each a directory that
 // answers ENOTCONN until someone unmounts it by hand. Detached a little
 // earlier, the tests that still use them fail at once and the panic
-// that follows names the one that hung. flag.Parse must have run.
+// that follows names the one that hung. flag.Parse must have run: before,
+// the -timeout reads as none, and nothing is armed.
 func DetachNearTimeout() (stop func()) {
 	f := flag.Lookup("test.timeout")
 	if f == nil {
