@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,10 +28,10 @@ func mountS3fs(t *testing.T, srv *harness.Server, bucket, prefix string) string 
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	var out bytes.Buffer
+	out := &lockedBuffer{} // s3fs may still write while a timeout reads it
 	cmd := exec.Command(bin, bucket+":/"+prefix, dir, "-f", "-o",
 		"url="+srv.Endpoint+",use_path_request_style,passwd_file="+passwd+",use_xattr,dbglevel=warn")
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start s3fs: %v", err)
