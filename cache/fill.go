@@ -730,15 +730,28 @@ func (c *Cache) learnHeaders(ctx context.Context, n *Inode) *Inode {
 	if !c.needsHeaders(n) {
 		return n
 	}
-	j := headJob{ino: n.Ino, key: n.RemoteKey, etag: n.ETag}
-	if n.Kind == KindDir {
-		j.etag = ""
+	c.headOnce(n.Ino)
+	if fresh, err := c.snapshot(n.Ino); err == nil {
+		return fresh
 	}
-	c.ns.heads.do(n.Ino, func() error {
-		// A HEAD of it that ended just before this one began (the walk's,
-		// or a stat's) may have learned them: look again, alone now.
-		if cur, err := c.snapshot(n.Ino); err != nil || !c.needsHeaders(cur) {
+	return n
+}
+
+// headOnce reads the headers of ino's object version (HEAD) unless they
+// are known, or joins a HEAD of them already under way. The record is
+// read inside the flight, alone: a HEAD that ended just before this one
+// began (the walk's, or a stat's) may have learned them. The walk calls
+// this with no look of its own first, so an entry costs it one read of
+// its record and one transaction.
+func (c *Cache) headOnce(ino uint64) {
+	c.ns.heads.do(ino, func() error {
+		n, err := c.snapshot(ino)
+		if err != nil || !c.needsHeaders(n) {
 			return nil
+		}
+		j := headJob{ino: n.Ino, key: n.RemoteKey, etag: n.ETag}
+		if n.Kind == KindDir {
+			j.etag = ""
 		}
 		// Not the caller's context: others may wait on this HEAD, and one
 		// of them being interrupted must not fail the rest.
@@ -746,10 +759,6 @@ func (c *Cache) learnHeaders(ctx context.Context, n *Inode) *Inode {
 		c.applyHead(j, info, err)
 		return nil
 	})
-	if fresh, err := c.snapshot(n.Ino); err == nil {
-		return fresh
-	}
-	return n
 }
 
 // queueHeads learns, in the background, the headers of the entries inos
@@ -819,9 +828,7 @@ func (c *Cache) runHeadWalk(dir uint64, w *headWalk) {
 				if ctx.Err() != nil || c.s3Unreachable() {
 					continue // drain the queue
 				}
-				if n, err := c.snapshot(ino); err == nil {
-					c.learnHeaders(ctx, n)
-				}
+				c.headOnce(ino)
 			}
 		}()
 	}
