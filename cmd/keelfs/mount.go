@@ -17,7 +17,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -334,20 +333,6 @@ func (p *readyPipe) fail(err error) error {
 }
 
 var errReported = errors.New("reported to the parent")
-
-// defaultMemoryLimit is the Go runtime's soft memory limit for the daemon
-// unless GOMEMLIMIT sets one. Reads allocate a block buffer per MiB
-// fetched; with the default GC pacing a cold 1 GiB read peaked at 140 MiB
-// of RSS, with this limit at about 90 MiB and the same throughput. It is
-// soft: a mount that needs more live memory (a directory of 100 000
-// entries) gets it, and the GC works harder meanwhile.
-const defaultMemoryLimit = 80 << 20
-
-func setMemoryLimit() {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(defaultMemoryLimit)
-	}
-}
 
 // serve mounts and runs until unmounted or stopped by a signal.
 func serve(cfg *mountConfig) error {

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"os"
+	"runtime/debug"
+	rtmetrics "runtime/metrics"
+	"time"
+)
+
+// defaultMemoryLimit is the floor of the Go runtime's soft memory limit
+// for the daemon unless GOMEMLIMIT sets one. Reads allocate a block buffer
+// per MiB fetched; with the default GC pacing a cold 1 GiB read peaked at
+// 140 MiB of RSS, with this limit at about 90 MiB and the same throughput.
+const defaultMemoryLimit = 80 << 20
+
+// gcHeadroom is what the limit keeps above the live heap. A limit barely
+// above the live heap makes the GC run after every few MiB allocated: a
+// directory of 100 000 entries the kernel keeps in its inode cache holds
+// about 60 MiB live, and a cold `ls -l` of it under a fixed 80 MiB limit
+// used 88 s of CPU in 78 s (by hand); with 40 MiB of headroom, 62 s of
+// CPU in 60 s, for 12 MiB more peak RSS.
+const gcHeadroom = 40 << 20
+
+// memoryLimitFor is the soft limit for a live heap of live bytes.
+func memoryLimitFor(live uint64) int64 {
+	return max(defaultMemoryLimit, int64(live)+gcHeadroom)
+}
+
+const liveHeapMetric = "/gc/heap/live:bytes"
+
+// setMemoryLimit sets the soft limit, unless GOMEMLIMIT does, and keeps it
+// at memoryLimitFor the live heap that the last GC measured, looking once
+// a second, for the life of the process.
+func setMemoryLimit() {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	debug.SetMemoryLimit(defaultMemoryLimit)
+	go func() {
+		sample := []rtmetrics.Sample{{Name: liveHeapMetric}}
+		limit := int64(defaultMemoryLimit)
+		for range time.Tick(time.Second) {
+			rtmetrics.Read(sample)
+			if sample[0].Value.Kind() != rtmetrics.KindUint64 {
+				return // not offered by this runtime: the floor stays
+			}
+			if l := memoryLimitFor(sample[0].Value.Uint64()); l != limit {
+				limit = l
+				debug.SetMemoryLimit(limit)
+			}
+		}
+	}()
+}
