@@ -426,9 +426,45 @@ func (s *Store) Put(ctx context.Context, in PutInput) (string, error) {
 		RequestPayer:         s.payer,
 	}, s.bodyOpts...)
 	if err != nil {
-		return "", targetGone(s.wrap(ctx, c, "PutObject", in.Key, err), in.Cond)
+		return "", s.unanswered(ctx, targetGone(s.wrap(ctx, c, "PutObject", in.Key, err), in.Cond), in.Key, in.Cond)
 	}
 	return aws.ToString(out.ETag), nil
+}
+
+// unanswered decides a conditional write that got no answer at all (the
+// connection was reset or closed: Status 0) by the object's state. A
+// server may answer 412 before it reads the body and then close the
+// connection, and a client still sending may then meet the reset and
+// never see the 412; an attempt that landed but whose answer was lost is
+// retried into the object it made. Either way the object, not the
+// endpoint, is the news: if a HEAD shows the condition does not hold, the
+// error becomes ErrPrecondition, which the caller handles as it handles
+// a 412 (it tells an upload of its own that landed from another writer's
+// by the object's headers). Otherwise, or if the HEAD fails too, the
+// error stays what it was.
+func (s *Store) unanswered(ctx context.Context, err error, key string, cond Condition) error {
+	var e *Error
+	if (cond.IfMatch == "" && !cond.IfNoneMatch) || !errors.As(err, &e) || e.Status != 0 || e.Kind != ErrUnavailable || ctx.Err() != nil {
+		return err
+	}
+	info, herr := s.Head(ctx, key)
+	var holds bool
+	switch {
+	case errors.Is(herr, ErrNotFound):
+		holds = cond.IfMatch == "" // absent: If-None-Match holds, If-Match does not
+	case herr != nil:
+		return err
+	case cond.IfNoneMatch:
+		holds = false
+	default:
+		holds = info.ETag == cond.IfMatch
+	}
+	if holds {
+		return err
+	}
+	e.Kind = ErrPrecondition
+	e.Cause = fmt.Errorf("%w (no answer came; a HEAD shows the condition does not hold)", e.Cause)
+	return err
 }
 
 // targetGone reports a write conditional on an ETag whose target no longer

@@ -1426,3 +1426,89 @@ func TestDialRefusedMakesReachUnreachableAtOnce(t *testing.T) {
 		t.Fatalf("DialFailed told %d times, reachable %v; want told and unreachable", told.Load(), r.Reachable())
 	}
 }
+
+// resetConn drops a client's connection with a TCP reset, answering
+// nothing.
+func resetConn(t *testing.T, w http.ResponseWriter) {
+	conn, _, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		t.Errorf("hijack: %v", err)
+		return
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	conn.Close()
+}
+
+// A conditional PUT whose answer never arrives (the connection reset: a
+// server that answers 412 before it reads the body and then closes, or a
+// lost answer) is news about the object, not about the endpoint, when the
+// object shows the condition does not hold: the caller must see
+// ErrPrecondition, as it would have from the 412, and not an outage. When
+// the condition does hold, the reset stays what it is.
+func TestStoreConditionalPutWithoutAnAnswer(t *testing.T) {
+	srv, bucket := setup(t)
+	direct := newStore(t, srv.Endpoint, bucket)
+	v1 := put(t, direct, "f", "one", Condition{})
+
+	var mu sync.Mutex
+	land := map[string]bool{} // keys whose next conditional PUT lands before its answer is lost
+	fwd := &http.Client{}
+	proxy := proxyTo(t, srv.Endpoint, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPut || (r.Header.Get("If-Match") == "" && r.Header.Get("If-None-Match") == "") {
+			return false
+		}
+		mu.Lock()
+		landIt := land[r.URL.Path]
+		delete(land, r.URL.Path)
+		mu.Unlock()
+		if landIt {
+			out, err := http.NewRequest(r.Method, srv.Endpoint+r.URL.RequestURI(), r.Body)
+			if err != nil {
+				t.Error(err)
+				return true
+			}
+			out.Header, out.Host, out.ContentLength = r.Header.Clone(), r.Host, r.ContentLength
+			resp, err := fwd.Do(out)
+			if err != nil {
+				t.Errorf("forward the PUT: %v", err)
+			} else {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Errorf("forwarded PUT: %s", resp.Status)
+				}
+			}
+		}
+		resetConn(t, w)
+		return true
+	})
+	s := newStore(t, proxy, bucket, func(c *Config) { c.MaxBackoff = 10 * time.Millisecond; c.MaxAttempts = 2 })
+	s.log.expected = true
+	ctx := context.Background()
+	try := func(key, data string, cond Condition) error {
+		_, err := s.Put(ctx, PutInput{Key: key, Body: strings.NewReader(data), Size: int64(len(data)), Cond: cond})
+		return err
+	}
+
+	wantKind(t, "if-none-match over an existing key, reset", try("f", "two", Condition{IfNoneMatch: true}), ErrPrecondition)
+	wantKind(t, "if-match on a stale etag, reset", try("f", "two", Condition{IfMatch: `"stale"`}), ErrPrecondition)
+	wantKind(t, "if-match on a missing key, reset", try("gone", "two", Condition{IfMatch: v1}), ErrPrecondition)
+	// The condition holds: nothing says the object changed.
+	wantKind(t, "if-match on the current etag, reset", try("f", "two", Condition{IfMatch: v1}), ErrUnavailable)
+	wantKind(t, "if-none-match on a missing key, reset", try("new", "two", Condition{IfNoneMatch: true}), ErrUnavailable)
+	if got, _ := rawGet(t, srv.Client(t), bucket, "f"); got != "one" {
+		t.Fatalf("f = %q after PUTs that never reached the server", got)
+	}
+	// The first attempt lands and its answer is lost; the retry meets the
+	// object it made: the same news as the 412 a retry gets, for the
+	// caller to tell its own upload by its headers.
+	mu.Lock()
+	land["/"+bucket+"/landed"] = true
+	mu.Unlock()
+	wantKind(t, "if-none-match whose first attempt landed", try("landed", "mine", Condition{IfNoneMatch: true}), ErrPrecondition)
+	if got, _ := rawGet(t, srv.Client(t), bucket, "landed"); got != "mine" {
+		t.Fatalf("landed = %q", got)
+	}
+}
