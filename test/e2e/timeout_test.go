@@ -13,29 +13,41 @@ import (
 	"github.com/keelfs/keelfs/test/harness"
 )
 
-// timeoutChildEnv names the mount point of the child of
-// TestTimeoutDetachesMounts.
-const timeoutChildEnv = "KEELFS_TIMEOUT_CHILD_DIR"
+// timeoutChildEnv names the two mount points of the child of
+// TestTimeoutDetachesMounts, separated by a colon.
+const timeoutChildEnv = "KEELFS_TIMEOUT_CHILD_DIRS"
 
 // go test's -timeout panics without running t.Cleanup: the daemons die
 // with the test process, and their mounts stayed behind (a by-hand run of
 // go test -count=40 left one). harness.Main, which this package's TestMain
-// runs, detaches the mounts still up shortly before. This test runs itself
-// again in a child test process with a 15 s -timeout, where it mounts and
-// hangs: the child must end in the timeout's panic, with no mount left.
+// runs, detaches the mounts still up shortly before, and refuses mounts
+// from then on. This test runs itself again in a child test process with
+// a 15 s -timeout, where it mounts and waits until the mount is detached,
+// then mounts again: the second mount must be refused, and no mount may
+// be left once the child has ended.
 func TestTimeoutDetachesMounts(t *testing.T) {
-	if dir := os.Getenv(timeoutChildEnv); dir != "" {
-		// The child's side: mount at dir and hang until the -timeout.
+	if dirs := os.Getenv(timeoutChildEnv); dirs != "" {
+		// The child's side. Its -timeout bounds the wait.
+		first, second, _ := strings.Cut(dirs, ":")
 		s := harness.StartServer(t)
-		s.Mount(t, s.NewBucket(t), harness.MountOptions{Dir: dir})
+		b := s.NewBucket(t)
+		s.Mount(t, b, harness.MountOptions{Dir: first})
+		for harness.IsMounted(first) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		// Too late: the timeout's panic would leave this one behind.
+		s.Mount(t, b, harness.MountOptions{Dir: second})
 		time.Sleep(time.Hour)
 		return
 	}
 	harness.RequireFUSE(t)
-	dir := t.TempDir()
+	if harness.NearTimeout() {
+		t.Fatal("go test's -timeout is near: no time for a child that mounts")
+	}
+	first, second := t.TempDir(), t.TempDir()
 	out := &lockedBuffer{}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestTimeoutDetachesMounts$", "-test.timeout=15s")
-	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+dir)
+	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+first+":"+second)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -46,13 +58,15 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-exited
-		if harness.IsMounted(dir) { // the check below failed: clean up all the same
-			harness.AbortFUSE(dir)
-			syscall.Unmount(dir, syscall.MNT_DETACH)
+		for _, dir := range []string{first, second} {
+			if harness.IsMounted(dir) { // a check below failed: clean up all the same
+				harness.AbortFUSE(dir)
+				syscall.Unmount(dir, syscall.MNT_DETACH)
+			}
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
-	for !harness.IsMounted(dir) {
+	for !harness.IsMounted(first) {
 		select {
 		case <-exited:
 			t.Fatalf("the child exited before it mounted:\n%s", out.String())
@@ -69,14 +83,19 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 		t.Fatalf("the child did not end within 45s of its 15s -timeout:\n%s", out.String())
 	}
 	log := out.String()
-	if !strings.Contains(log, "panic: test timed out") {
-		t.Fatalf("the child did not end in go test's timeout:\n%s", log)
+	for _, dir := range []string{first, second} {
+		if harness.IsMounted(dir) {
+			t.Errorf("the child's mount at %s stayed behind its -timeout", dir)
+		}
 	}
-	if harness.IsMounted(dir) {
-		t.Fatalf("the child's mount stayed behind its -timeout:\n%s", log)
+	if !strings.Contains(log, "harness: go test's -timeout is near: detaching") {
+		t.Errorf("the child did not say why its first mount went")
 	}
-	if !strings.Contains(log, "harness: go test's -timeout is near") {
-		t.Fatalf("the child did not say why its mount went:\n%s", log)
+	if !strings.Contains(log, "not mounting "+second) && !strings.Contains(log, "while "+second+" mounted: detached it") {
+		t.Errorf("the child's late mount was not refused")
+	}
+	if t.Failed() {
+		t.Fatalf("the child's output:\n%s", log)
 	}
 }
 

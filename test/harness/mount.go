@@ -118,6 +118,9 @@ func (s *Server) Mount(t testing.TB, source string, o MountOptions) *Mount {
 
 func (m *Mount) start() {
 	m.t.Helper()
+	if NearTimeout() {
+		m.t.Fatalf("harness: go test's -timeout is near: not mounting %s", m.Dir)
+	}
 	logf, err := os.OpenFile(m.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		m.t.Fatalf("harness: %v", err)
@@ -154,7 +157,9 @@ func (m *Mount) start() {
 		// may answer a stat of it from its attribute cache: only a daemon
 		// that answers a statfs is live.
 		if IsMounted(m.Dir) && Answers(m.Dir) {
-			addLive(m.Dir)
+			if !addLive(m.Dir) {
+				m.t.Fatalf("harness: go test's -timeout came near while %s mounted: detached it", m.Dir)
+			}
 			return
 		}
 		time.Sleep(10 * time.Millisecond)

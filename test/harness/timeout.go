@@ -12,15 +12,34 @@ import (
 
 // live holds the mount points of the mounts that are up, so that they can
 // be detached when go test's -timeout is near (see DetachNearTimeout).
+// Once they were (expired), no mount may stay up: the timeout's panic
+// would leave it behind.
 var live = struct {
 	sync.Mutex
-	dirs map[string]bool
+	dirs    map[string]bool
+	expired bool
 }{dirs: make(map[string]bool)}
 
-func addLive(dir string) {
+// addLive records a mount that came up. After the watch detached the
+// others, it detaches this one at once too and returns false.
+func addLive(dir string) bool {
 	live.Lock()
+	if live.expired {
+		live.Unlock()
+		detach(dir)
+		return false
+	}
 	live.dirs[dir] = true
 	live.Unlock()
+	return true
+}
+
+// NearTimeout reports whether go test's -timeout is near: the mounts
+// were detached, and no new one may start.
+func NearTimeout() bool {
+	live.Lock()
+	defer live.Unlock()
+	return live.expired
 }
 
 func dropLive(dir string) {
@@ -67,6 +86,7 @@ func DetachNearTimeout() (stop func()) {
 
 func detachLive() {
 	live.Lock()
+	live.expired = true
 	dirs := make([]string, 0, len(live.dirs))
 	for dir := range live.dirs {
 		dirs = append(dirs, dir)
