@@ -17,8 +17,8 @@ const defaultMemoryLimit = 80 << 20
 // above the live heap makes the GC run after every few MiB allocated: a
 // directory of 100 000 entries the kernel keeps in its inode cache holds
 // about 60 MiB live, and a cold `ls -l` of it under a fixed 80 MiB limit
-// used 88 s of CPU in 78 s (by hand); with 40 MiB of headroom, 62 s of
-// CPU in 60 s, for 12 MiB more peak RSS.
+// took 78-95 s and 88-107 s of CPU (by hand); with the limit 40 MiB above
+// the live heap, 58-68 s and 61-69 s of CPU, for 20-40 MiB more peak RSS.
 const gcHeadroom = 40 << 20
 
 // memoryLimitFor is the soft limit for a live heap of live bytes.
