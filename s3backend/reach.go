@@ -40,6 +40,10 @@ type Reach struct {
 	probing   bool
 	closed    bool
 	stop      chan struct{}
+	// stopped ends with Close: the probe's request into a black hole
+	// must not hold Close (and a stopping mount) for Wait.
+	stopped context.Context
+	halt    context.CancelFunc
 	wg        sync.WaitGroup
 	// inflight cancels the requests under way. When S3 goes away, those
 	// that began before are cut short: into a black hole they would wait
@@ -87,8 +91,9 @@ func NewReach(store ObjectStore, opt ReachOptions) *Reach {
 	if opt.Clock == nil {
 		opt.Clock = clockwork.NewRealClock()
 	}
-	return &Reach{ObjectStore: store, opt: opt, stop: make(chan struct{}), lastOK: opt.Clock.Now(),
-		inflight: make(map[*inflightReq]struct{})}
+	stopped, halt := context.WithCancel(context.Background())
+	return &Reach{ObjectStore: store, opt: opt, stop: make(chan struct{}), stopped: stopped, halt: halt,
+		lastOK: opt.Clock.Now(), inflight: make(map[*inflightReq]struct{})}
 }
 
 // track registers a request under way; done must be called when it ends.
@@ -113,12 +118,13 @@ func (r *Reach) DialFailed(err error) {
 	r.fail(&Error{Op: "connect", Kind: ErrUnavailable, Cause: err})
 }
 
-// Close stops the probe.
+// Close stops the probe, ending a request of it under way.
 func (r *Reach) Close() {
 	r.mu.Lock()
 	if !r.closed {
 		r.closed = true
 		close(r.stop)
+		r.halt()
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
@@ -267,9 +273,12 @@ func (r *Reach) probe() {
 			return
 		case <-r.opt.Clock.After(r.opt.ProbeEvery):
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), r.opt.Wait)
+		ctx, cancel := context.WithTimeout(r.stopped, r.opt.Wait)
 		err := r.ObjectStore.List(ctx, ListInput{MaxKeys: 1}, func(ListEntry) error { return nil })
 		cancel()
+		if r.stopped.Err() != nil {
+			return // closed meanwhile: the answer, if any, is nobody's news
+		}
 		if err == nil || !(errors.Is(err, ErrUnavailable) || errors.Is(err, ErrThrottled)) {
 			r.mu.Lock()
 			r.probing = false

@@ -262,3 +262,47 @@ func TestReachDialFailedRacingClose(t *testing.T) {
 		r.Close() // a probe started by the late failure is stopped too
 	}
 }
+
+// hangingList is a store whose LISTs hang until their context ends: the
+// probe's request into a black hole.
+type hangingList struct {
+	s3backend.ObjectStore
+	started chan struct{}
+}
+
+func (h hangingList) List(ctx context.Context, in s3backend.ListInput, fn func(s3backend.ListEntry) error) error {
+	h.started <- struct{}{}
+	<-ctx.Done()
+	return &s3backend.Error{Op: "ListObjectsV2", Kind: s3backend.ErrUnavailable, Cause: ctx.Err()}
+}
+
+// TestReachCloseEndsAProbeUnderWay: a mount that stops during an outage
+// closes Reach while its probe waits on a black hole. Close must end that
+// request, not wait out Wait: SIGTERM's --shutdown-timeout was overrun by
+// up to --s3-timeout (seen in TestOutage/blackhole: 5.04 s for a 3 s
+// timeout, 2 s of it in Close).
+func TestReachCloseEndsAProbeUnderWay(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	h := hangingList{ObjectStore: memstore.New(), started: make(chan struct{}, 1)}
+	r := s3backend.NewReach(h, s3backend.ReachOptions{Wait: time.Hour, Clock: clock,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	r.DialFailed(errors.New("connect: connection refused"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := clock.BlockUntilContext(ctx, 1); err != nil {
+		t.Fatal("no probe waiting")
+	}
+	clock.Advance(time.Second)
+	select {
+	case <-h.started:
+	case <-ctx.Done():
+		t.Fatal("the probe did not ask")
+	}
+	closed := make(chan struct{})
+	go func() { r.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for the probe's request into a black hole")
+	}
+}
