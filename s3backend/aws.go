@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -406,6 +408,16 @@ func (s *Store) List(ctx context.Context, in ListInput, fn func(ListEntry) error
 }
 
 func (s *Store) Put(ctx context.Context, in PutInput) (string, error) {
+	etag, err := s.put(ctx, in)
+	if err != nil {
+		return "", s.unanswered(ctx, err, in.Key, in.Cond)
+	}
+	return etag, nil
+}
+
+// put is one PutObject, its error classified as S3 (or the lack of an
+// answer) says.
+func (s *Store) put(ctx context.Context, in PutInput) (string, error) {
 	body, err := rewind("PutObject", in.Key, in.Body)
 	if err != nil {
 		return "", err
@@ -426,7 +438,7 @@ func (s *Store) Put(ctx context.Context, in PutInput) (string, error) {
 		RequestPayer:         s.payer,
 	}, s.bodyOpts...)
 	if err != nil {
-		return "", s.unanswered(ctx, targetGone(s.wrap(ctx, c, "PutObject", in.Key, err), in.Cond), in.Key, in.Cond)
+		return "", targetGone(s.wrap(ctx, c, "PutObject", in.Key, err), in.Cond)
 	}
 	return aws.ToString(out.ETag), nil
 }
@@ -444,7 +456,8 @@ func (s *Store) Put(ctx context.Context, in PutInput) (string, error) {
 // error stays what it was.
 func (s *Store) unanswered(ctx context.Context, err error, key string, cond Condition) error {
 	var e *Error
-	if (cond.IfMatch == "" && !cond.IfNoneMatch) || !errors.As(err, &e) || e.Status != 0 || e.Kind != ErrUnavailable || ctx.Err() != nil {
+	if (cond.IfMatch == "" && !cond.IfNoneMatch) || !errors.As(err, &e) || e.Status != 0 || e.Kind != ErrUnavailable ||
+		ctx.Err() != nil || !connectionCut(err) {
 		return err
 	}
 	info, herr := s.Head(ctx, key)
@@ -457,14 +470,25 @@ func (s *Store) unanswered(ctx context.Context, err error, key string, cond Cond
 	case cond.IfNoneMatch:
 		holds = false
 	default:
-		holds = info.ETag == cond.IfMatch
+		holds = strings.Trim(info.ETag, `"`) == strings.Trim(cond.IfMatch, `"`)
 	}
 	if holds {
 		return err
 	}
-	e.Kind = ErrPrecondition
-	e.Cause = fmt.Errorf("%w (no answer came; a HEAD shows the condition does not hold)", e.Cause)
+	e.Kind = ErrPrecondition // Error() says how it was decided
 	return err
+}
+
+// connectionCut reports whether err is a connection the server reset or
+// closed, as opposed to one that went silent (a timeout): a HEAD to decide
+// by would follow the latter into the same black hole.
+func connectionCut(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // targetGone reports a write conditional on an ETag whose target no longer

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -797,6 +798,25 @@ func TestStoreProbeConditionalWrites(t *testing.T) {
 		t.Fatal("probe on a read-only bucket reported support")
 	}
 	wantKind(t, "probe on a read-only bucket", err, ErrAccessDenied)
+
+	// The second PUT gets no answer. A HEAD then finds the object the
+	// first made, which a write would take for a hidden 412; the probe
+	// must not: only the server's own 412 says it enforces the header.
+	var puts atomic.Int32
+	cut := proxyTo(t, srv.Endpoint, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPut || puts.Add(1) == 1 {
+			return false
+		}
+		resetConn(t, w)
+		return true
+	})
+	s3 := newStore(t, cut, bucket, func(c *Config) { c.Prefix = "p"; c.MaxAttempts = 2; c.MaxBackoff = 10 * time.Millisecond })
+	s3.log.expected = true
+	ok, err = s3.ProbeConditionalWrites(context.Background())
+	if ok {
+		t.Fatal("a probe whose second PUT got no answer reported support")
+	}
+	wantKind(t, "probe whose second PUT got no answer", err, ErrUnavailable)
 }
 
 // proxyTo starts a reverse proxy to target. intercept may answer a request
@@ -1492,7 +1512,11 @@ func TestStoreConditionalPutWithoutAnAnswer(t *testing.T) {
 		return err
 	}
 
-	wantKind(t, "if-none-match over an existing key, reset", try("f", "two", Condition{IfNoneMatch: true}), ErrPrecondition)
+	err := try("f", "two", Condition{IfNoneMatch: true})
+	wantKind(t, "if-none-match over an existing key, reset", err, ErrPrecondition)
+	if !strings.Contains(err.Error(), "a HEAD shows the condition does not hold") {
+		t.Errorf("the error does not say how it was decided: %v", err)
+	}
 	wantKind(t, "if-match on a stale etag, reset", try("f", "two", Condition{IfMatch: `"stale"`}), ErrPrecondition)
 	wantKind(t, "if-match on a missing key, reset", try("gone", "two", Condition{IfMatch: v1}), ErrPrecondition)
 	// The condition holds: nothing says the object changed.
@@ -1510,5 +1534,32 @@ func TestStoreConditionalPutWithoutAnAnswer(t *testing.T) {
 	wantKind(t, "if-none-match whose first attempt landed", try("landed", "mine", Condition{IfNoneMatch: true}), ErrPrecondition)
 	if got, _ := rawGet(t, srv.Client(t), bucket, "landed"); got != "mine" {
 		t.Fatalf("landed = %q", got)
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+// Only a connection the server cut sends unanswered to a HEAD: one that
+// went silent would send the HEAD into the same black hole.
+func TestConnectionCut(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{&net.OpError{Op: "write", Err: os.NewSyscallError("write", syscall.ECONNRESET)}, true},
+		{&net.OpError{Op: "write", Err: os.NewSyscallError("write", syscall.EPIPE)}, true},
+		{fmt.Errorf("read: %w", net.ErrClosed), true},
+		{fmt.Errorf("http: server closed: %w", io.EOF), true},
+		{&net.OpError{Op: "read", Err: timeoutErr{}}, false},
+		{context.DeadlineExceeded, false},
+		{errors.New("something else"), false},
+	} {
+		if got := connectionCut(c.err); got != c.want {
+			t.Errorf("connectionCut(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }

@@ -96,6 +96,9 @@ func (e *Error) Error() string {
 	if e.Cause != nil && e.Code == "" && (e.Kind == ErrUnavailable || e.Kind == ErrInvalidCredentials) {
 		s += ": " + rootCause(e.Cause).Error()
 	}
+	if e.Cause != nil && e.Status == 0 && e.Kind == ErrPrecondition { // see Store.unanswered
+		s += " (no answer: " + rootCause(e.Cause).Error() + "; a HEAD shows the condition does not hold)"
+	}
 	return s
 }
 

@@ -43,7 +43,10 @@ func (s *Store) ProbeConditionalWrites(ctx context.Context) (bool, error) {
 	key := ".keelfs-probe-" + hex.EncodeToString(b[:])
 	created := false
 	create := func() error {
-		_, err := s.Put(ctx, PutInput{Key: key, Body: bytes.NewReader(nil), Cond: Condition{IfNoneMatch: true}})
+		// Not Put: a PUT with no answer becomes ErrPrecondition there once
+		// a HEAD finds the object the first PUT made, which says nothing
+		// about whether the server checks the header. Only its 412 does.
+		_, err := s.put(ctx, PutInput{Key: key, Body: bytes.NewReader(nil), Cond: Condition{IfNoneMatch: true}})
 		created = created || err == nil
 		return err
 	}

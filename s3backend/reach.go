@@ -44,7 +44,7 @@ type Reach struct {
 	// must not hold Close (and a stopping mount) for Wait.
 	stopped context.Context
 	halt    context.CancelFunc
-	wg        sync.WaitGroup
+	wg      sync.WaitGroup
 	// inflight cancels the requests under way. When S3 goes away, those
 	// that began before are cut short: into a black hole they would wait
 	// for the connection's idle timeout, holding their upload job.
