@@ -741,8 +741,9 @@ func (c *Cache) learnHeaders(ctx context.Context, n *Inode) *Inode {
 // are known, or joins a HEAD of them already under way. The record is
 // read inside the flight, alone: a HEAD that ended just before this one
 // began (the walk's, or a stat's) may have learned them. The walk calls
-// this with no look of its own first, so an entry costs it one read of
-// its record and one transaction.
+// this with no look of its own first for the entries queued to it, so
+// such an entry costs one read of its record and one transaction (one
+// its scan found costs the scan's read too).
 func (c *Cache) headOnce(ino uint64) {
 	c.ns.heads.do(ino, func() error {
 		n, err := c.snapshot(ino)
