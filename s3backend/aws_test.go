@@ -807,7 +807,7 @@ func TestStoreProbeConditionalWrites(t *testing.T) {
 		if r.Method != http.MethodPut || puts.Add(1) == 1 {
 			return false
 		}
-		resetConn(t, w)
+		dropConn(t, w, true)
 		return true
 	})
 	s3 := newStore(t, cut, bucket, func(c *Config) { c.Prefix = "p"; c.MaxAttempts = 2; c.MaxBackoff = 10 * time.Millisecond })
@@ -923,7 +923,7 @@ func TestStoreRetriesRunOut(t *testing.T) {
 			s3Error(w, 429, "TooManyRequests", "z")
 		case "/" + bucket + "/reset":
 			if n.Add(1) <= 2 {
-				hijackClose(t, w)
+				dropConn(t, w, false)
 			} else {
 				return false
 			}
@@ -954,11 +954,16 @@ func TestStoreRetriesRunOut(t *testing.T) {
 	}
 }
 
-func hijackClose(t *testing.T, w http.ResponseWriter) {
+// dropConn drops a client's connection, answering nothing: closed (the
+// client reads EOF) or, with reset, with a TCP reset.
+func dropConn(t *testing.T, w http.ResponseWriter, reset bool) {
 	conn, _, err := w.(http.Hijacker).Hijack()
 	if err != nil {
 		t.Errorf("hijack: %v", err)
 		return
+	}
+	if tc, ok := conn.(*net.TCPConn); ok && reset {
+		tc.SetLinger(0)
 	}
 	conn.Close()
 }
@@ -1447,20 +1452,6 @@ func TestDialRefusedMakesReachUnreachableAtOnce(t *testing.T) {
 	}
 }
 
-// resetConn drops a client's connection with a TCP reset, answering
-// nothing.
-func resetConn(t *testing.T, w http.ResponseWriter) {
-	conn, _, err := w.(http.Hijacker).Hijack()
-	if err != nil {
-		t.Errorf("hijack: %v", err)
-		return
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetLinger(0)
-	}
-	conn.Close()
-}
-
 // A conditional PUT whose answer never arrives (the connection reset: a
 // server that answers 412 before it reads the body and then closes, or a
 // lost answer) is news about the object, not about the endpoint, when the
@@ -1501,7 +1492,7 @@ func TestStoreConditionalPutWithoutAnAnswer(t *testing.T) {
 				}
 			}
 		}
-		resetConn(t, w)
+		dropConn(t, w, true)
 		return true
 	})
 	s := newStore(t, proxy, bucket, func(c *Config) { c.MaxBackoff = 10 * time.Millisecond; c.MaxAttempts = 2 })

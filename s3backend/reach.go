@@ -39,9 +39,9 @@ type Reach struct {
 	lastErr   error // why it went down
 	probing   bool
 	closed    bool
-	stop      chan struct{}
-	// stopped ends with Close: the probe's request into a black hole
-	// must not hold Close (and a stopping mount) for Wait.
+	// stopped ends with Close. It stops the probe, and its request into a
+	// black hole too, which must not hold Close (and a stopping mount)
+	// for Wait.
 	stopped context.Context
 	halt    context.CancelFunc
 	wg      sync.WaitGroup
@@ -92,7 +92,7 @@ func NewReach(store ObjectStore, opt ReachOptions) *Reach {
 		opt.Clock = clockwork.NewRealClock()
 	}
 	stopped, halt := context.WithCancel(context.Background())
-	return &Reach{ObjectStore: store, opt: opt, stop: make(chan struct{}), stopped: stopped, halt: halt,
+	return &Reach{ObjectStore: store, opt: opt, stopped: stopped, halt: halt,
 		lastOK: opt.Clock.Now(), inflight: make(map[*inflightReq]struct{})}
 }
 
@@ -123,7 +123,6 @@ func (r *Reach) Close() {
 	r.mu.Lock()
 	if !r.closed {
 		r.closed = true
-		close(r.stop)
 		r.halt()
 	}
 	r.mu.Unlock()
@@ -269,7 +268,7 @@ func (r *Reach) probe() {
 	defer r.wg.Done()
 	for {
 		select {
-		case <-r.stop:
+		case <-r.stopped.Done():
 			return
 		case <-r.opt.Clock.After(r.opt.ProbeEvery):
 		}

@@ -50,19 +50,27 @@ func mountS3fs(t *testing.T, srv *harness.Server, bucket, prefix string) string 
 			syscall.Unmount(dir, syscall.MNT_DETACH)
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for !isMountpoint(dir) {
+	waitChildMounted(t, "s3fs", func() bool { return isMountpoint(dir) }, 20*time.Second, exited, out)
+	return dir
+}
+
+// waitChildMounted waits until mounted reports true, failing the test
+// with the child's output if the child (who) exits first or within does
+// not suffice.
+func waitChildMounted(t *testing.T, who string, mounted func() bool, within time.Duration, exited <-chan struct{}, out *lockedBuffer) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !mounted() {
 		select {
 		case <-exited:
-			t.Fatalf("s3fs exited before mounting:\n%s", out.String())
+			t.Fatalf("%s exited before it mounted:\n%s", who, out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("s3fs did not mount within 20s:\n%s", out.String())
+			t.Fatalf("%s did not mount within %v:\n%s", who, within, out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return dir
 }
 
 func isMountpoint(dir string) bool {

@@ -65,18 +65,7 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 			}
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !harness.IsMounted(first) {
-		select {
-		case <-exited:
-			t.Fatalf("the child exited before it mounted:\n%s", out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the child did not mount within 30s:\n%s", out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitChildMounted(t, "the child", func() bool { return harness.IsMounted(first) }, 30*time.Second, exited, out)
 	select {
 	case <-exited:
 	case <-time.After(45 * time.Second):
