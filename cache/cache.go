@@ -246,12 +246,13 @@ type Cache struct {
 
 	// Passthrough (passthrough.go). passMu is a leaf; it guards
 	// assembling (files whose backing file is being made in the
-	// background) and lingering (backing files a mapping may still write
-	// to after the last open).
+	// background) and lingering (backing files a mapping may still use
+	// after the last open).
 	passMu     sync.Mutex
 	assembling map[uint64]bool
 	lingering  []*lingering
 	assemblies sync.WaitGroup
+	leaseWarn  sync.Once // logs once that mappings cannot be told
 
 	bufMem    *bufferBudget
 	zeroBlock []byte   // a block of zeros, shared read-only

@@ -250,9 +250,12 @@ func (b *Backing) TakeInMapped(ctx context.Context) error {
 }
 
 // Release is called when the last passthrough open using the backing file
-// is gone. If a writer used it, what its mappings wrote is taken in, and
-// if a mapping outlives the opens (it can still write), the file is kept
-// and looked at again until it is gone.
+// is gone. If a writer used it, what its mappings wrote is taken in. If a
+// mapping outlives the opens, the file is kept in use, and looked at again
+// until the mapping is gone: a writer's mapping can still write to it, and
+// any mapping reads it, so the writes made through keelfs meanwhile must
+// still be copied to it (an unused backing file is dropped at the first
+// write, and the mapping would keep the old bytes).
 func (b *Backing) Release(ctx context.Context) error {
 	b.mu.Lock()
 	writers := b.writers
@@ -262,11 +265,19 @@ func (b *Backing) Release(ctx context.Context) error {
 			b.c.lingerBacking(b)
 			return err
 		}
-		mapped, err := b.b.MappedElsewhere()
-		if err != nil || mapped {
-			b.c.lingerBacking(b)
-			return err
-		}
+	}
+	mapped, err := b.b.MappedElsewhere()
+	if err != nil && !writers {
+		// A reader's mapping cannot write: what it lacks is only the
+		// writes to come, which it will not see (logged once).
+		b.c.leaseWarn.Do(func() {
+			b.c.log.Warn("cache: cannot tell whether a mapping of a passthrough file outlives its opens; such a mapping will not see later writes", "path", b.path(), "err", err)
+		})
+		err, mapped = nil, false
+	}
+	if err != nil || mapped {
+		b.c.lingerBacking(b)
+		return err
 	}
 	b.b.Release()
 	b.c.release(b.st)
@@ -374,15 +385,15 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// lingerBacking keeps a backing file that a mapping may still write to;
-// checkLingering looks at it again.
+// lingerBacking keeps a backing file that a mapping may still use (read,
+// or write to); checkLingering looks at it again.
 func (c *Cache) lingerBacking(b *Backing) {
 	c.passMu.Lock()
 	c.lingering = append(c.lingering, &lingering{b: b})
 	c.passMu.Unlock()
 }
 
-// lingering is a backing file that a mapping may still write to.
+// lingering is a backing file that a mapping may still use.
 type lingering struct {
 	b     *Backing
 	fails int // takeIns that failed in a row
@@ -395,8 +406,8 @@ const lingerMaxFails = 60
 
 // checkLingering takes in what lingering backing files got since the last
 // look, and lets go of those no mapping uses any more: after a last full
-// comparison, since a mapping's write may not have moved the file's
-// mtime. It runs with the group commit.
+// comparison if a writer used it, since a mapping's write may not have
+// moved the file's mtime. It runs with the group commit.
 func (c *Cache) checkLingering(ctx context.Context) {
 	c.passMu.Lock()
 	list := c.lingering
@@ -413,13 +424,19 @@ func (c *Cache) checkLingering(ctx context.Context) {
 			c.log.Warn("cache: cannot tell whether a writable mapping of a passthrough file is gone; what it writes from now on is not seen", "path", b.path(), "err", lerr)
 			mapped = false
 		}
+		b.mu.Lock()
+		writers := b.writers
+		b.mu.Unlock()
 		var err error
-		if mapped {
+		switch {
+		case !writers:
+			// Only readers used it: their mappings wrote nothing.
+		case mapped:
 			var changed bool
 			if changed, err = b.b.ForeignChange(); err == nil && changed {
 				err = c.takeIn(ctx, b)
 			}
-		} else {
+		default:
 			err = c.takeIn(ctx, b)
 		}
 		if err != nil {

@@ -3,8 +3,11 @@ package cache
 import (
 	"bytes"
 	"io"
+	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // openR opens path read-only.
@@ -124,6 +127,73 @@ func TestBackingFollowsWrites(t *testing.T) {
 	e.close(w)
 	if got := e.c.blocks.BackingFor(r.Ino(), r.ver); got != nil {
 		t.Fatal("an unused backing file survived a write: the next open would read old bytes")
+	}
+}
+
+// A reader's mapping that outlives the last open keeps the backing file
+// in use: the writes made through the cache meanwhile are copied to it,
+// so the mapping sees them, as it would on a local file. Once the mapping
+// is gone, the group commit's look lets the file go.
+func TestBackingKeptWhileAReadersMappingLasts(t *testing.T) {
+	e := newEnv(t, nil)
+	data := randBytes(int(2 * e.opt.BlockSize))
+	e.write("f", 0, data)
+	r := e.openR("f")
+	b, err := e.c.OpenBacking(ctx, r)
+	if err != nil || b == nil {
+		t.Fatalf("OpenBacking: %v", err)
+	}
+	// What the kernel does for a mapping of a passthrough open: its own
+	// open of the backing file, kept by the mapping after the close.
+	mf, err := os.Open(b.b.File().Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapped, err := unix.Mmap(int(mf.Fd()), 0, len(data), unix.PROT_READ, unix.MAP_SHARED)
+	mf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unmapped := false
+	defer func() {
+		if !unmapped {
+			unix.Munmap(mapped)
+		}
+	}()
+	if err := b.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.close(r)
+	lingering := func() int {
+		e.c.passMu.Lock()
+		defer e.c.passMu.Unlock()
+		return len(e.c.lingering)
+	}
+	w := e.openW("f")
+	if _, err := w.Write(ctx, []byte("after the last close"), 7); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(mapped[7:27]); got != "after the last close" {
+		t.Fatalf("the mapping shows %q: the write was not copied to the backing file", got)
+	}
+	e.c.checkLingering(ctx)
+	if n := lingering(); n != 1 {
+		t.Fatalf("%d backing files kept while the mapping lasts, want 1", n)
+	}
+	if err := unix.Munmap(mapped); err != nil {
+		t.Fatal(err)
+	}
+	unmapped = true
+	e.c.checkLingering(ctx)
+	if n := lingering(); n != 0 {
+		t.Fatalf("%d backing files kept after the mapping is gone, want 0", n)
+	}
+	if _, err := w.Write(ctx, []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	e.close(w)
+	if got := e.c.blocks.BackingFor(r.Ino(), r.ver); got != nil {
+		t.Fatal("the backing file was not let go once the mapping was gone")
 	}
 }
 

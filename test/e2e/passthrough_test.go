@@ -429,3 +429,73 @@ func TestPassthroughFsyncCoversMapping(t *testing.T) {
 		t.Fatal("after fsync, S3 does not hold what the mapping wrote")
 	}
 }
+
+// TestPassthroughMappingOutlivesReaders: a reader maps a passed-through
+// file and closes it, keeping the mapping, as programs that map a file
+// and close the descriptor do. A write(2) made through keelfs after that
+// must show in the mapping at once, as on a local file system: the
+// mapping is of the backing file, so keelfs must keep copying writes to
+// it for as long as the mapping lasts.
+func TestPassthroughMappingOutlivesReaders(t *testing.T) {
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	m, reads, addr := ptMount(t, srv, b)
+	base := randBytes(1 << 20)
+	if err := os.WriteFile(m.Path("shared"), base, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.Flush()
+	waitReleased(t, addr)
+	r, err := os.Open(m.Path("shared"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := reads()
+	if _, err := r.ReadAt(make([]byte, 4096), 0); err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	if n := reads() - before; n != 0 {
+		r.Close()
+		t.Fatalf("the reader came to keelfs (%v READs): no passthrough to test", n)
+	}
+	mapped, err := syscall.Mmap(int(r.Fd()), 0, len(base), syscall.PROT_READ, syscall.MAP_SHARED)
+	r.Close()
+	if err != nil {
+		t.Fatalf("mmap: %v", err)
+	}
+	defer syscall.Munmap(mapped)
+	waitReleased(t, addr) // the epoch has ended; the mapping has not
+
+	want := append([]byte{}, base...)
+	for i, off := range []int{0, 300 << 10, len(base) - 100} {
+		line := fmt.Sprintf("write %d, after the reader closed", i)
+		w, err := os.OpenFile(m.Path("shared"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.WriteAt([]byte(line), int64(off)); err != nil {
+			w.Close()
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		copy(want[off:], line)
+		if got := string(mapped[off : off+len(line)]); got != line {
+			t.Fatalf("write %d at %d: the mapping shows %q, want %q", i, off, got, line)
+		}
+		waitReleased(t, addr)
+	}
+	if !bytes.Equal(mapped, want[:len(mapped)]) {
+		t.Fatal("the mapping holds other bytes than the file")
+	}
+	// A reader that opens now sees the same.
+	if got, err := os.ReadFile(m.Path("shared")); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read after the writes: %d bytes, %v", len(got), err)
+	}
+	m.Flush()
+	if got, _ := srv.Get(t, b, "shared"); !bytes.Equal(got, want) {
+		t.Fatal("S3 does not hold the writes")
+	}
+}
