@@ -427,11 +427,39 @@ func (c *Cache) Close() error {
 		default:
 			err = c.markClosedCleanly()
 		}
-		if cerr := c.db.Close(); cerr != nil && err == nil {
-			err = cerr
+		if cerr := c.closeDB(); cerr != nil {
+			if err == nil {
+				err = cerr
+			} else {
+				c.log.Error("cache: closing", "err", cerr)
+			}
 		}
 	})
 	return err
+}
+
+// closeDBWait bounds how long Close waits for badger to close. Badger
+// writes its memtable to a table file as it closes, and retries a failed
+// write every second without end: with the cache directory removed while
+// mounted, or a disk that refuses new files, the stop of a mount would
+// hang for ever. Leaving badger unclosed is what a kill -9 does, which
+// loses nothing: the next open recovers the memtable from badger's log.
+const closeDBWait = 30 * time.Second
+
+// closeDB closes badger, or gives up after closeDBWait and says why.
+func (c *Cache) closeDB() error {
+	done := make(chan error, 1)
+	go func() { done <- c.db.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-c.opt.Clock.After(closeDBWait):
+	}
+	why := "badger's errors in the log say why"
+	if _, err := os.Stat(c.opt.Dir); err != nil {
+		why = fmt.Sprintf("the cache directory is gone: %v", err)
+	}
+	return fmt.Errorf("cache: the metadata store did not close within %v (%s); it is left as a crash would leave it, and the next mount of this cache recovers it from its log", closeDBWait, why)
 }
 
 // testHookBeforeCleanMark, if set, runs in Close after the last sync.

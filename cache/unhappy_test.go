@@ -1188,3 +1188,38 @@ func TestDrainReportsItsSyncFailure(t *testing.T) {
 		t.Fatalf("drain after a failed sync: %v, want EIO", err)
 	}
 }
+
+// Close ends even when badger cannot: with the cache directory removed
+// under a mount, badger retries the write of its last table for ever,
+// and the daemon's stop hung on it (found by hand: a daemonised mount
+// whose cache directory a test's cleanup removed never exited). Close
+// gives up after closeDBWait, on the cache's clock, and says why.
+func TestCloseEndsWhenTheCacheDirectoryIsGone(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	e := newEnv(t, func(o *Options) { o.Clock = clock })
+	e.logs.allow("badger: error flushing memtable")
+	e.write("f", 0, []byte("in the memtable"))
+	if err := os.RemoveAll(e.dir); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.c.Close() }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "cache directory is gone") {
+				t.Fatalf("Close: %v, want it to say the cache directory is gone", err)
+			}
+			t.Logf("Close: %v", err)
+			e.c = nil // closed
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			e.c = nil // the cleanup's Close would wait for this one
+			t.Fatal("Close still waiting after 20s (and the clock moved far past closeDBWait)")
+		}
+		clock.Advance(closeDBWait)
+	}
+}
