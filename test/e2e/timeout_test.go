@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,13 +26,25 @@ const timeoutChildEnv = "KEELFS_TIMEOUT_CHILD_DIRS"
 // from then on. This test runs itself again in a child test process with
 // a 15 s -timeout, where it mounts and waits until the mount is detached,
 // then mounts again: the second mount must be refused, and no mount may
-// be left once the child has ended.
+// be left once the child has ended. Before that, the child makes two
+// mounts the harness does not start (a daemonised keelfs and a tmpfs)
+// below its temporary directory: they must go too, and the daemon end.
 func TestTimeoutDetachesMounts(t *testing.T) {
 	if dirs := os.Getenv(timeoutChildEnv); dirs != "" {
 		// The child's side. Its -timeout bounds the wait.
 		first, second, _ := strings.Cut(dirs, ":")
 		s := harness.StartServer(t)
 		b := s.NewBucket(t)
+		// Mounts made other than through the harness, below the child's
+		// temporary directory: a daemonised keelfs and a tmpfs.
+		daemonised := t.TempDir()
+		if code, out := runKeelfsEnv(t, s.Env(), 30*time.Second, "mount", "s3://"+b, daemonised,
+			"--endpoint", s.Endpoint, "--force-path-style", "--cache-dir", t.TempDir()); code != 0 {
+			t.Fatalf("daemonised mount: exit %d:\n%s", code, out)
+		}
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", t.TempDir()).CombinedOutput(); err != nil {
+			t.Fatalf("mount tmpfs: %v\n%s", err, out)
+		}
 		s.Mount(t, b, harness.MountOptions{Dir: first})
 		for harness.IsMounted(first) {
 			time.Sleep(50 * time.Millisecond)
@@ -44,10 +58,10 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 	if harness.NearTimeout() {
 		t.Fatal("go test's -timeout is near: no time for a child that mounts")
 	}
-	first, second := t.TempDir(), t.TempDir()
+	first, second, tmp := t.TempDir(), t.TempDir(), t.TempDir()
 	out := &lockedBuffer{}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestTimeoutDetachesMounts$", "-test.timeout=15s")
-	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+first+":"+second)
+	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+first+":"+second, "TMPDIR="+tmp)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -58,11 +72,16 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-exited
-		for _, dir := range []string{first, second} {
-			if harness.IsMounted(dir) { // a check below failed: clean up all the same
-				harness.AbortFUSE(dir)
-				syscall.Unmount(dir, syscall.MNT_DETACH)
+		// A check below failed: clean up all the same.
+		for _, dir := range append(harness.MountsUnder(tmp), first, second) {
+			if dir == tmp || !strings.HasPrefix(dir, tmp+"/") && !harness.IsMounted(dir) {
+				continue
 			}
+			harness.AbortFUSE(dir)
+			syscall.Unmount(dir, syscall.MNT_DETACH)
+		}
+		for _, pid := range keelfsUnder(tmp) {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
 	waitChildMounted(t, "the child", func() bool { return harness.IsMounted(first) }, 30*time.Second, exited, out)
@@ -77,8 +96,23 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 			t.Errorf("the child's mount at %s stayed behind its -timeout", dir)
 		}
 	}
+	if left := harness.MountsUnder(tmp); len(left) > 0 {
+		t.Errorf("the child's other mounts stayed behind its -timeout: %v", left)
+	}
+	// The daemonised keelfs outlives the child; with its mount gone, it
+	// must end.
+	deadline := time.Now().Add(30 * time.Second)
+	for len(keelfsUnder(tmp)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if pids := keelfsUnder(tmp); len(pids) > 0 {
+		t.Errorf("the child's daemonised keelfs (pids %v) still runs 30s after its mount was detached", pids)
+	}
 	if !strings.Contains(log, "harness: go test's -timeout is near: detaching") {
 		t.Errorf("the child did not say why its first mount went")
+	}
+	if !strings.Contains(log, "harness: detaching the 2 other mounts below") {
+		t.Errorf("the child did not say it detached its other mounts")
 	}
 	if !strings.Contains(log, "not mounting "+second) && !strings.Contains(log, "while "+second+" mounted: detached it") {
 		t.Errorf("the child's late mount was not refused")
@@ -86,6 +120,34 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 	if t.Failed() {
 		t.Fatalf("the child's output:\n%s", log)
 	}
+}
+
+// keelfsUnder returns the pids of the keelfs processes with an argument
+// below dir.
+func keelfsUnder(dir string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmd), "\x00")
+		if !strings.Contains(filepath.Base(args[0]), "keelfs") || strings.HasSuffix(args[0], ".test") {
+			continue
+		}
+		for _, a := range args[1:] {
+			if strings.HasPrefix(a, dir+"/") {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
 }
 
 // lockedBuffer is a bytes.Buffer a child process writes to while the test

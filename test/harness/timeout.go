@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -48,14 +49,71 @@ func dropLive(dir string) {
 	live.Unlock()
 }
 
+// tmpRoot is the directory Main made for this test process: TMPDIR points
+// there, so every t.TempDir is below it, and so is every mount point a
+// test makes other than through Mount (a daemonised or fstab mount of
+// keelfs, a tmpfs for a cache). The timeout watch detaches those too, and
+// Main fails the run if one is left at the end.
+var tmpRoot string
+
 // Main runs the tests of a package that mounts (from its TestMain), with
-// DetachNearTimeout armed.
+// DetachNearTimeout armed, in a temporary directory of its own (tmpRoot).
 func Main(m *testing.M) int {
 	if !flag.Parsed() {
 		flag.Parse() // the -timeout is known only then; m.Run would parse too
 	}
-	defer DetachNearTimeout()()
-	return m.Run()
+	root, err := os.MkdirTemp("", "keelfs-tests-")
+	if err == nil {
+		err = os.Chmod(root, 0o755) // an app run as another user reaches its files
+	}
+	if err == nil {
+		err = os.Setenv("TMPDIR", root)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "harness: temporary directory: %v\n", err)
+		return 1
+	}
+	live.Lock()
+	tmpRoot = root
+	live.Unlock()
+	code := func() int {
+		defer DetachNearTimeout()()
+		return m.Run()
+	}()
+	if left := MountsUnder(root); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "harness: FAIL: the tests left %d mounts behind: %v; detaching them\n", len(left), left)
+		for _, dir := range left {
+			detach(dir)
+		}
+		code = 1
+	}
+	if len(MountsUnder(root)) == 0 { // never remove through a mount
+		if err := os.RemoveAll(root); err != nil {
+			fmt.Fprintf(os.Stderr, "harness: remove %s: %v\n", root, err)
+		}
+	}
+	return code
+}
+
+// MountsUnder lists the mount points below root (not root itself), the
+// deepest first, so that each can be detached before what holds it.
+func MountsUnder(root string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var dirs []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		if dir := unescapeMountinfo(f[4]); strings.HasPrefix(dir, root+"/") {
+			dirs = append(dirs, dir)
+		}
+	}
+	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
+	return dirs
 }
 
 // DetachNearTimeout detaches every mount still up shortly before go test's
@@ -87,6 +145,7 @@ func DetachNearTimeout() (stop func()) {
 func detachLive() {
 	live.Lock()
 	live.expired = true
+	root := tmpRoot
 	dirs := make([]string, 0, len(live.dirs))
 	for dir := range live.dirs {
 		dirs = append(dirs, dir)
@@ -96,5 +155,15 @@ func detachLive() {
 	fmt.Fprintf(os.Stderr, "harness: go test's -timeout is near: detaching the %d mounts still up: %v\n", len(dirs), dirs)
 	for _, dir := range dirs {
 		detach(dir)
+	}
+	if root == "" {
+		return
+	}
+	// The mounts made other than through Mount.
+	if others := MountsUnder(root); len(others) > 0 {
+		fmt.Fprintf(os.Stderr, "harness: detaching the %d other mounts below %s: %v\n", len(others), root, others)
+		for _, dir := range others {
+			detach(dir)
+		}
 	}
 }
