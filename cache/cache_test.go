@@ -478,6 +478,46 @@ type reachStore struct {
 
 func (r *reachStore) Reachable() bool { return !r.down.Load() }
 
+// probeStore is a reachStore that counts the probes asked of it, and
+// answers them as it is (a probe of a Reach that S3 does not answer
+// takes up to --s3-timeout).
+type probeStore struct {
+	reachStore
+	probes atomic.Int32
+}
+
+func (p *probeStore) Probe(context.Context) bool {
+	p.probes.Add(1)
+	return p.Reachable()
+}
+
+// TestDrainAsksS3OnlyWithSomethingPending: a stop while S3 is down waits
+// for no probe when nothing is pending (by hand, a daemon unmounted
+// during an outage took 5 s more to exit, the probe's retries); with a
+// file pending it asks S3 at once, as before, since S3 may be back.
+func TestDrainAsksS3OnlyWithSomethingPending(t *testing.T) {
+	var ps *probeStore
+	e := newEnv(t, func(o *Options) {
+		ps = &probeStore{reachStore: reachStore{Store: o.Store.(*memstore.Store)}}
+		o.Store = ps
+		o.WriteBackDelay = time.Hour
+	})
+	ps.down.Store(true)
+	if left, err := e.c.Drain(ctx); err != nil || len(left) != 0 {
+		t.Fatalf("Drain with nothing pending: %v, %v", left, err)
+	}
+	if n := ps.probes.Load(); n != 0 {
+		t.Fatalf("Drain with nothing pending probed S3 %d times, want 0", n)
+	}
+	e.write("f", 0, []byte("pending"))
+	if _, err := e.c.Drain(ctx); err != nil { // the memstore takes the upload all the same
+		t.Fatal(err)
+	}
+	if n := ps.probes.Load(); n != 1 {
+		t.Fatalf("Drain with a file pending probed S3 %d times, want 1", n)
+	}
+}
+
 // TestHeaderWalkKeepsWhatIsQueuedWhenItsScanStops: a scan that stops
 // early because S3 does not answer must not end the walk with entries
 // queued meanwhile left behind (a listing's held HEADs, which it queues

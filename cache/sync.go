@@ -173,7 +173,11 @@ func (c *Cache) Drain(ctx context.Context) ([]PendingItem, error) {
 	if err := c.syncWithin(ctx); err != nil {
 		return c.PendingItems(), err
 	}
-	c.probeS3(ctx)
+	if len(c.PendingItems()) > 0 {
+		// Nothing to upload, nothing to ask S3: a stop during an outage
+		// must not wait for a probe that cannot change what it does.
+		c.probeS3(ctx)
+	}
 	done := c.wb.Flush()
 	defer done()
 	for round := 0; ; round++ {
