@@ -15,8 +15,8 @@ import (
 	"github.com/keelfs/keelfs/test/harness"
 )
 
-// timeoutChildEnv names the two mount points of the child of
-// TestTimeoutDetachesMounts, separated by a colon.
+// timeoutChildEnv names the three mount points of the child of
+// TestTimeoutDetachesMounts, separated by colons.
 const timeoutChildEnv = "KEELFS_TIMEOUT_CHILD_DIRS"
 
 // go test's -timeout panics without running t.Cleanup: the daemons die
@@ -24,15 +24,17 @@ const timeoutChildEnv = "KEELFS_TIMEOUT_CHILD_DIRS"
 // go test -count=40 left one). harness.Main, which this package's TestMain
 // runs, detaches the mounts still up shortly before, and refuses mounts
 // from then on. This test runs itself again in a child test process with
-// a 15 s -timeout, where it mounts and waits until the mount is detached,
-// then mounts again: the second mount must be refused, and no mount may
-// be left once the child has ended. Before that, the child makes two
+// a 15 s -timeout, where it mounts, then starts a mount that never comes
+// up, which must be stopped when the watch fires, then mounts again:
+// that mount must be refused, and no mount may be left once the child
+// has ended. Before that, the child makes two
 // mounts the harness does not start (a daemonised keelfs and a tmpfs)
 // below its temporary directory: they must go too, and the daemon end.
 func TestTimeoutDetachesMounts(t *testing.T) {
 	if dirs := os.Getenv(timeoutChildEnv); dirs != "" {
 		// The child's side. Its -timeout bounds the wait.
-		first, second, _ := strings.Cut(dirs, ":")
+		d := strings.Split(dirs, ":")
+		first, second, third := d[0], d[1], d[2]
 		s := harness.StartServer(t)
 		b := s.NewBucket(t)
 		// Mounts made other than through the harness, below the child's
@@ -46,6 +48,16 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 			t.Fatalf("mount tmpfs: %v\n%s", err, out)
 		}
 		s.Mount(t, b, harness.MountOptions{Dir: first})
+		// A mount still coming up when the watch fires: a stand-in for
+		// a daemon that never mounts.
+		t.Run("mounting", func(t *testing.T) {
+			slow := filepath.Join(t.TempDir(), "keelfs")
+			if err := os.WriteFile(slow, []byte("#!/bin/sh\nexec sleep 3600\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("KEELFS_BIN", slow)
+			s.Mount(t, b, harness.MountOptions{Dir: third})
+		})
 		for harness.IsMounted(first) {
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -58,10 +70,10 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 	if harness.NearTimeout() {
 		t.Fatal("go test's -timeout is near: no time for a child that mounts")
 	}
-	first, second, tmp := t.TempDir(), t.TempDir(), t.TempDir()
+	first, second, third, tmp := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
 	out := &lockedBuffer{}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestTimeoutDetachesMounts$", "-test.timeout=15s")
-	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+first+":"+second, "TMPDIR="+tmp)
+	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+first+":"+second+":"+third, "TMPDIR="+tmp)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -73,7 +85,7 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 		cmd.Process.Kill()
 		<-exited
 		// A check below failed: clean up all the same.
-		for _, dir := range append(harness.MountsUnder(tmp), first, second) {
+		for _, dir := range append(harness.MountsUnder(tmp), first, second, third) {
 			if dir == tmp || !strings.HasPrefix(dir, tmp+"/") && !harness.IsMounted(dir) {
 				continue
 			}
@@ -91,7 +103,7 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 		t.Fatalf("the child did not end within 45s of its 15s -timeout:\n%s", out.String())
 	}
 	log := out.String()
-	for _, dir := range []string{first, second} {
+	for _, dir := range []string{first, second, third} {
 		if harness.IsMounted(dir) {
 			t.Errorf("the child's mount at %s stayed behind its -timeout", dir)
 		}
@@ -113,6 +125,9 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 	}
 	if !strings.Contains(log, "harness: detaching the 2 other mounts below") {
 		t.Errorf("the child did not say it detached its other mounts")
+	}
+	if !strings.Contains(log, "while "+third+" was mounting: stopped it") {
+		t.Errorf("the child's mount under way when the watch fired was not stopped")
 	}
 	if !strings.Contains(log, "not mounting "+second) && !strings.Contains(log, "while "+second+" mounted: detached it") {
 		t.Errorf("the child's late mount was not refused")

@@ -153,6 +153,16 @@ func (m *Mount) start() {
 			m.t.Fatalf("harness: keelfs exited before mounting (%v):\n%s", m.exitErr, m.Log())
 		default:
 		}
+		if NearTimeout() {
+			// The watch has detached the mounts: this one must not come
+			// up after it, for the timeout's panic would leave it.
+			cmd.Process.Kill()
+			<-done
+			if IsMounted(m.Dir) {
+				detach(m.Dir)
+			}
+			m.t.Fatalf("harness: go test's -timeout came near while %s was mounting: stopped it", m.Dir)
+		}
 		// A mount left behind by a crash is listed too, and the kernel
 		// may answer a stat of it from its attribute cache: only a daemon
 		// that answers a statfs is live.
