@@ -708,7 +708,9 @@ func (s *Store) CompleteMultipart(ctx context.Context, key, uploadID string, par
 		RequestPayer:    s.payer,
 	})
 	if err != nil {
-		return "", targetGone(s.wrap(ctx, c, "CompleteMultipartUpload", key, err), cond)
+		// A conditional completion that got no answer is decided as a
+		// PUT's is: the completion may have landed and lost its answer.
+		return "", s.unanswered(ctx, targetGone(s.wrap(ctx, c, "CompleteMultipartUpload", key, err), cond), key, cond)
 	}
 	return aws.ToString(out.ETag), nil
 }

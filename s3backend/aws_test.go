@@ -1528,6 +1528,79 @@ func TestStoreConditionalPutWithoutAnAnswer(t *testing.T) {
 	}
 }
 
+// A conditional CompleteMultipartUpload without an answer is decided by
+// a HEAD as a PUT is: one that landed and lost its answer is the news a
+// 412 brings (the cache then tells its own upload by the headers), not an
+// outage after which the whole upload is sent again.
+func TestStoreConditionalCompleteWithoutAnAnswer(t *testing.T) {
+	srv, bucket := setup(t)
+	direct := newStore(t, srv.Endpoint, bucket)
+	v1 := put(t, direct, "f", "one", Condition{})
+
+	var mu sync.Mutex
+	land := false // the next conditional completion lands before its answer is lost
+	fwd := &http.Client{}
+	proxy := proxyTo(t, srv.Endpoint, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost || r.URL.Query().Get("uploadId") == "" ||
+			(r.Header.Get("If-Match") == "" && r.Header.Get("If-None-Match") == "") {
+			return false
+		}
+		mu.Lock()
+		landIt := land
+		land = false
+		mu.Unlock()
+		if landIt {
+			out, err := http.NewRequest(r.Method, srv.Endpoint+r.URL.RequestURI(), r.Body)
+			if err != nil {
+				t.Error(err)
+				return true
+			}
+			out.Header, out.Host, out.ContentLength = r.Header.Clone(), r.Host, r.ContentLength
+			if resp, err := fwd.Do(out); err != nil {
+				t.Errorf("forward the completion: %v", err)
+			} else {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Errorf("forwarded completion: %s", resp.Status)
+				}
+			}
+		}
+		dropConn(t, w, true)
+		return true
+	})
+	s := newStore(t, proxy, bucket, func(c *Config) { c.MaxBackoff = 10 * time.Millisecond; c.MaxAttempts = 2 })
+	s.log.expected = true
+	ctx := context.Background()
+	complete := func(key string, cond Condition) error {
+		t.Helper()
+		id, err := s.CreateMultipart(ctx, key, nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := s.UploadPart(ctx, UploadPartInput{Key: key, UploadID: id, Part: 1, Body: strings.NewReader("mine"), Size: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.CompleteMultipart(ctx, key, id, []CompletedPart{{Part: 1, ETag: e}}, cond)
+		return err
+	}
+	wantKind(t, "if-match on a stale etag, reset", complete("f", Condition{IfMatch: `"stale"`}), ErrPrecondition)
+	wantKind(t, "if-none-match on a missing key, reset", complete("new", Condition{IfNoneMatch: true}), ErrUnavailable)
+	wantKind(t, "if-match on the current etag, reset", complete("f", Condition{IfMatch: v1}), ErrUnavailable)
+	mu.Lock()
+	land = true
+	mu.Unlock()
+	err := complete("landed", Condition{IfNoneMatch: true})
+	wantKind(t, "if-none-match whose completion landed", err, ErrPrecondition)
+	if err != nil && !strings.Contains(err.Error(), "a HEAD shows the condition does not hold") {
+		t.Errorf("the error does not say how it was decided: %v", err)
+	}
+	if got, _ := rawGet(t, srv.Client(t), bucket, "landed"); got != "mine" {
+		t.Fatalf("landed = %q", got)
+	}
+}
+
 type timeoutErr struct{}
 
 func (timeoutErr) Error() string   { return "i/o timeout" }

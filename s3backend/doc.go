@@ -24,10 +24,10 @@
 // no longer exists succeed, and a Put or CompleteMultipart conditional on an
 // ETag whose object has meanwhile been deleted (S3: 404 NoSuchKey) is
 // ErrPrecondition, since for the caller it is the same news as a 412.
-// A conditional Put that got no answer at all is decided by a HEAD: if the
-// object shows the condition does not hold (a 412 hidden by a reset, or
-// the lost answer of an attempt that landed), it is ErrPrecondition too,
-// not an outage.
+// A conditional Put or CompleteMultipart that got no answer at all is
+// decided by a HEAD: if the object shows the condition does not hold (a
+// 412 hidden by a reset, or the lost answer of an attempt that landed),
+// it is ErrPrecondition too, not an outage.
 //
 // # Retries
 //
