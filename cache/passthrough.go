@@ -416,17 +416,23 @@ func (c *Cache) checkLingering(ctx context.Context) {
 	var keep []*lingering
 	for _, l := range list {
 		b := l.b
+		b.mu.Lock()
+		writers := b.writers
+		b.mu.Unlock()
 		mapped, lerr := b.b.MappedElsewhere()
 		if lerr != nil {
 			// Leases are not to be had here (fs.leases-enable=0): there
 			// is no telling when the mapping is gone. Take in what it
 			// wrote so far, and let go.
-			c.log.Warn("cache: cannot tell whether a writable mapping of a passthrough file is gone; what it writes from now on is not seen", "path", b.path(), "err", lerr)
+			if writers {
+				c.log.Warn("cache: cannot tell whether a writable mapping of a passthrough file is gone; what it writes from now on is not seen", "path", b.path(), "err", lerr)
+			} else {
+				c.leaseWarn.Do(func() {
+					c.log.Warn("cache: cannot tell whether a mapping of a passthrough file outlives its opens; such a mapping will not see later writes", "path", b.path(), "err", lerr)
+				})
+			}
 			mapped = false
 		}
-		b.mu.Lock()
-		writers := b.writers
-		b.mu.Unlock()
 		var err error
 		switch {
 		case !writers:
@@ -465,7 +471,8 @@ func (c *Cache) checkLingering(ctx context.Context) {
 }
 
 // closeLingering takes in, one last time, what lingering backing files
-// got, as the cache closes; a mapping that writes after that is not seen.
+// that a writer used got, as the cache closes; a mapping that writes
+// after that is not seen.
 // The group commit, which looks at them too, has stopped.
 func (c *Cache) closeLingering() {
 	c.passMu.Lock()
@@ -473,7 +480,12 @@ func (c *Cache) closeLingering() {
 	c.lingering = nil
 	c.passMu.Unlock()
 	for _, l := range list {
-		if err := c.takeIn(context.Background(), l.b); err != nil {
+		l.b.mu.Lock()
+		writers := l.b.writers
+		l.b.mu.Unlock()
+		if !writers {
+			// Only readers used it: their mappings wrote nothing.
+		} else if err := c.takeIn(context.Background(), l.b); err != nil {
 			c.stats.BackingErrors.Add(1)
 			c.log.Error("cache: what a writable mapping wrote to a passthrough file could not be taken in", "path", l.b.path(), "err", err)
 		}

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"testing"
@@ -194,6 +195,49 @@ func TestBackingKeptWhileAReadersMappingLasts(t *testing.T) {
 	e.close(w)
 	if got := e.c.blocks.BackingFor(r.Ino(), r.ver); got != nil {
 		t.Fatal("the backing file was not let go once the mapping was gone")
+	}
+}
+
+// A backing file that only readers used has nothing to take in when the
+// cache closes with its mapping still alive: a take-in would read every
+// block again, from S3 for those evicted, while the mount stops.
+func TestCloseTakesNothingInFromAReadersMapping(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.CacheSize = 4 << 20 })
+	data := randBytes(int(4 * e.opt.BlockSize))
+	e.write("f", 0, data)
+	e.drain()
+	r := e.openR("f")
+	b, err := e.c.OpenBacking(ctx, r)
+	if err != nil || b == nil {
+		t.Fatalf("OpenBacking: %v", err)
+	}
+	mf, err := os.Open(b.b.File().Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapped, err := unix.Mmap(int(mf.Fd()), 0, len(data), unix.PROT_READ, unix.MAP_SHARED)
+	mf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mapped)
+	if err := b.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.close(r)
+	// Other files push f's clean blocks out of the cache.
+	for i := 0; i < 6; i++ {
+		e.write(fmt.Sprintf("g%d", i), 0, randBytes(1<<20))
+		e.drain()
+	}
+	e.store.ResetCounts()
+	err = e.c.Close()
+	e.c = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := e.store.Counts()["Get"]; n != 0 {
+		t.Fatalf("Close read f from S3 %d times for a mapping that cannot write", n)
 	}
 }
 

@@ -64,6 +64,9 @@ type Backing struct {
 	dead  bool  // out of the set: removed once its last user is gone
 	elem  *list.Element
 
+	// leaseMu serialises MappedElsewhere's lease probes. A leaf.
+	leaseMu sync.Mutex
+
 	// mu orders changes to the file and what is known of its stamp.
 	mu    sync.Mutex
 	size  int64
@@ -546,12 +549,15 @@ func (b *Backing) Discard() {
 	b.Release()
 }
 
-// MappedElsewhere reports whether another open of the backing file is
-// still writable, for example a writable mapping that outlived the
-// FUSE file it was made through: the process can still change it. It
-// asks for a write lease, which the kernel grants only to the sole
-// opener.
+// MappedElsewhere reports whether another open of the backing file
+// exists, for example a mapping that outlived the FUSE file it was made
+// through: the process can still read it, and change it if the mapping
+// is writable. It asks for a write lease, which the kernel grants only
+// to the sole opener, and gives it back at once. The lease is the
+// file's, not the caller's, so the probes are serialised (leaseMu).
 func (b *Backing) MappedElsewhere() (bool, error) {
+	b.leaseMu.Lock()
+	defer b.leaseMu.Unlock()
 	fd := b.Fd()
 	_, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK)
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EBUSY) {

@@ -3,6 +3,7 @@ package blocks
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"testing"
@@ -122,5 +123,39 @@ func TestNoBackingForAHugeFile(t *testing.T) {
 	putFile(t, s, 3, 5*testBlock)
 	if b, err := s.Assemble(3, 1, 5*testBlock, testBlock, blockAt(3)); !errors.Is(err, ErrNoBacking) || b != nil {
 		t.Fatalf("assemble of a file over a quarter of the cache: %v, %v", b, err)
+	}
+}
+
+// MappedElsewhere may be asked of one backing file from two places at
+// once (the group commit's look at a lingering one, the end of a later
+// epoch using the same file). The kernel's lease is per file: two probes
+// interleaved both get it, and the second release fails with EAGAIN,
+// which read as leases being unavailable (a false WARN or ERROR). The
+// probes are serialised.
+func TestMappedElsewhereConcurrently(t *testing.T) {
+	s := newTestStore(t, 64<<20, nil)
+	data := putFile(t, s, 5, 2*testBlock)
+	b, err := s.Assemble(5, 1, int64(len(data)), testBlock, blockAt(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Release()
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		go func() {
+			for i := 0; i < 2000; i++ {
+				mapped, err := b.MappedElsewhere()
+				if err != nil || mapped {
+					errs <- fmt.Errorf("probe %d: mapped %v, %v", i, mapped, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
