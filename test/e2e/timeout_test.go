@@ -73,7 +73,13 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 	first, second, third, tmp := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
 	out := &lockedBuffer{}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestTimeoutDetachesMounts$", "-test.timeout=15s")
-	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+first+":"+second+":"+third, "TMPDIR="+tmp)
+	// Through a symlink, which mountinfo does not show: the child must
+	// still find its mounts below its temporary directory.
+	link := filepath.Join(t.TempDir(), "tmp")
+	if err := os.Symlink(tmp, link); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), timeoutChildEnv+"="+first+":"+second+":"+third, "TMPDIR="+link, "GOTMPDIR=")
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

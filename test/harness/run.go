@@ -27,8 +27,9 @@ var (
 // process as a static binary, so that it runs in a FROM scratch image too.
 // It goes to one directory per checkout under os.TempDir, open to every
 // user (an app run with --app-user must reach it, which a checkout under
-// /root would not allow), and is replaced atomically there, since the
-// test processes of several packages build it at once.
+// /root would not allow), and is replaced atomically there, since test
+// processes may build it at once. (Under harness.Main, os.TempDir is the
+// process's own directory, so each such process has its own copy.)
 func TestApp(t testing.TB) string {
 	t.Helper()
 	appOnce.Do(func() {

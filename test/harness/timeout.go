@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -64,10 +65,22 @@ func Main(m *testing.M) int {
 	}
 	root, err := os.MkdirTemp("", "keelfs-tests-")
 	if err == nil {
-		err = os.Chmod(root, 0o755) // an app run as another user reaches its files
+		// As /tmp: an app run as another user makes its files there too.
+		err = os.Chmod(root, 0o777|os.ModeSticky)
+	}
+	if err == nil {
+		// The path mountinfo shows: a symlinked or relative TMPDIR would
+		// hide every mount below it from MountsUnder.
+		root, err = filepath.Abs(root)
+	}
+	if err == nil {
+		root, err = filepath.EvalSymlinks(root)
 	}
 	if err == nil {
 		err = os.Setenv("TMPDIR", root)
+	}
+	if err == nil {
+		err = os.Setenv("GOTMPDIR", root) // t.TempDir prefers it to TMPDIR
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "harness: temporary directory: %v\n", err)
@@ -159,11 +172,22 @@ func detachLive() {
 	if root == "" {
 		return
 	}
-	// The mounts made other than through Mount.
+	// The mounts made other than through Mount; and, until the panic
+	// ends the process, those that come up after this sweep (a daemon
+	// that was still starting).
 	if others := MountsUnder(root); len(others) > 0 {
 		fmt.Fprintf(os.Stderr, "harness: detaching the %d other mounts below %s: %v\n", len(others), root, others)
 		for _, dir := range others {
 			detach(dir)
 		}
 	}
+	go func() {
+		for {
+			time.Sleep(100 * time.Millisecond)
+			for _, dir := range MountsUnder(root) {
+				fmt.Fprintf(os.Stderr, "harness: detaching %s, mounted after the timeout's sweep\n", dir)
+				detach(dir)
+			}
+		}
+	}()
 }
