@@ -21,6 +21,23 @@ func (e *env) openR(path string) *Handle {
 	return h
 }
 
+// mapBacking maps n bytes of b's file read-only, as the kernel does for a
+// mapping of a passthrough open: through its own open of the backing
+// file, which the mapping keeps after the close. The caller unmaps.
+func mapBacking(t *testing.T, b *Backing, n int) []byte {
+	t.Helper()
+	f, err := os.Open(b.b.File().Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mapped, err := unix.Mmap(int(f.Fd()), 0, n, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mapped
+}
+
 // backingBytes reads the whole backing file.
 func backingBytes(t *testing.T, b *Backing) []byte {
 	t.Helper()
@@ -144,17 +161,7 @@ func TestBackingKeptWhileAReadersMappingLasts(t *testing.T) {
 	if err != nil || b == nil {
 		t.Fatalf("OpenBacking: %v", err)
 	}
-	// What the kernel does for a mapping of a passthrough open: its own
-	// open of the backing file, kept by the mapping after the close.
-	mf, err := os.Open(b.b.File().Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapped, err := unix.Mmap(int(mf.Fd()), 0, len(data), unix.PROT_READ, unix.MAP_SHARED)
-	mf.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	mapped := mapBacking(t, b, len(data))
 	unmapped := false
 	defer func() {
 		if !unmapped {
@@ -211,16 +218,7 @@ func TestCloseTakesNothingInFromAReadersMapping(t *testing.T) {
 	if err != nil || b == nil {
 		t.Fatalf("OpenBacking: %v", err)
 	}
-	mf, err := os.Open(b.b.File().Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapped, err := unix.Mmap(int(mf.Fd()), 0, len(data), unix.PROT_READ, unix.MAP_SHARED)
-	mf.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(mapped)
+	defer unix.Munmap(mapBacking(t, b, len(data)))
 	if err := b.Release(ctx); err != nil {
 		t.Fatal(err)
 	}

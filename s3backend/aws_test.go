@@ -1465,7 +1465,6 @@ func TestStoreConditionalPutWithoutAnAnswer(t *testing.T) {
 
 	var mu sync.Mutex
 	land := map[string]bool{} // keys whose next conditional PUT lands before its answer is lost
-	fwd := &http.Client{}
 	proxy := proxyTo(t, srv.Endpoint, func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodPut || (r.Header.Get("If-Match") == "" && r.Header.Get("If-None-Match") == "") {
 			return false
@@ -1475,22 +1474,7 @@ func TestStoreConditionalPutWithoutAnAnswer(t *testing.T) {
 		delete(land, r.URL.Path)
 		mu.Unlock()
 		if landIt {
-			out, err := http.NewRequest(r.Method, srv.Endpoint+r.URL.RequestURI(), r.Body)
-			if err != nil {
-				t.Error(err)
-				return true
-			}
-			out.Header, out.Host, out.ContentLength = r.Header.Clone(), r.Host, r.ContentLength
-			resp, err := fwd.Do(out)
-			if err != nil {
-				t.Errorf("forward the PUT: %v", err)
-			} else {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					t.Errorf("forwarded PUT: %s", resp.Status)
-				}
-			}
+			forward(t, srv.Endpoint, r)
 		}
 		dropConn(t, w, true)
 		return true
@@ -1539,7 +1523,6 @@ func TestStoreConditionalCompleteWithoutAnAnswer(t *testing.T) {
 
 	var mu sync.Mutex
 	land := false // the next conditional completion lands before its answer is lost
-	fwd := &http.Client{}
 	proxy := proxyTo(t, srv.Endpoint, func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodPost || r.URL.Query().Get("uploadId") == "" ||
 			(r.Header.Get("If-Match") == "" && r.Header.Get("If-None-Match") == "") {
@@ -1550,21 +1533,7 @@ func TestStoreConditionalCompleteWithoutAnAnswer(t *testing.T) {
 		land = false
 		mu.Unlock()
 		if landIt {
-			out, err := http.NewRequest(r.Method, srv.Endpoint+r.URL.RequestURI(), r.Body)
-			if err != nil {
-				t.Error(err)
-				return true
-			}
-			out.Header, out.Host, out.ContentLength = r.Header.Clone(), r.Host, r.ContentLength
-			if resp, err := fwd.Do(out); err != nil {
-				t.Errorf("forward the completion: %v", err)
-			} else {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					t.Errorf("forwarded completion: %s", resp.Status)
-				}
-			}
+			forward(t, srv.Endpoint, r)
 		}
 		dropConn(t, w, true)
 		return true
@@ -1598,6 +1567,28 @@ func TestStoreConditionalCompleteWithoutAnAnswer(t *testing.T) {
 	}
 	if got, _ := rawGet(t, srv.Client(t), bucket, "landed"); got != "mine" {
 		t.Fatalf("landed = %q", got)
+	}
+}
+
+// forward sends r on to the server at endpoint as it came, and expects
+// 200: a request that lands before the proxy drops its connection.
+func forward(t *testing.T, endpoint string, r *http.Request) {
+	t.Helper()
+	out, err := http.NewRequest(r.Method, endpoint+r.URL.RequestURI(), r.Body)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	out.Header, out.Host, out.ContentLength = r.Header.Clone(), r.Host, r.ContentLength
+	resp, err := http.DefaultClient.Do(out)
+	if err != nil {
+		t.Errorf("forward %s %s: %v", r.Method, r.URL, err)
+		return
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("forwarded %s %s: %s", r.Method, r.URL, resp.Status)
 	}
 }
 

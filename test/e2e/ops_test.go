@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -540,6 +541,17 @@ func TestOpsFstabMountOptions(t *testing.T) {
 
 // daemonFor finds the keelfs process serving dir.
 func daemonFor(dir string) int {
+	for pid, args := range keelfsProcs() {
+		if slices.Contains(args[1:], dir) {
+			return pid
+		}
+	}
+	return 0
+}
+
+// keelfsProcs returns the running keelfs processes' arguments by pid.
+func keelfsProcs() map[int][]string {
+	procs := map[int][]string{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -551,14 +563,11 @@ func daemonFor(dir string) int {
 			continue
 		}
 		args := strings.Split(string(cmd), "\x00")
-		isKeelfs := strings.Contains(filepath.Base(args[0]), "keelfs")
-		for _, a := range args {
-			if isKeelfs && a == dir {
-				return pid
-			}
+		if strings.Contains(filepath.Base(args[0]), "keelfs") && !strings.HasSuffix(args[0], ".test") {
+			procs[pid] = args
 		}
 	}
-	return 0
+	return procs
 }
 
 // TestOpsStaleMountCleanup: a mount left behind by a crashed daemon

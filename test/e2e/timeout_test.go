@@ -5,7 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -147,25 +147,9 @@ func TestTimeoutDetachesMounts(t *testing.T) {
 // below dir.
 func keelfsUnder(dir string) []int {
 	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(cmd), "\x00")
-		if !strings.Contains(filepath.Base(args[0]), "keelfs") || strings.HasSuffix(args[0], ".test") {
-			continue
-		}
-		for _, a := range args[1:] {
-			if strings.HasPrefix(a, dir+"/") {
-				pids = append(pids, pid)
-				break
-			}
+	for pid, args := range keelfsProcs() {
+		if slices.ContainsFunc(args[1:], func(a string) bool { return strings.HasPrefix(a, dir+"/") }) {
+			pids = append(pids, pid)
 		}
 	}
 	return pids
