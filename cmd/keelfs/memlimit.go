@@ -2,8 +2,10 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,18 +35,57 @@ func memoryLimitFor(live uint64, ceiling int64) int64 {
 	return l
 }
 
-// memoryCeiling is half the memory the process's cgroup may use (cgroup v2
-// memory.max, else v1 memory.limit_in_bytes), or 0 if there is no limit.
-// In a container the headroom must not lift the GC's target toward the
-// OOM killer, and under `keelfs run` the app shares that cgroup: past
-// this the GC works harder instead.
+// memoryCeiling is half the memory the process's cgroup may use, or 0 if
+// there is no limit. In a container the headroom must not lift the GC's
+// target toward the OOM killer, and under `keelfs run` the app shares that
+// cgroup: past this the GC works harder instead.
 func memoryCeiling() int64 {
-	for _, f := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
-		if n, ok := readCgroupLimit(f); ok {
-			return n / 2
-		}
+	self, _ := os.ReadFile("/proc/self/cgroup")
+	v2, v1 := cgroupPaths(string(self))
+	if n := lowestLimit("/sys/fs/cgroup", v2, "memory.max"); n > 0 {
+		return n / 2
+	}
+	if n := lowestLimit("/sys/fs/cgroup/memory", v1, "memory.limit_in_bytes"); n > 0 {
+		return n / 2
 	}
 	return 0
+}
+
+// cgroupPaths reads /proc/self/cgroup: the process's cgroup v2 path (the
+// "0::PATH" line) and its cgroup v1 memory controller's path.
+func cgroupPaths(procSelfCgroup string) (v2, v1 string) {
+	for _, line := range strings.Split(procSelfCgroup, "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		switch {
+		case f[0] == "0" && f[1] == "":
+			v2 = f[2]
+		case slices.Contains(strings.Split(f[1], ","), "memory"):
+			v1 = f[2]
+		}
+	}
+	return v2, v1
+}
+
+// lowestLimit is the lowest limit in the file named file from the cgroup
+// at path up to the hierarchy's root at root, or 0. A systemd unit's
+// MemoryMax= is set on the unit's own cgroup, not on the root, and a
+// container with a cgroup namespace sees its limit at the root; a path
+// this mount does not show (no namespace) is walked up from as far as it
+// exists.
+func lowestLimit(root, path, file string) int64 {
+	var lowest int64
+	for dir := filepath.Join(root, path); strings.HasPrefix(dir, root); dir = filepath.Dir(dir) {
+		if n, ok := readCgroupLimit(filepath.Join(dir, file)); ok && (lowest == 0 || n < lowest) {
+			lowest = n
+		}
+		if dir == root {
+			break
+		}
+	}
+	return lowest
 }
 
 // readCgroupLimit reads a cgroup memory limit file; "max" or a value near

@@ -55,6 +55,51 @@ func TestMemoryLimitFollowsTheLiveHeap(t *testing.T) {
 			t.Errorf("readCgroupLimit(%q) = %d, %v, want %d, %v", c.content, got, ok, c.want, c.ok)
 		}
 	}
+	// cgroup v2: the lowest limit on the way up from the process's own
+	// cgroup (a systemd unit's MemoryMax=), whatever is above it.
+	root := t.TempDir()
+	limits := map[string]string{
+		"system.slice/memory.max":                "max\n",
+		"system.slice/keelfs.service/memory.max": "536870912\n",
+		"tight/memory.max":                       "268435456\n",
+		"tight/loose/memory.max":                 "1073741824\n",
+		"memory.max":                             "2147483648\n", // a container's, at its namespace's root
+	}
+	for f, v := range limits {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, f), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		self string
+		want int64
+	}{
+		{"0::/system.slice/keelfs.service\n", 512 << 20},
+		{"0::/tight/loose\n", 256 << 20},
+		{"0::/\n", 2 << 30},
+		{"0::/docker/abc\n", 2 << 30}, // not shown here: the nearest that is
+		{"", 2 << 30},
+	} {
+		v2, _ := cgroupPaths(c.self)
+		if got := lowestLimit(root, v2, "memory.max"); got != c.want {
+			t.Errorf("lowestLimit for %q = %d MiB, want %d MiB", c.self, got>>20, c.want>>20)
+		}
+	}
+	if err := os.Remove(filepath.Join(root, "memory.max")); err != nil {
+		t.Fatal(err)
+	}
+	if got := lowestLimit(root, "/system.slice", "memory.max"); got != 0 {
+		t.Errorf("no limit anywhere up the path: %d, want 0", got)
+	}
+	// A hybrid host (this test machine's kind): cgroup v1's memory
+	// controller has its own path.
+	self := "9:name=systemd:/\n4:memory:/process_api/b09\n1:cpu,cpuacct:/\n0::/\n"
+	if v2, v1 := cgroupPaths(self); v2 != "/" || v1 != "/process_api/b09" {
+		t.Errorf("cgroupPaths = %q, %q, want / and /process_api/b09", v2, v1)
+	}
 	// The runtime must offer the metric the limit follows, or the limit
 	// silently stays at its floor.
 	s := []rtmetrics.Sample{{Name: liveHeapMetric}}
