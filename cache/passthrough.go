@@ -249,6 +249,23 @@ func (b *Backing) TakeInMapped(ctx context.Context) error {
 	return b.c.takeIn(ctx, b)
 }
 
+// usedByWriter reports whether an open for writing used the backing file
+// (AddWriter): only then can a mapping of it have written to it.
+func (b *Backing) usedByWriter() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.writers
+}
+
+// warnNoLeases says, once per cache, that a readers' mapping that outlives
+// its opens cannot be told (the kernel refuses leases), so it will not see
+// later writes.
+func (c *Cache) warnNoLeases(b *Backing, err error) {
+	c.leaseWarn.Do(func() {
+		c.log.Warn("cache: cannot tell whether a mapping of a passthrough file outlives its opens; such a mapping will not see later writes", "path", b.path(), "err", err)
+	})
+}
+
 // Release is called when the last passthrough open using the backing file
 // is gone. If a writer used it, what its mappings wrote is taken in. If a
 // mapping outlives the opens, the file is kept in use, and looked at again
@@ -257,9 +274,7 @@ func (b *Backing) TakeInMapped(ctx context.Context) error {
 // still be copied to it (an unused backing file is dropped at the first
 // write, and the mapping would keep the old bytes).
 func (b *Backing) Release(ctx context.Context) error {
-	b.mu.Lock()
-	writers := b.writers
-	b.mu.Unlock()
+	writers := b.usedByWriter()
 	if writers {
 		if err := b.c.takeIn(ctx, b); err != nil {
 			b.c.lingerBacking(b)
@@ -270,9 +285,7 @@ func (b *Backing) Release(ctx context.Context) error {
 	if err != nil && !writers {
 		// A reader's mapping cannot write: what it lacks is only the
 		// writes to come, which it will not see (logged once).
-		b.c.leaseWarn.Do(func() {
-			b.c.log.Warn("cache: cannot tell whether a mapping of a passthrough file outlives its opens; such a mapping will not see later writes", "path", b.path(), "err", err)
-		})
+		b.c.warnNoLeases(b, err)
 		err, mapped = nil, false
 	}
 	if err != nil || mapped {
@@ -416,9 +429,7 @@ func (c *Cache) checkLingering(ctx context.Context) {
 	var keep []*lingering
 	for _, l := range list {
 		b := l.b
-		b.mu.Lock()
-		writers := b.writers
-		b.mu.Unlock()
+		writers := b.usedByWriter()
 		mapped, lerr := b.b.MappedElsewhere()
 		if lerr != nil {
 			// Leases are not to be had here (fs.leases-enable=0): there
@@ -427,9 +438,7 @@ func (c *Cache) checkLingering(ctx context.Context) {
 			if writers {
 				c.log.Warn("cache: cannot tell whether a writable mapping of a passthrough file is gone; what it writes from now on is not seen", "path", b.path(), "err", lerr)
 			} else {
-				c.leaseWarn.Do(func() {
-					c.log.Warn("cache: cannot tell whether a mapping of a passthrough file outlives its opens; such a mapping will not see later writes", "path", b.path(), "err", lerr)
-				})
+				c.warnNoLeases(b, lerr)
 			}
 			mapped = false
 		}
@@ -480,10 +489,7 @@ func (c *Cache) closeLingering() {
 	c.lingering = nil
 	c.passMu.Unlock()
 	for _, l := range list {
-		l.b.mu.Lock()
-		writers := l.b.writers
-		l.b.mu.Unlock()
-		if !writers {
+		if !l.b.usedByWriter() {
 			// Only readers used it: their mappings wrote nothing.
 		} else if err := c.takeIn(context.Background(), l.b); err != nil {
 			c.stats.BackingErrors.Add(1)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -184,19 +185,40 @@ func IsMounted(dir string) bool { return len(keelfsMounts(dir)) > 0 }
 // stale, from /proc/self/mountinfo.
 func keelfsMounts(dir string) map[string]bool {
 	ids := map[string]bool{}
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return ids
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		for i, x := range f {
-			if x == "-" && i+1 < len(f) && len(f) > 4 && unescapeMountinfo(f[4]) == dir && strings.HasPrefix(f[i+1], "fuse.keelfs") {
-				ids[f[0]] = true
-			}
+	for _, e := range mountTable() {
+		if e.dir == dir && strings.HasPrefix(e.fstype, "fuse.keelfs") {
+			ids[e.id] = true
 		}
 	}
 	return ids
+}
+
+// mountEntry is one line of /proc/self/mountinfo, the fields the harness
+// uses.
+type mountEntry struct {
+	id     string // mount id
+	minor  string // of the device: the FUSE connection's number
+	dir    string // mount point, unescaped
+	fstype string
+}
+
+// mountTable reads /proc/self/mountinfo (nothing if it cannot).
+func mountTable() []mountEntry {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []mountEntry
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		sep := slices.Index(f, "-")
+		if len(f) < 5 || sep < 0 || sep+1 >= len(f) {
+			continue
+		}
+		_, minor, _ := strings.Cut(f[2], ":")
+		out = append(out, mountEntry{id: f[0], minor: minor, dir: unescapeMountinfo(f[4]), fstype: f[sep+1]})
+	}
+	return out
 }
 
 // Answers reports whether a live daemon serves the FUSE mount at dir:
@@ -371,24 +393,15 @@ func detach(dir string) {
 // process blocked on the mount gets ENOTCONN instead. It does nothing if
 // dir is not a FUSE mount.
 func AbortFUSE(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || unescapeMountinfo(f[4]) != dir || !strings.Contains(line, " - fuse") {
+	for _, e := range mountTable() {
+		if e.dir != dir || (e.fstype != "fuse" && !strings.HasPrefix(e.fstype, "fuse.")) || e.minor == "" {
 			continue
 		}
-		_, minor, ok := strings.Cut(f[2], ":")
-		if !ok {
-			return
-		}
 		const ctl = "/sys/fs/fuse/connections"
-		if _, err := os.Stat(filepath.Join(ctl, minor)); err != nil {
+		if _, err := os.Stat(filepath.Join(ctl, e.minor)); err != nil {
 			syscall.Mount("fusectl", ctl, "fusectl", 0, "")
 		}
-		os.WriteFile(filepath.Join(ctl, minor, "abort"), []byte("1"), 0o200)
+		os.WriteFile(filepath.Join(ctl, e.minor, "abort"), []byte("1"), 0o200)
 		return
 	}
 }

@@ -111,18 +111,10 @@ func Main(m *testing.M) int {
 // MountsUnder lists the mount points below root (not root itself), the
 // deepest first, so that each can be detached before what holds it.
 func MountsUnder(root string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
 	var dirs []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		if dir := unescapeMountinfo(f[4]); strings.HasPrefix(dir, root+"/") {
-			dirs = append(dirs, dir)
+	for _, e := range mountTable() {
+		if strings.HasPrefix(e.dir, root+"/") {
+			dirs = append(dirs, e.dir)
 		}
 	}
 	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
