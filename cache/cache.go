@@ -123,6 +123,9 @@ type Options struct {
 	// Statfs reports the free space of the cache's filesystem; nil asks
 	// the kernel. Tests give it a disk of their own.
 	Statfs func() (free int64, err error)
+	// SetLease is the fcntl F_SETLEASE call of the passthrough files'
+	// lease probes; nil asks the kernel. Tests make it fail.
+	SetLease func(fd uintptr, arg int) error
 }
 
 func (o *Options) setDefaults() {
@@ -253,6 +256,7 @@ type Cache struct {
 	lingering  []*lingering
 	assemblies sync.WaitGroup
 	leaseWarn  sync.Once // logs once that mappings cannot be told
+	leaseWarnW sync.Once // the same, for writable mappings
 
 	bufMem    *bufferBudget
 	zeroBlock []byte   // a block of zeros, shared read-only
@@ -333,7 +337,7 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 	}
 	c.blocks, err = blocks.Open(blocks.Options{
 		Dir: filepath.Join(opt.Dir, "blocks"), DB: db, Limit: opt.CacheSize, Key: opt.EncryptionKey,
-		Log: opt.Logger, MinFree: minFree, Statfs: opt.Statfs, Background: c.tasks.Go,
+		Log: opt.Logger, MinFree: minFree, Statfs: opt.Statfs, SetLease: opt.SetLease, Background: c.tasks.Go,
 		// The scheduler is made below; nothing reserves room before then.
 		OnPressure: func() { c.wb.Pressure() },
 		Hopeless:   c.s3Unreachable,

@@ -59,6 +59,19 @@ func (l *logCapture) allow(s string) {
 	l.mu.Unlock()
 }
 
+// count is how many lines logged so far contain s.
+func (l *logCapture) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range l.lines {
+		if strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
+}
+
 func (l *logCapture) check(t *testing.T) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

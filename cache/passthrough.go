@@ -282,15 +282,22 @@ func (b *Backing) Release(ctx context.Context) error {
 		}
 	}
 	mapped, err := b.b.MappedElsewhere()
-	if err != nil && !writers {
-		// A reader's mapping cannot write: what it lacks is only the
-		// writes to come, which it will not see (logged once).
-		b.c.warnNoLeases(b, err)
-		err, mapped = nil, false
+	if err != nil {
+		// No leases here (fs.leases-enable=0): there is no telling
+		// whether a mapping outlives the opens. A reader's mapping
+		// cannot write: what it lacks is only the writes to come, which
+		// it will not see (logged once). A writer's may still write:
+		// the group commit takes in what it wrote meanwhile, once more,
+		// then lets go (checkLingering, which says so once). Either way
+		// the release succeeded.
+		if !writers {
+			b.c.warnNoLeases(b, err)
+		}
+		mapped = writers
 	}
-	if err != nil || mapped {
+	if mapped {
 		b.c.lingerBacking(b)
-		return err
+		return nil
 	}
 	b.b.Release()
 	b.c.release(b.st)
@@ -436,7 +443,9 @@ func (c *Cache) checkLingering(ctx context.Context) {
 			// is no telling when the mapping is gone. Take in what it
 			// wrote so far, and let go.
 			if writers {
-				c.log.Warn("cache: cannot tell whether a writable mapping of a passthrough file is gone; what it writes from now on is not seen", "path", b.path(), "err", lerr)
+				c.leaseWarnW.Do(func() {
+					c.log.Warn("cache: cannot tell whether a writable mapping of a passthrough file is gone; what such a mapping writes after the group commit that follows its file's last close is not seen", "path", b.path(), "err", lerr)
+				})
 			} else {
 				c.warnNoLeases(b, lerr)
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -449,5 +450,111 @@ func TestBackingMappingWriteToReplacedVersionReported(t *testing.T) {
 	}
 	if got := e.read("f"); !bytes.Equal(got, newer) {
 		t.Fatalf("the new version became %q", got)
+	}
+}
+
+// Where the kernel refuses leases (fs.leases-enable=0), nothing tells
+// when a reader's mapping that outlived its opens is gone. The README
+// promises a warning, once per mount, that such mappings will not see
+// later writes; the backing file is let go as if none were left, never
+// kept for a probe that cannot answer.
+func TestReadersMappingWithoutLeases(t *testing.T) {
+	var probes atomic.Int32
+	e := newEnv(t, func(o *Options) {
+		o.SetLease = func(uintptr, int) error {
+			probes.Add(1)
+			return unix.EINVAL
+		}
+	})
+	const warning = "cannot tell whether a mapping of a passthrough file outlives its opens"
+	e.logs.allow(warning)
+	for _, name := range []string{"f", "g"} {
+		data := randBytes(int(2 * e.opt.BlockSize))
+		e.write(name, 0, data)
+		r := e.openR(name)
+		b, err := e.c.OpenBacking(ctx, r)
+		if err != nil || b == nil {
+			t.Fatalf("OpenBacking %s: %v", name, err)
+		}
+		mapped := mapBacking(t, b, len(data))
+		defer unix.Munmap(mapped)
+		if err := b.Release(ctx); err != nil {
+			t.Fatalf("release of %s without leases: %v", name, err)
+		}
+		e.close(r)
+		e.c.passMu.Lock()
+		n := len(e.c.lingering)
+		e.c.passMu.Unlock()
+		if n != 0 {
+			t.Fatalf("%d backing files kept for a probe that cannot answer", n)
+		}
+		// Unused, it is dropped at the first write, as the warning says.
+		w := e.openW(name)
+		if _, err := w.Write(ctx, []byte("x"), 0); err != nil {
+			t.Fatal(err)
+		}
+		e.close(w)
+		if got := e.c.blocks.BackingFor(r.Ino(), r.ver); got != nil {
+			t.Fatalf("the backing file of %s was not let go", name)
+		}
+	}
+	if probes.Load() == 0 {
+		t.Fatal("no lease was asked for")
+	}
+	if n := e.logs.count(warning); n != 1 {
+		t.Fatalf("the warning was logged %d times for two files, want once", n)
+	}
+}
+
+// Without leases, the end of a writer's epoch cannot tell whether a
+// writable mapping outlives it either. The release succeeds (it used to
+// return the probe's error, which fs logs as an ERROR that a mapping's
+// write could not be taken in, at every last close of a written file);
+// what the mapping writes until the next group commit is taken in, then
+// the file is let go; the warning is once per mount.
+func TestWritersMappingWithoutLeases(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.WriteBackDelay = time.Hour
+		o.SetLease = func(uintptr, int) error { return unix.EINVAL }
+	})
+	const warning = "cannot tell whether a writable mapping of a passthrough file is gone"
+	e.logs.allow(warning)
+	e.logs.allow("took in what a writable mapping wrote")
+	for _, name := range []string{"f", "g"} {
+		data := randBytes(int(2 * e.opt.BlockSize))
+		e.write(name, 0, data)
+		r := e.openR(name)
+		b, err := e.c.OpenBacking(ctx, r)
+		if err != nil || b == nil {
+			t.Fatalf("OpenBacking %s: %v", name, err)
+		}
+		b.AddWriter()
+		f := b.b.File() // what a writable mapping does to it
+		if _, err := f.WriteAt([]byte("mapped"), e.opt.BlockSize+3); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Release(ctx); err != nil {
+			t.Fatalf("release of %s without leases: %v", name, err)
+		}
+		if _, err := f.WriteAt([]byte("later"), 1); err != nil { // before the group commit
+			t.Fatal(err)
+		}
+		e.c.checkLingering(ctx)
+		e.c.passMu.Lock()
+		n := len(e.c.lingering)
+		e.c.passMu.Unlock()
+		if n != 0 {
+			t.Fatalf("%d backing files kept for a probe that cannot answer", n)
+		}
+		want := append([]byte{}, data...)
+		copy(want[e.opt.BlockSize+3:], "mapped")
+		copy(want[1:], "later")
+		e.close(r)
+		if got := e.read(name); !bytes.Equal(got, want) {
+			t.Fatalf("%s: the cache did not take in what the mapping wrote", name)
+		}
+	}
+	if n := e.logs.count(warning); n != 1 {
+		t.Fatalf("the warning was logged %d times for two files, want once", n)
 	}
 }

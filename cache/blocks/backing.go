@@ -559,14 +559,14 @@ func (b *Backing) MappedElsewhere() (bool, error) {
 	b.leaseMu.Lock()
 	defer b.leaseMu.Unlock()
 	fd := b.Fd()
-	_, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK)
+	err := b.s.setLease(uintptr(fd), unix.F_WRLCK)
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EBUSY) {
 		return true, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("cache: lease on backing file: %w", err)
 	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_UNLCK); err != nil {
+	if err := b.s.setLease(uintptr(fd), unix.F_UNLCK); err != nil {
 		return false, fmt.Errorf("cache: lease on backing file: %w", err)
 	}
 	return false, nil

@@ -184,6 +184,10 @@ type Options struct {
 	// kernel.
 	MinFree int64
 	Statfs  func() (free int64, err error)
+	// SetLease is fcntl(fd, F_SETLEASE, arg) for MappedElsewhere's probes;
+	// nil asks the kernel. Tests make it fail as a kernel without leases
+	// (fs.leases-enable=0) does, which no test can set for itself alone.
+	SetLease func(fd uintptr, arg int) error
 	// Background starts a tracked goroutine and reports whether it did
 	// (false once the cache is closing); nil starts a plain one.
 	Background func(func()) bool
@@ -212,6 +216,7 @@ type Store struct {
 
 	minFree    int64
 	statfs     func() (int64, error)
+	setLease   func(fd uintptr, arg int) error
 	background func(func()) bool
 	onPressure func()
 	hopeless   func() bool
@@ -341,10 +346,16 @@ func Open(o Options) (*Store, error) {
 		verified: make(map[ID]Meta), unsynced: make(map[ID]struct{}), syncing: make(map[ID]struct{}), retired: make(map[ID]int64), cleaned: make(map[ID]uint64),
 		files: make(map[ID]*openBlock), fileLRU: list.New(), maxFiles: 128,
 		pins: make(map[ID]bool), pinsByIno: make(map[uint64][]ID), pinnedIn: make(map[ID]struct{}),
-		minFree: o.MinFree, statfs: o.Statfs, background: o.Background,
+		minFree: o.MinFree, statfs: o.Statfs, setLease: o.SetLease, background: o.Background,
 		onPressure: o.OnPressure, hopeless: o.Hopeless}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.setLease == nil {
+		s.setLease = func(fd uintptr, arg int) error {
+			_, err := unix.FcntlInt(fd, unix.F_SETLEASE, arg)
+			return err
+		}
 	}
 	if s.statfs == nil {
 		s.statfs = func() (int64, error) {
