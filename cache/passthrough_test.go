@@ -173,11 +173,6 @@ func TestBackingKeptWhileAReadersMappingLasts(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.close(r)
-	lingering := func() int {
-		e.c.passMu.Lock()
-		defer e.c.passMu.Unlock()
-		return len(e.c.lingering)
-	}
 	w := e.openW("f")
 	if _, err := w.Write(ctx, []byte("after the last close"), 7); err != nil {
 		t.Fatal(err)
@@ -186,7 +181,7 @@ func TestBackingKeptWhileAReadersMappingLasts(t *testing.T) {
 		t.Fatalf("the mapping shows %q: the write was not copied to the backing file", got)
 	}
 	e.c.checkLingering(ctx)
-	if n := lingering(); n != 1 {
+	if n := e.lingering(); n != 1 {
 		t.Fatalf("%d backing files kept while the mapping lasts, want 1", n)
 	}
 	if err := unix.Munmap(mapped); err != nil {
@@ -194,7 +189,7 @@ func TestBackingKeptWhileAReadersMappingLasts(t *testing.T) {
 	}
 	unmapped = true
 	e.c.checkLingering(ctx)
-	if n := lingering(); n != 0 {
+	if n := e.lingering(); n != 0 {
 		t.Fatalf("%d backing files kept after the mapping is gone, want 0", n)
 	}
 	if _, err := w.Write(ctx, []byte("x"), 0); err != nil {
@@ -469,23 +464,14 @@ func TestReadersMappingWithoutLeases(t *testing.T) {
 	const warning = "cannot tell whether a mapping of a passthrough file outlives its opens"
 	e.logs.allow(warning)
 	for _, name := range []string{"f", "g"} {
-		data := randBytes(int(2 * e.opt.BlockSize))
-		e.write(name, 0, data)
-		r := e.openR(name)
-		b, err := e.c.OpenBacking(ctx, r)
-		if err != nil || b == nil {
-			t.Fatalf("OpenBacking %s: %v", name, err)
-		}
+		data, r, b := e.backedFile(name)
 		mapped := mapBacking(t, b, len(data))
 		defer unix.Munmap(mapped)
 		if err := b.Release(ctx); err != nil {
 			t.Fatalf("release of %s without leases: %v", name, err)
 		}
 		e.close(r)
-		e.c.passMu.Lock()
-		n := len(e.c.lingering)
-		e.c.passMu.Unlock()
-		if n != 0 {
+		if n := e.lingering(); n != 0 {
 			t.Fatalf("%d backing files kept for a probe that cannot answer", n)
 		}
 		// Unused, it is dropped at the first write, as the warning says.
@@ -521,13 +507,7 @@ func TestWritersMappingWithoutLeases(t *testing.T) {
 	e.logs.allow(warning)
 	e.logs.allow("took in what a writable mapping wrote")
 	for _, name := range []string{"f", "g"} {
-		data := randBytes(int(2 * e.opt.BlockSize))
-		e.write(name, 0, data)
-		r := e.openR(name)
-		b, err := e.c.OpenBacking(ctx, r)
-		if err != nil || b == nil {
-			t.Fatalf("OpenBacking %s: %v", name, err)
-		}
+		data, r, b := e.backedFile(name)
 		b.AddWriter()
 		f := b.b.File() // what a writable mapping does to it
 		if _, err := f.WriteAt([]byte("mapped"), e.opt.BlockSize+3); err != nil {
@@ -540,10 +520,7 @@ func TestWritersMappingWithoutLeases(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.c.checkLingering(ctx)
-		e.c.passMu.Lock()
-		n := len(e.c.lingering)
-		e.c.passMu.Unlock()
-		if n != 0 {
+		if n := e.lingering(); n != 0 {
 			t.Fatalf("%d backing files kept for a probe that cannot answer", n)
 		}
 		want := append([]byte{}, data...)
@@ -557,4 +534,26 @@ func TestWritersMappingWithoutLeases(t *testing.T) {
 	if n := e.logs.count(warning); n != 1 {
 		t.Fatalf("the warning was logged %d times for two files, want once", n)
 	}
+}
+
+// backedFile writes name (two blocks of random bytes), opens it for
+// reading and gives that open its backing file.
+func (e *env) backedFile(name string) ([]byte, *Handle, *Backing) {
+	e.t.Helper()
+	data := randBytes(int(2 * e.opt.BlockSize))
+	e.write(name, 0, data)
+	r := e.openR(name)
+	b, err := e.c.OpenBacking(ctx, r)
+	if err != nil || b == nil {
+		e.t.Fatalf("OpenBacking %s: %v, %v", name, b, err)
+	}
+	return data, r, b
+}
+
+// lingering is how many backing files the cache keeps for a mapping that
+// may outlive their opens.
+func (e *env) lingering() int {
+	e.c.passMu.Lock()
+	defer e.c.passMu.Unlock()
+	return len(e.c.lingering)
 }
