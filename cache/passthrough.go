@@ -257,13 +257,23 @@ func (b *Backing) usedByWriter() bool {
 	return b.writers
 }
 
-// warnNoLeases says, once per cache, that a readers' mapping that outlives
-// its opens cannot be told (the kernel refuses leases), so it will not see
-// later writes.
-func (c *Cache) warnNoLeases(b *Backing, err error) {
-	c.leaseWarn.Do(func() {
-		c.log.Warn("cache: cannot tell whether a mapping of a passthrough file outlives its opens; such a mapping will not see later writes", "path", b.path(), "err", err)
-	})
+// probeFailed logs a lease probe of b that failed. Where the kernel
+// refuses leases (blocks.ErrNoLeases) it says once per cache, for readers'
+// mappings and once for writers', that such mappings cannot be told about;
+// any other failure is logged each time.
+func (c *Cache) probeFailed(b *Backing, writers bool, err error) {
+	switch {
+	case !errors.Is(err, blocks.ErrNoLeases):
+		c.log.Warn("cache: lease probe of a passthrough file failed; taken as no mapping left", "path", b.path(), "err", err)
+	case writers:
+		c.leaseWarnW.Do(func() {
+			c.log.Warn("cache: cannot tell whether a writable mapping of a passthrough file outlives its opens; such a mapping will not see later writes, and what it writes after the group commit that follows the last close is not taken in", "path", b.path(), "err", err)
+		})
+	default:
+		c.leaseWarn.Do(func() {
+			c.log.Warn("cache: cannot tell whether a mapping of a passthrough file outlives its opens; such a mapping will not see later writes", "path", b.path(), "err", err)
+		})
+	}
 }
 
 // Release is called when the last passthrough open using the backing file
@@ -272,7 +282,9 @@ func (c *Cache) warnNoLeases(b *Backing, err error) {
 // until the mapping is gone: a writer's mapping can still write to it, and
 // any mapping reads it, so the writes made through keelfs meanwhile must
 // still be copied to it (an unused backing file is dropped at the first
-// write, and the mapping would keep the old bytes).
+// write, and the mapping would keep the old bytes). Where the probe fails
+// (no leases), a readers' file is let go at once and a writer's after one
+// more look (see checkLingering).
 func (b *Backing) Release(ctx context.Context) error {
 	writers := b.usedByWriter()
 	if writers {
@@ -283,16 +295,13 @@ func (b *Backing) Release(ctx context.Context) error {
 	}
 	mapped, err := b.b.MappedElsewhere()
 	if err != nil {
-		// No leases here (fs.leases-enable=0): there is no telling
-		// whether a mapping outlives the opens. A reader's mapping
-		// cannot write: what it lacks is only the writes to come, which
-		// it will not see (logged once). A writer's may still write:
-		// the group commit takes in what it wrote meanwhile, once more,
-		// then lets go (checkLingering, which says so once). Either way
+		// No telling whether a mapping outlives the opens (no leases
+		// here: fs.leases-enable=0). A reader's mapping cannot write:
+		// what it lacks is only the writes to come, which it will not
+		// see. A writer's may still write: the group commit takes in
+		// what it wrote meanwhile, once more, then lets go. Either way
 		// the release succeeded.
-		if !writers {
-			b.c.warnNoLeases(b, err)
-		}
+		b.c.probeFailed(b, writers, err)
 		mapped = writers
 	}
 	if mapped {
@@ -425,9 +434,10 @@ type lingering struct {
 const lingerMaxFails = 60
 
 // checkLingering takes in what lingering backing files got since the last
-// look, and lets go of those no mapping uses any more: after a last full
-// comparison if a writer used it, since a mapping's write may not have
-// moved the file's mtime. It runs with the group commit.
+// look, and lets go of those no mapping uses any more (all of them where
+// the lease probe fails: it cannot tell): after a last full comparison if
+// a writer used it, since a mapping's write may not have moved the file's
+// mtime. It runs with the group commit.
 func (c *Cache) checkLingering(ctx context.Context) {
 	c.passMu.Lock()
 	list := c.lingering
@@ -439,16 +449,9 @@ func (c *Cache) checkLingering(ctx context.Context) {
 		writers := b.usedByWriter()
 		mapped, lerr := b.b.MappedElsewhere()
 		if lerr != nil {
-			// Leases are not to be had here (fs.leases-enable=0): there
-			// is no telling when the mapping is gone. Take in what it
-			// wrote so far, and let go.
-			if writers {
-				c.leaseWarnW.Do(func() {
-					c.log.Warn("cache: cannot tell whether a writable mapping of a passthrough file is gone; what such a mapping writes after the group commit that follows its file's last close is not seen", "path", b.path(), "err", lerr)
-				})
-			} else {
-				c.warnNoLeases(b, lerr)
-			}
+			// No telling when the mapping is gone (no leases here):
+			// take in what it wrote so far, and let go.
+			c.probeFailed(b, writers, lerr)
 			mapped = false
 		}
 		var err error

@@ -154,7 +154,7 @@ func TestBackingFollowsWrites(t *testing.T) {
 // so the mapping sees them, as it would on a local file. Once the mapping
 // is gone, the group commit's look lets the file go.
 func TestBackingKeptWhileAReadersMappingLasts(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, func(o *Options) { o.CommitInterval = time.Hour }) // the test's checkLingering is the group commit
 	data := randBytes(int(2 * e.opt.BlockSize))
 	e.write("f", 0, data)
 	r := e.openR("f")
@@ -456,6 +456,7 @@ func TestBackingMappingWriteToReplacedVersionReported(t *testing.T) {
 func TestReadersMappingWithoutLeases(t *testing.T) {
 	var probes atomic.Int32
 	e := newEnv(t, func(o *Options) {
+		o.CommitInterval = time.Hour // no group commit in between
 		o.SetLease = func(uintptr, int) error {
 			probes.Add(1)
 			return unix.EINVAL
@@ -501,11 +502,11 @@ func TestReadersMappingWithoutLeases(t *testing.T) {
 func TestWritersMappingWithoutLeases(t *testing.T) {
 	e := newEnv(t, func(o *Options) {
 		o.WriteBackDelay = time.Hour
+		o.CommitInterval = time.Hour // the test's checkLingering is the group commit
 		o.SetLease = func(uintptr, int) error { return unix.EINVAL }
 	})
-	const warning = "cannot tell whether a writable mapping of a passthrough file is gone"
+	const warning = "cannot tell whether a writable mapping of a passthrough file outlives its opens"
 	e.logs.allow(warning)
-	e.logs.allow("took in what a writable mapping wrote")
 	for _, name := range []string{"f", "g"} {
 		data, r, b := e.backedFile(name)
 		b.AddWriter()
@@ -529,6 +530,15 @@ func TestWritersMappingWithoutLeases(t *testing.T) {
 		e.close(r)
 		if got := e.read(name); !bytes.Equal(got, want) {
 			t.Fatalf("%s: the cache did not take in what the mapping wrote", name)
+		}
+		// Let go: unused, it is dropped at the first write.
+		w := e.openW(name)
+		if _, err := w.Write(ctx, []byte("x"), 0); err != nil {
+			t.Fatal(err)
+		}
+		e.close(w)
+		if got := e.c.blocks.BackingFor(r.Ino(), r.ver); got != nil {
+			t.Fatalf("the backing file of %s was not let go", name)
 		}
 	}
 	if n := e.logs.count(warning); n != 1 {
@@ -556,4 +566,33 @@ func (e *env) lingering() int {
 	e.c.passMu.Lock()
 	defer e.c.passMu.Unlock()
 	return len(e.c.lingering)
+}
+
+// A lease that was granted and could not be given back is no refusal of
+// leases: it is logged each time, not once as "no leases here" is.
+func TestLeaseNotGivenBackIsLoggedEachTime(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.CommitInterval = time.Hour
+		o.SetLease = func(fd uintptr, arg int) error {
+			if arg == unix.F_UNLCK {
+				return unix.EBADF
+			}
+			return nil
+		}
+	})
+	const warning = "lease probe of a passthrough file failed"
+	e.logs.allow(warning)
+	for _, name := range []string{"f", "g"} {
+		_, r, b := e.backedFile(name)
+		if err := b.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		e.close(r)
+	}
+	if n := e.logs.count(warning); n != 2 {
+		t.Fatalf("a lease not given back was logged %d times for two files, want 2", n)
+	}
+	if n := e.logs.count("cannot tell whether"); n != 0 {
+		t.Fatalf("a lease not given back was taken for leases refused (%d lines)", n)
+	}
 }

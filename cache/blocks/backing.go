@@ -50,6 +50,11 @@ import (
 // encrypted).
 var ErrNoBacking = errors.New("no backing file for this content")
 
+// ErrNoLeases: the kernel refuses leases on backing files
+// (fs.leases-enable=0, or a filesystem without them), so MappedElsewhere
+// cannot tell.
+var ErrNoLeases = errors.New("the kernel gives no leases on backing files")
+
 // Backing is an assembled backing file.
 type Backing struct {
 	s   *Store
@@ -564,10 +569,10 @@ func (b *Backing) MappedElsewhere() (bool, error) {
 		return true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("cache: lease on backing file: %w", err)
+		return false, fmt.Errorf("%w: %v", ErrNoLeases, err)
 	}
 	if err := b.s.setLease(uintptr(fd), unix.F_UNLCK); err != nil {
-		return false, fmt.Errorf("cache: lease on backing file: %w", err)
+		return false, fmt.Errorf("cache: give back the lease on a backing file: %w", err)
 	}
 	return false, nil
 }
