@@ -38,6 +38,7 @@ type Reach struct {
 	lastOK    time.Time
 	lastErr   error // why it went down
 	probing   bool
+	checking  bool // a check for a write under way asks S3 (see check)
 	closed    bool
 	// stopped ends with Close. It stops the probe, and its request into a
 	// black hole too, which must not hold Close (and a stopping mount)
@@ -298,6 +299,7 @@ type request struct {
 	cancel context.CancelCauseFunc
 	done   func()
 	timer  clockwork.Timer
+	over   bool // released: no timer is set again (watch)
 	mu     sync.Mutex
 }
 
@@ -346,6 +348,9 @@ func (q *request) finish(err error) error {
 }
 
 func (q *request) release() {
+	q.mu.Lock()
+	q.over = true
+	q.mu.Unlock()
 	q.answered()
 	q.cancel(nil)
 	q.done()
@@ -413,14 +418,71 @@ func (r *Reach) List(ctx context.Context, in ListInput, fn func(ListEntry) error
 }
 
 // write runs a request that sends data: it has no Wait (the body takes
-// what it takes), but is cut short if S3 goes away meanwhile.
+// what it takes), but is cut short if S3 goes away meanwhile; and while it
+// runs, S3 is asked every Wait whether it still answers (watch).
 func (r *Reach) write(ctx context.Context, op, key string, f func(ctx context.Context) error) error {
 	q, err := r.start(ctx, op, key)
 	if err != nil {
 		return err
 	}
 	defer q.release()
+	q.watch()
 	return q.finish(f(q.ctx))
+}
+
+// watch asks S3, every Wait while the write runs, whether it still
+// answers (check). A write has no Wait of its own, so into a black hole it
+// would wait for its connection's idle timeout (2 minutes), once for each
+// of the SDK's attempts, with S3 counted as reachable throughout: found by
+// hand, an fsync waited ten minutes for an upload whose server had stopped
+// answering, and `keelfs status` said reachable.
+func (q *request) watch() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.over {
+		return
+	}
+	q.timer = q.r.opt.Clock.AfterFunc(q.r.opt.Wait, func() {
+		q.watch()
+		q.r.check()
+	})
+}
+
+// check asks S3 for one key, within Wait, on behalf of the writes under
+// way: no answer makes S3 unreachable, which cuts them short; an answer
+// says they are only slow. One check at a time serves every write.
+func (r *Reach) check() {
+	r.mu.Lock()
+	if r.down || r.closed || r.checking {
+		r.mu.Unlock()
+		return
+	}
+	r.checking = true
+	r.wg.Add(1) // under mu, as in fail: Close waits for it
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.checking = false
+		r.mu.Unlock()
+		r.wg.Done()
+	}()
+	ctx, cancel := context.WithCancelCause(r.stopped)
+	noAnswer := unreachable{fmt.Sprintf("no answer from s3 within %s while an upload was under way", r.opt.Wait)}
+	timer := r.opt.Clock.AfterFunc(r.opt.Wait, func() { cancel(noAnswer) })
+	err := r.ObjectStore.List(ctx, ListInput{MaxKeys: 1}, func(ListEntry) error { return nil })
+	timer.Stop()
+	cause := context.Cause(ctx)
+	cancel(nil)
+	switch {
+	case r.stopped.Err() != nil:
+		// Closed meanwhile: the answer, if any, is nobody's news.
+	case err != nil && errors.Is(cause, ErrUnreachable):
+		r.fail(&Error{Op: "ListObjectsV2", Kind: ErrUnavailable, Cause: cause})
+	case outage(context.Background(), err):
+		r.fail(err)
+	default:
+		r.up()
+	}
 }
 
 func (r *Reach) Put(ctx context.Context, in PutInput) (etag string, err error) {

@@ -306,3 +306,123 @@ func TestReachCloseEndsAProbeUnderWay(t *testing.T) {
 		t.Fatal("Close waited for the probe's request into a black hole")
 	}
 }
+
+// silentStore is a store whose PUTs hang until their context ends, and whose
+// LISTs do too while hole is set: a server that stopped answering.
+type silentStore struct {
+	s3backend.ObjectStore
+	hole  atomic.Bool
+	lists atomic.Int32
+	puts  chan struct{}
+	free  chan struct{} // closing it lets the PUTs under way succeed
+}
+
+func (b *silentStore) Put(ctx context.Context, in s3backend.PutInput) (string, error) {
+	b.puts <- struct{}{}
+	select {
+	case <-ctx.Done():
+		return "", &s3backend.Error{Op: "PutObject", Key: in.Key, Kind: s3backend.ErrUnavailable, Cause: ctx.Err()}
+	case <-b.free:
+		return "etag", nil
+	}
+}
+
+func (b *silentStore) List(ctx context.Context, in s3backend.ListInput, fn func(s3backend.ListEntry) error) error {
+	b.lists.Add(1)
+	if b.hole.Load() {
+		<-ctx.Done()
+		return &s3backend.Error{Op: "ListObjectsV2", Kind: s3backend.ErrUnavailable, Cause: ctx.Err()}
+	}
+	return b.ObjectStore.List(ctx, in, fn)
+}
+
+// A write into a black hole is cut short, and S3 counted unreachable,
+// within two Waits: one for the write to be overdue, one for the check's
+// LIST to get no answer. Found by hand: the upload waited for its
+// connection's idle timeout on each of the SDK's attempts, and an fsync
+// with it ten minutes, with S3 counted reachable throughout.
+func TestReachChecksOnAWriteIntoABlackHole(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	b := &silentStore{ObjectStore: memstore.New(), puts: make(chan struct{}, 1), free: make(chan struct{})}
+	b.hole.Store(true)
+	log := &logBuf{}
+	r := s3backend.NewReach(b, s3backend.ReachOptions{Wait: 5 * time.Second, Clock: clock,
+		Logger: slog.New(slog.NewTextHandler(log, nil))})
+	defer r.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Put(context.Background(), s3backend.PutInput{Key: "f", Body: bytes.NewReader(nil)})
+		done <- err
+	}()
+	<-b.puts
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := clock.BlockUntilContext(ctx, 1); err != nil { // the write's watch
+		t.Fatal("the write set no timer")
+	}
+	clock.Advance(5 * time.Second)
+	for b.lists.Load() == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("no check of S3 while the write was overdue")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := clock.BlockUntilContext(ctx, 2); err != nil { // the check's Wait, the write's next watch
+		t.Fatal(err)
+	}
+	clock.Advance(5 * time.Second)
+	select {
+	case err := <-done:
+		if !errors.Is(err, s3backend.ErrUnavailable) || !errors.Is(err, s3backend.ErrUnreachable) {
+			t.Fatalf("the write into the black hole: %v, want it cut short as unreachable", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("a write into a black hole still waits after two Waits")
+	}
+	if r.Reachable() {
+		t.Fatal("S3 still counts as reachable")
+	}
+	for log.count("s3 is unreachable") == 0 && ctx.Err() == nil { // logged after the cut
+		time.Sleep(time.Millisecond)
+	}
+	if n := log.count("s3 is unreachable"); n != 1 {
+		t.Fatalf("%d WARNs that S3 is unreachable, want 1", n)
+	}
+}
+
+// A slow write to an S3 that answers is left alone: the checks find S3
+// there, and the write ends as it would have.
+func TestReachLeavesASlowWriteAlone(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	b := &silentStore{ObjectStore: memstore.New(), puts: make(chan struct{}, 1), free: make(chan struct{})}
+	r := s3backend.NewReach(b, s3backend.ReachOptions{Wait: 5 * time.Second, Clock: clock,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer r.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Put(context.Background(), s3backend.PutInput{Key: "f", Body: bytes.NewReader(nil)})
+		done <- err
+	}()
+	<-b.puts
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := int32(1); i <= 3; i++ {
+		if err := clock.BlockUntilContext(ctx, 1); err != nil {
+			t.Fatalf("check %d: the write set no timer", i)
+		}
+		clock.Advance(5 * time.Second)
+		for b.lists.Load() < i {
+			if ctx.Err() != nil {
+				t.Fatalf("no check %d of S3 while the write ran", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if !r.Reachable() {
+		t.Fatal("a slow write made S3 count as unreachable")
+	}
+	close(b.free)
+	if err := <-done; err != nil {
+		t.Fatalf("the slow write: %v", err)
+	}
+}
