@@ -132,7 +132,7 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 	var early map[int64]string
 	if p.stream != nil {
 		var err error
-		if id, early, err = c.finishStream(st, p); err != nil {
+		if id, early, err = c.finishStream(ctx, st, p); err != nil {
 			return "", err
 		}
 		p.usedStream = id != ""
@@ -143,7 +143,7 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 			return "", err
 		}
 		if err := c.setUploadID(st, id); err != nil {
-			c.abortMultipart(p.target, id)
+			c.abortMultipart(ctx, p.target, id)
 			return "", err
 		}
 	}
@@ -218,18 +218,30 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 		}
 		firstErr = err
 	}
-	c.abortMultipart(p.target, id)
+	c.abortMultipart(ctx, p.target, id)
 	return "", firstErr
 }
 
 // abortMultipart aborts a multipart upload that will not be completed. A
 // failure is logged and left to the bucket's lifecycle rules (or to the
-// next attempt, which aborts the recorded ID again).
-func (c *Cache) abortMultipart(key, id string) {
-	actx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.store.AbortMultipart(actx, key, id); err != nil {
-		c.log.Warn("cache: abort multipart upload", "key", key, "err", err)
+// next attempt, which aborts the recorded ID again). When a stop ended the
+// attempt (ctx), the abort runs in the background, which the cache's Close
+// cuts short: waited for, its 30 s into an S3 that does not answer came on
+// top of --shutdown-timeout (a stop took 55 s for 25).
+func (c *Cache) abortMultipart(ctx context.Context, key, id string) {
+	abort := func(parent context.Context) {
+		actx, cancel := context.WithTimeout(parent, 30*time.Second)
+		defer cancel()
+		if err := c.store.AbortMultipart(actx, key, id); err != nil {
+			c.log.Warn("cache: abort multipart upload; the bucket's lifecycle rules remove what is left", "key", key, "err", err)
+		}
+	}
+	if ctx.Err() == nil {
+		abort(context.Background())
+		return
+	}
+	if !c.tasks.Go(func() { abort(c.tasks.ctx) }) {
+		c.log.Warn("cache: multipart upload not aborted: the mount is stopping; the bucket's lifecycle rules remove what is left", "key", key)
 	}
 }
 

@@ -330,11 +330,19 @@ func (s *stream) usable(rec *Inode, p *uploadPlan) bool {
 // record) and the parts that still hold the sealed content. id is "" when
 // the stream never got an upload. An error means the hand-over could not
 // be recorded: the stream's upload stays recorded for the next Open to
-// abort, and the attempt fails.
-func (c *Cache) finishStream(st *inodeState, p *uploadPlan) (id string, parts map[int64]string, err error) {
+// abort, and the attempt fails. So it does when ctx (the attempt's) ends
+// first: the parts in flight are cut short rather than waited for (a stop
+// waited for them past --shutdown-timeout, for as long as S3 took to
+// answer them: ten minutes into a black hole).
+func (c *Cache) finishStream(ctx context.Context, st *inodeState, p *uploadPlan) (id string, parts map[int64]string, err error) {
 	s := p.stream
 	close(s.sealed)
+	stop := context.AfterFunc(ctx, s.cancel)
 	s.wg.Wait()
+	stop()
+	if err := ctx.Err(); err != nil {
+		return "", nil, err
+	}
 	if s.id == "" {
 		return "", nil, nil
 	}
