@@ -143,7 +143,7 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 			return "", err
 		}
 		if err := c.setUploadID(st, id); err != nil {
-			c.abortMultipart(ctx, p.target, id)
+			c.abortMultipart(context.Background(), p.target, id) // unrecorded: now or never
 			return "", err
 		}
 	}
@@ -225,23 +225,19 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 // abortMultipart aborts a multipart upload that will not be completed. A
 // failure is logged and left to the bucket's lifecycle rules (or to the
 // next attempt, which aborts the recorded ID again). When a stop ended the
-// attempt (ctx), the abort runs in the background, which the cache's Close
-// cuts short: waited for, its 30 s into an S3 that does not answer came on
-// top of --shutdown-timeout (a stop took 55 s for 25).
+// attempt (ctx), it is not aborted now: waited for, its 30 s into an S3
+// that does not answer came on top of --shutdown-timeout (a stop took 55 s
+// for 25). Its ID stays recorded (see commit), and the next attempt, in
+// this mount or the next, aborts it (resolveStaleUpload).
 func (c *Cache) abortMultipart(ctx context.Context, key, id string) {
-	abort := func(parent context.Context) {
-		actx, cancel := context.WithTimeout(parent, 30*time.Second)
-		defer cancel()
-		if err := c.store.AbortMultipart(actx, key, id); err != nil {
-			c.log.Warn("cache: abort multipart upload; the bucket's lifecycle rules remove what is left", "key", key, "err", err)
-		}
-	}
-	if ctx.Err() == nil {
-		abort(context.Background())
+	if ctx.Err() != nil {
+		c.log.Debug("cache: multipart upload left for the next attempt to abort: the mount is stopping", "key", key)
 		return
 	}
-	if !c.tasks.Go(func() { abort(c.tasks.ctx) }) {
-		c.log.Warn("cache: multipart upload not aborted: the mount is stopping; the bucket's lifecycle rules remove what is left", "key", key)
+	actx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.store.AbortMultipart(actx, key, id); err != nil {
+		c.log.Warn("cache: abort multipart upload", "key", key, "err", err)
 	}
 }
 

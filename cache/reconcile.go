@@ -497,7 +497,9 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 			return errNoChange
 		}
 		st.upload = nil
-		if rec.UploadID == "" {
+		if rec.UploadID == "" || ctx.Err() != nil {
+			// A stop cut the attempt short: push left the upload to
+			// the next attempt to abort (resolveStaleUpload).
 			return errNoChange
 		}
 		rec.UploadID = "" // aborted by push

@@ -1254,7 +1254,6 @@ func (h hangingParts) UploadPart(ctx context.Context, in s3backend.UploadPartInp
 func TestStopDoesNotWaitForEarlyPartsUnderWay(t *testing.T) {
 	started := make(chan struct{}, 1)
 	e := newEnv(t, func(o *Options) { o.Store = hangingParts{ObjectStore: o.Store, started: started} })
-	e.logs.allow("abort multipart upload") // the stop cuts it short
 	h := e.openW("f")
 	if _, err := h.Write(ctx, randBytes(int(e.opt.PartSize+e.opt.BlockSize)), 0); err != nil {
 		t.Fatal(err)
@@ -1284,5 +1283,76 @@ func TestStopDoesNotWaitForEarlyPartsUnderWay(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		e.c = nil // the cleanup's Close would wait for this one
 		t.Fatal("Close still waits for an early part under way after 10 s")
+	}
+}
+
+// stallingParts is a store whose UploadParts hang until their context ends
+// while stall is set.
+type stallingParts struct {
+	s3backend.ObjectStore
+	stall   *atomic.Bool
+	started chan struct{}
+}
+
+func (h stallingParts) UploadPart(ctx context.Context, in s3backend.UploadPartInput) (string, error) {
+	if !h.stall.Load() {
+		return h.ObjectStore.UploadPart(ctx, in)
+	}
+	select {
+	case h.started <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return "", &s3backend.Error{Op: "UploadPart", Key: in.Key, Kind: s3backend.ErrUnavailable, Cause: ctx.Err()}
+}
+
+// AbortMultipart takes a while, as over a network.
+func (h stallingParts) AbortMultipart(ctx context.Context, key, uploadID string) error {
+	select {
+	case <-time.After(100 * time.Millisecond):
+	case <-ctx.Done():
+		return &s3backend.Error{Op: "AbortMultipartUpload", Key: key, Kind: s3backend.ErrUnavailable, Cause: ctx.Err()}
+	}
+	return h.ObjectStore.AbortMultipart(ctx, key, uploadID)
+}
+
+// A stop that cuts a multipart upload short neither waits to abort it nor
+// forgets it: the next mount aborts it before uploading the file again.
+// (Aborted in the background instead, the abort was cut short by Close at
+// once and the upload's record cleared: every such stop left the upload
+// in the bucket, found in review.)
+func TestStopLeavesACutMultipartUploadToTheNextMount(t *testing.T) {
+	var stall atomic.Bool
+	stall.Store(true)
+	started := make(chan struct{}, 1)
+	e := newEnv(t, func(o *Options) { o.Store = stallingParts{ObjectStore: o.Store, stall: &stall, started: started} })
+	size := e.opt.PartSize + e.opt.BlockSize
+	h := e.openW("f")
+	if err := e.c.Truncate(ctx, h.Ino(), size); err != nil { // no writes: no early parts
+		t.Fatal(err)
+	}
+	e.close(h)
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no part was sent")
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.c.Close() }()
+	select {
+	case <-done:
+		e.c = nil
+	case <-time.After(10 * time.Second):
+		e.c = nil // the cleanup's Close would wait for this one
+		t.Fatal("Close still waits for a part under way after 10 s")
+	}
+	stall.Store(false)
+	e.open()
+	e.drain()
+	if n := e.store.Uploads(); n != 0 {
+		t.Fatalf("%d multipart uploads left in the bucket after the next mount uploaded the file", n)
+	}
+	if got := e.object("f"); int64(len(got)) != size || !bytes.Equal(got, make([]byte, size)) {
+		t.Fatalf("the object holds %d bytes, want %d zeros", len(got), size)
 	}
 }
