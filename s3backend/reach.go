@@ -436,27 +436,36 @@ func (r *Reach) write(ctx context.Context, op, key string, f func(ctx context.Co
 // of the SDK's attempts, with S3 counted as reachable throughout: found by
 // hand, an fsync waited ten minutes for an upload whose server had stopped
 // answering, and `keelfs status` said reachable.
-func (q *request) watch() {
+// It reports whether it armed the timer (not once the request is over).
+func (q *request) watch() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.over {
-		return
+		return false
 	}
 	q.timer = q.r.opt.Clock.AfterFunc(q.r.opt.Wait, func() {
-		q.watch()
-		q.r.check()
+		if q.watch() {
+			q.r.check()
+		}
 	})
+	return true
 }
 
 // check asks S3 for one key, within Wait, on behalf of the writes under
 // way: no answer makes S3 unreachable, which cuts them short; an answer
-// says they are only slow. One check at a time serves every write.
+// says they are only slow. It asks only if S3 answered nothing for Wait
+// (a bulk upload whose parts land asks nothing, and all the writes under
+// way share one check per Wait), and a check without an answer counts
+// only if nothing else was answered meanwhile: a LIST stuck behind a
+// saturated uplink, or slow on a busy server, while parts still land, is
+// no outage, and cutting every request short would only send them again.
 func (r *Reach) check() {
 	r.mu.Lock()
-	if r.down || r.closed || r.checking {
+	if r.down || r.closed || r.checking || r.opt.Clock.Since(r.lastOK) < r.opt.Wait {
 		r.mu.Unlock()
 		return
 	}
+	began := r.lastOK
 	r.checking = true
 	r.wg.Add(1) // under mu, as in fail: Close waits for it
 	r.mu.Unlock()
@@ -473,15 +482,20 @@ func (r *Reach) check() {
 	timer.Stop()
 	cause := context.Cause(ctx)
 	cancel(nil)
+	r.mu.Lock()
+	answered := r.lastOK.After(began)
+	r.mu.Unlock()
 	switch {
 	case r.stopped.Err() != nil:
 		// Closed meanwhile: the answer, if any, is nobody's news.
-	case err != nil && errors.Is(cause, ErrUnreachable):
-		r.fail(&Error{Op: "ListObjectsV2", Kind: ErrUnavailable, Cause: cause})
-	case outage(context.Background(), err):
-		r.fail(err)
-	default:
+	case err == nil || !(errors.Is(cause, ErrUnreachable) || outage(context.Background(), err)):
 		r.up()
+	case answered:
+		// Another request got an answer meanwhile: S3 is there.
+	case errors.Is(cause, ErrUnreachable):
+		r.fail(&Error{Op: "ListObjectsV2", Kind: ErrUnavailable, Cause: cause})
+	default:
+		r.fail(err)
 	}
 }
 

@@ -311,10 +311,12 @@ func TestReachCloseEndsAProbeUnderWay(t *testing.T) {
 // LISTs do too while hole is set: a server that stopped answering.
 type silentStore struct {
 	s3backend.ObjectStore
-	hole  atomic.Bool
-	lists atomic.Int32
-	puts  chan struct{}
-	free  chan struct{} // closing it lets the PUTs under way succeed
+	hole     atomic.Bool
+	lists    atomic.Int32 // LISTs asked
+	answered atomic.Int32 // LISTs answered
+	ended    atomic.Int32 // LISTs returned, answered or not
+	puts     chan struct{}
+	free     chan struct{} // closing it lets the PUTs under way succeed
 }
 
 func (b *silentStore) Put(ctx context.Context, in s3backend.PutInput) (string, error) {
@@ -329,10 +331,12 @@ func (b *silentStore) Put(ctx context.Context, in s3backend.PutInput) (string, e
 
 func (b *silentStore) List(ctx context.Context, in s3backend.ListInput, fn func(s3backend.ListEntry) error) error {
 	b.lists.Add(1)
+	defer b.ended.Add(1)
 	if b.hole.Load() {
 		<-ctx.Done()
 		return &s3backend.Error{Op: "ListObjectsV2", Kind: s3backend.ErrUnavailable, Cause: ctx.Err()}
 	}
+	defer b.answered.Add(1)
 	return b.ObjectStore.List(ctx, in, fn)
 }
 
@@ -411,7 +415,7 @@ func TestReachLeavesASlowWriteAlone(t *testing.T) {
 			t.Fatalf("check %d: the write set no timer", i)
 		}
 		clock.Advance(5 * time.Second)
-		for b.lists.Load() < i {
+		for b.answered.Load() < i { // answered: its Wait must not run out under the next Advance
 			if ctx.Err() != nil {
 				t.Fatalf("no check %d of S3 while the write ran", i)
 			}
@@ -420,6 +424,60 @@ func TestReachLeavesASlowWriteAlone(t *testing.T) {
 	}
 	if !r.Reachable() {
 		t.Fatal("a slow write made S3 count as unreachable")
+	}
+	close(b.free)
+	if err := <-done; err != nil {
+		t.Fatalf("the slow write: %v", err)
+	}
+}
+
+// A check without an answer is no outage when another request was
+// answered meanwhile: a LIST stuck behind a saturated uplink, or slow on a
+// busy server, while the other requests still get answers (found in
+// review: the check would have cut every upload short, again and again).
+func TestReachCheckWithoutAnswerWhileOthersAreAnswered(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	b := &silentStore{ObjectStore: memstore.New(), puts: make(chan struct{}, 1), free: make(chan struct{})}
+	b.hole.Store(true) // LISTs only
+	changes := make(chan bool, 10)
+	r := s3backend.NewReach(b, s3backend.ReachOptions{Wait: 5 * time.Second, Clock: clock,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OnChange: func(up bool) { changes <- up }})
+	defer r.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Put(context.Background(), s3backend.PutInput{Key: "f", Body: bytes.NewReader(nil)})
+		done <- err
+	}()
+	<-b.puts
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := clock.BlockUntilContext(ctx, 1); err != nil {
+		t.Fatal("the write set no timer")
+	}
+	clock.Advance(5 * time.Second)
+	for b.lists.Load() == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("no check of S3 while the write was overdue")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := r.Head(context.Background(), "nothing"); !errors.Is(err, s3backend.ErrNotFound) { // an answer
+		t.Fatalf("HEAD: %v", err)
+	}
+	if err := clock.BlockUntilContext(ctx, 2); err != nil { // the check's Wait, the write's next watch
+		t.Fatal(err)
+	}
+	clock.Advance(5 * time.Second) // the check's Wait runs out
+	for b.ended.Load() == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the check's LIST did not end with its Wait")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case up := <-changes:
+		t.Fatalf("reachability went to %v although a HEAD was answered while the check waited", up)
+	case <-time.After(200 * time.Millisecond): // what the check decides, it decides at once
 	}
 	close(b.free)
 	if err := <-done; err != nil {
