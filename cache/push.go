@@ -143,7 +143,9 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 			return "", err
 		}
 		if err := c.setUploadID(st, id); err != nil {
-			c.abortMultipart(context.Background(), p.target, id) // unrecorded: now or never
+			if !c.abortMultipart(context.Background(), p.target, id) { // unrecorded: now or never
+				c.log.Warn("cache: multipart upload not aborted; the bucket's lifecycle rules remove it", "key", p.target)
+			}
 			return "", err
 		}
 	}
@@ -218,27 +220,30 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 		}
 		firstErr = err
 	}
-	c.abortMultipart(ctx, p.target, id)
+	p.aborted = c.abortMultipart(ctx, p.target, id)
 	return "", firstErr
 }
 
-// abortMultipart aborts a multipart upload that will not be completed. A
-// failure is logged and left to the bucket's lifecycle rules (or to the
-// next attempt, which aborts the recorded ID again). When a stop ended the
-// attempt (ctx), it is not aborted now: waited for, its 30 s into an S3
-// that does not answer came on top of --shutdown-timeout (a stop took 55 s
-// for 25). Its ID stays recorded (see commit), and the next attempt, in
-// this mount or the next, aborts it (resolveStaleUpload).
-func (c *Cache) abortMultipart(ctx context.Context, key, id string) {
+// abortMultipart aborts a multipart upload that will not be completed,
+// and reports whether it did. One it did not stays recorded (see commit),
+// and the next attempt, in this mount or the next, aborts it
+// (resolveStaleUpload): a failure (S3 went away mid-upload, which is why
+// the upload failed) is logged at debug level only. When a stop ended the
+// attempt (ctx), it is not tried now: waited for, its 30 s into an S3 that
+// does not answer came on top of --shutdown-timeout (a stop took 55 s for
+// 25).
+func (c *Cache) abortMultipart(ctx context.Context, key, id string) bool {
 	if ctx.Err() != nil {
 		c.log.Debug("cache: multipart upload left for the next attempt to abort: the mount is stopping", "key", key)
-		return
+		return false
 	}
 	actx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := c.store.AbortMultipart(actx, key, id); err != nil {
-		c.log.Warn("cache: abort multipart upload", "key", key, "err", err)
+		c.log.Debug("cache: multipart upload left for the next attempt to abort", "key", key, "err", err)
+		return false
 	}
+	return true
 }
 
 // setUploadID records a multipart upload before any part is sent, so

@@ -64,6 +64,7 @@ type reconciler struct {
 
 // uploadPlan is one sealed attempt to bring an inode's object up to date.
 type uploadPlan struct {
+	aborted     bool   // push aborted the multipart upload it failed (abortMultipart)
 	snap        *Inode // the record when sealed
 	target      string // object key to write
 	cond        s3backend.Condition
@@ -497,9 +498,9 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 			return errNoChange
 		}
 		st.upload = nil
-		if rec.UploadID == "" || ctx.Err() != nil {
-			// A stop cut the attempt short: push left the upload to
-			// the next attempt to abort (resolveStaleUpload).
+		if rec.UploadID == "" || !p.aborted {
+			// Not aborted (a stop, S3 gone): the next attempt aborts
+			// it (resolveStaleUpload).
 			return errNoChange
 		}
 		rec.UploadID = "" // aborted by push
