@@ -224,9 +224,14 @@ func (r *Reach) up() {
 	}
 }
 
-func (r *Reach) fail(err error) {
+func (r *Reach) fail(err error) { r.failUnlessAnswered(err, time.Time{}) }
+
+// failUnlessAnswered is fail, unless S3 answered a request after since
+// (under the same lock, so that an answer arriving meanwhile wins): a
+// check's LIST that got no answer while other requests did is no outage.
+func (r *Reach) failUnlessAnswered(err error, since time.Time) {
 	r.mu.Lock()
-	if r.down || r.closed {
+	if r.down || r.closed || (!since.IsZero() && r.lastOK.After(since)) {
 		r.mu.Unlock()
 		return
 	}
@@ -469,12 +474,7 @@ func (r *Reach) check() {
 	r.checking = true
 	r.wg.Add(1) // under mu, as in fail: Close waits for it
 	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		r.checking = false
-		r.mu.Unlock()
-		r.wg.Done()
-	}()
+	defer r.wg.Done()
 	ctx, cancel := context.WithCancelCause(r.stopped)
 	noAnswer := unreachable{fmt.Sprintf("no answer from s3 within %s while an upload was under way", r.opt.Wait)}
 	timer := r.opt.Clock.AfterFunc(r.opt.Wait, func() { cancel(noAnswer) })
@@ -483,19 +483,17 @@ func (r *Reach) check() {
 	cause := context.Cause(ctx)
 	cancel(nil)
 	r.mu.Lock()
-	answered := r.lastOK.After(began)
+	r.checking = false
 	r.mu.Unlock()
 	switch {
 	case r.stopped.Err() != nil:
 		// Closed meanwhile: the answer, if any, is nobody's news.
 	case err == nil || !(errors.Is(cause, ErrUnreachable) || outage(context.Background(), err)):
 		r.up()
-	case answered:
-		// Another request got an answer meanwhile: S3 is there.
 	case errors.Is(cause, ErrUnreachable):
-		r.fail(&Error{Op: "ListObjectsV2", Kind: ErrUnavailable, Cause: cause})
+		r.failUnlessAnswered(&Error{Op: "ListObjectsV2", Kind: ErrUnavailable, Cause: cause}, began)
 	default:
-		r.fail(err)
+		r.failUnlessAnswered(err, began)
 	}
 }
 

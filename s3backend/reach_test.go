@@ -415,7 +415,9 @@ func TestReachLeavesASlowWriteAlone(t *testing.T) {
 			t.Fatalf("check %d: the write set no timer", i)
 		}
 		clock.Advance(5 * time.Second)
-		for b.answered.Load() < i { // answered: its Wait must not run out under the next Advance
+		// Until the check is over: its answer recorded now (and its
+		// Wait stopped), so that the next Advance starts the next one.
+		for b.answered.Load() < i || !r.State().LastOK.Equal(clock.Now()) {
 			if ctx.Err() != nil {
 				t.Fatalf("no check %d of S3 while the write ran", i)
 			}
