@@ -475,15 +475,7 @@ func TestReadersMappingWithoutLeases(t *testing.T) {
 		if n := e.lingering(); n != 0 {
 			t.Fatalf("%d backing files kept for a probe that cannot answer", n)
 		}
-		// Unused, it is dropped at the first write, as the warning says.
-		w := e.openW(name)
-		if _, err := w.Write(ctx, []byte("x"), 0); err != nil {
-			t.Fatal(err)
-		}
-		e.close(w)
-		if got := e.c.blocks.BackingFor(r.Ino(), r.ver); got != nil {
-			t.Fatalf("the backing file of %s was not let go", name)
-		}
+		e.checkLetGo(name, r) // as the warning says
 	}
 	if probes.Load() == 0 {
 		t.Fatal("no lease was asked for")
@@ -531,15 +523,7 @@ func TestWritersMappingWithoutLeases(t *testing.T) {
 		if got := e.read(name); !bytes.Equal(got, want) {
 			t.Fatalf("%s: the cache did not take in what the mapping wrote", name)
 		}
-		// Let go: unused, it is dropped at the first write.
-		w := e.openW(name)
-		if _, err := w.Write(ctx, []byte("x"), 0); err != nil {
-			t.Fatal(err)
-		}
-		e.close(w)
-		if got := e.c.blocks.BackingFor(r.Ino(), r.ver); got != nil {
-			t.Fatalf("the backing file of %s was not let go", name)
-		}
+		e.checkLetGo(name, r)
 	}
 	if n := e.logs.count(warning); n != 1 {
 		t.Fatalf("the warning was logged %d times for two files, want once", n)
@@ -594,5 +578,19 @@ func TestLeaseNotGivenBackIsLoggedEachTime(t *testing.T) {
 	}
 	if n := e.logs.count("cannot tell whether"); n != 0 {
 		t.Fatalf("a lease not given back was taken for leases refused (%d lines)", n)
+	}
+}
+
+// checkLetGo checks that the backing file r used is let go: unused, it is
+// dropped at the first write through the cache.
+func (e *env) checkLetGo(name string, r *Handle) {
+	e.t.Helper()
+	w := e.openW(name)
+	if _, err := w.Write(ctx, []byte("x"), 0); err != nil {
+		e.t.Fatal(err)
+	}
+	e.close(w)
+	if got := e.c.blocks.BackingFor(r.Ino(), r.ver); got != nil {
+		e.t.Fatalf("the backing file of %s was not let go", name)
 	}
 }

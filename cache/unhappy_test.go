@@ -1275,14 +1275,21 @@ func TestStopDoesNotWaitForEarlyPartsUnderWay(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	e.closeWithin(10 * time.Second)
+}
+
+// closeWithin closes the cache, failing the test if Close takes longer
+// than d (a stop waiting for S3).
+func (e *env) closeWithin(d time.Duration) {
+	e.t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- e.c.Close() }()
 	select {
 	case <-done:
 		e.c = nil
-	case <-time.After(10 * time.Second):
+	case <-time.After(d):
 		e.c = nil // the cleanup's Close would wait for this one
-		t.Fatal("Close still waits for an early part under way after 10 s")
+		e.t.Fatalf("Close still waits after %v for a request under way", d)
 	}
 }
 
@@ -1337,15 +1344,7 @@ func TestStopLeavesACutMultipartUploadToTheNextMount(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no part was sent")
 	}
-	done := make(chan error, 1)
-	go func() { done <- e.c.Close() }()
-	select {
-	case <-done:
-		e.c = nil
-	case <-time.After(10 * time.Second):
-		e.c = nil // the cleanup's Close would wait for this one
-		t.Fatal("Close still waits for a part under way after 10 s")
-	}
+	e.closeWithin(10 * time.Second)
 	if n := e.store.Uploads(); n != 1 {
 		t.Fatalf("%d multipart uploads in the bucket after the stop, want the one it cut short", n)
 	}

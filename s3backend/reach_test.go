@@ -346,31 +346,12 @@ func (b *silentStore) List(ctx context.Context, in s3backend.ListInput, fn func(
 // connection's idle timeout on each of the SDK's attempts, and an fsync
 // with it ten minutes, with S3 counted reachable throughout.
 func TestReachChecksOnAWriteIntoABlackHole(t *testing.T) {
-	clock := clockwork.NewFakeClock()
-	b := &silentStore{ObjectStore: memstore.New(), puts: make(chan struct{}, 1), free: make(chan struct{})}
+	b := newSilentStore()
 	b.hole.Store(true)
 	log := &logBuf{}
-	r := s3backend.NewReach(b, s3backend.ReachOptions{Wait: 5 * time.Second, Clock: clock,
-		Logger: slog.New(slog.NewTextHandler(log, nil))})
-	defer r.Close()
-	done := make(chan error, 1)
-	go func() {
-		_, err := r.Put(context.Background(), s3backend.PutInput{Key: "f", Body: bytes.NewReader(nil)})
-		done <- err
-	}()
-	<-b.puts
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := clock.BlockUntilContext(ctx, 1); err != nil { // the write's watch
-		t.Fatal("the write set no timer")
-	}
-	clock.Advance(5 * time.Second)
-	for b.lists.Load() == 0 {
-		if ctx.Err() != nil {
-			t.Fatal("no check of S3 while the write was overdue")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	p := startSlowPut(t, b, s3backend.ReachOptions{Logger: slog.New(slog.NewTextHandler(log, nil))})
+	r, clock, done, ctx := p.r, p.clock, p.done, p.ctx
+	p.firstCheck()
 	if err := clock.BlockUntilContext(ctx, 2); err != nil { // the check's Wait, the write's next watch
 		t.Fatal(err)
 	}
@@ -397,19 +378,9 @@ func TestReachChecksOnAWriteIntoABlackHole(t *testing.T) {
 // A slow write to an S3 that answers is left alone: the checks find S3
 // there, and the write ends as it would have.
 func TestReachLeavesASlowWriteAlone(t *testing.T) {
-	clock := clockwork.NewFakeClock()
-	b := &silentStore{ObjectStore: memstore.New(), puts: make(chan struct{}, 1), free: make(chan struct{})}
-	r := s3backend.NewReach(b, s3backend.ReachOptions{Wait: 5 * time.Second, Clock: clock,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	defer r.Close()
-	done := make(chan error, 1)
-	go func() {
-		_, err := r.Put(context.Background(), s3backend.PutInput{Key: "f", Body: bytes.NewReader(nil)})
-		done <- err
-	}()
-	<-b.puts
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	b := newSilentStore()
+	p := startSlowPut(t, b, s3backend.ReachOptions{})
+	r, clock, done, ctx := p.r, p.clock, p.done, p.ctx
 	for i := int32(1); i <= 3; i++ {
 		if err := clock.BlockUntilContext(ctx, 1); err != nil {
 			t.Fatalf("check %d: the write set no timer", i)
@@ -438,31 +409,12 @@ func TestReachLeavesASlowWriteAlone(t *testing.T) {
 // busy server, while the other requests still get answers (found in
 // review: the check would have cut every upload short, again and again).
 func TestReachCheckWithoutAnswerWhileOthersAreAnswered(t *testing.T) {
-	clock := clockwork.NewFakeClock()
-	b := &silentStore{ObjectStore: memstore.New(), puts: make(chan struct{}, 1), free: make(chan struct{})}
+	b := newSilentStore()
 	b.hole.Store(true) // LISTs only
 	changes := make(chan bool, 10)
-	r := s3backend.NewReach(b, s3backend.ReachOptions{Wait: 5 * time.Second, Clock: clock,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OnChange: func(up bool) { changes <- up }})
-	defer r.Close()
-	done := make(chan error, 1)
-	go func() {
-		_, err := r.Put(context.Background(), s3backend.PutInput{Key: "f", Body: bytes.NewReader(nil)})
-		done <- err
-	}()
-	<-b.puts
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := clock.BlockUntilContext(ctx, 1); err != nil {
-		t.Fatal("the write set no timer")
-	}
-	clock.Advance(5 * time.Second)
-	for b.lists.Load() == 0 {
-		if ctx.Err() != nil {
-			t.Fatal("no check of S3 while the write was overdue")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	p := startSlowPut(t, b, s3backend.ReachOptions{OnChange: func(up bool) { changes <- up }})
+	r, clock, done, ctx := p.r, p.clock, p.done, p.ctx
+	p.firstCheck()
 	if _, err := r.Head(context.Background(), "nothing"); !errors.Is(err, s3backend.ErrNotFound) { // an answer
 		t.Fatalf("HEAD: %v", err)
 	}
@@ -484,5 +436,57 @@ func TestReachCheckWithoutAnswerWhileOthersAreAnswered(t *testing.T) {
 	close(b.free)
 	if err := <-done; err != nil {
 		t.Fatalf("the slow write: %v", err)
+	}
+}
+
+func newSilentStore() *silentStore {
+	return &silentStore{ObjectStore: memstore.New(), puts: make(chan struct{}, 1), free: make(chan struct{})}
+}
+
+// slowPut is a PUT under way through a Reach over a silentStore, with a
+// Wait of 5 s on a fake clock.
+type slowPut struct {
+	t     *testing.T
+	b     *silentStore
+	r     *s3backend.Reach
+	clock *clockwork.FakeClock
+	done  chan error      // the PUT's result
+	ctx   context.Context // the test's bound on each wait
+}
+
+// startSlowPut starts the PUT and returns once the store has it. opt's
+// Wait, Clock and (if nil) Logger are set here.
+func startSlowPut(t *testing.T, b *silentStore, opt s3backend.ReachOptions) *slowPut {
+	p := &slowPut{t: t, b: b, clock: clockwork.NewFakeClock(), done: make(chan error, 1)}
+	opt.Wait, opt.Clock = 5*time.Second, p.clock
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	p.r = s3backend.NewReach(b, opt)
+	t.Cleanup(p.r.Close)
+	go func() {
+		_, err := p.r.Put(context.Background(), s3backend.PutInput{Key: "f", Body: bytes.NewReader(nil)})
+		p.done <- err
+	}()
+	<-b.puts
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	p.ctx = ctx
+	return p
+}
+
+// firstCheck moves the clock past the PUT's first Wait and returns once
+// the check it starts has asked for its LIST.
+func (p *slowPut) firstCheck() {
+	p.t.Helper()
+	if err := p.clock.BlockUntilContext(p.ctx, 1); err != nil { // the write's watch
+		p.t.Fatal("the write set no timer")
+	}
+	p.clock.Advance(5 * time.Second)
+	for p.b.lists.Load() == 0 {
+		if p.ctx.Err() != nil {
+			p.t.Fatal("no check of S3 while the write was overdue")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
