@@ -89,7 +89,7 @@ func newMountFlags(cfg *mountConfig) *pflag.FlagSet {
 	fs.StringVar(&cfg.SSEKMSKeyID, "sse-kms-key-id", "", "KMS key for --sse aws:kms")
 	fs.StringVar(&cfg.StorageClass, "storage-class", "", "storage class for uploads")
 
-	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "cache directory (default $XDG_CACHE_HOME/keelfs or /var/cache/keelfs, a subdirectory per bucket and prefix)")
+	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "cache directory (default $XDG_CACHE_HOME/keelfs or /var/cache/keelfs, a subdirectory per endpoint, bucket and prefix)")
 	cfg.CacheSize = sizeValue(10 << 30)
 	fs.Var(&cfg.CacheSize, "cache-size", "largest size of cached data on disk (e.g. 10G, 512M)")
 	fs.Var(mibValue{&cfg.CacheSize}, "max-cache-size", "mount-s3's spelling of --cache-size: a plain number is MiB")

@@ -497,6 +497,12 @@ func startMount(cfg *mountConfig, log *slog.Logger, notify func(string)) (*mount
 		return nil, withCode(exitCache, err)
 	}
 	kick.Store(c)
+	src := cacheSource{Endpoint: cfg.Endpoint, Bucket: cfg.Bucket, Prefix: cfg.Prefix}
+	if err := claimCacheDir(cacheDir, src); err != nil {
+		// Only a mount of this bucket through another endpoint reads it.
+		log.Warn("could not note what this cache directory is for", "err", err)
+	}
+	warnUnsettledSiblings(log, cacheDir, src)
 	m := &mount{cfg: cfg, log: log, reach: reach, cache: c, fsys: fsys, metrics: met, cacheDir: cacheDir}
 	met.watchCache(c, int64(cfg.CacheSize))
 	met.watchReach(reach)
@@ -621,7 +627,7 @@ func credentialsCause(err error) string {
 	}
 }
 
-// resolveCacheDir returns the cache directory of this bucket and prefix:
+// resolveCacheDir returns the cache directory of this endpoint, bucket and prefix:
 // a subdirectory, mode 0700, of --cache-dir or the default base.
 func resolveCacheDir(cfg *mountConfig) (string, error) {
 	base := cfg.CacheDir
@@ -738,8 +744,22 @@ func (m *mount) finish(sigs <-chan os.Signal, unmount, signalled bool) error {
 	if m.metricsLn != nil {
 		m.metricsLn.Close()
 	}
+	// Settled before the cache's lock is let go: the next mount of this
+	// directory unsettles it as soon as it holds the lock.
+	settled := len(left) == 0 && derr == nil
+	if settled {
+		if err := settleCacheDir(m.cacheDir); err != nil {
+			m.log.Warn("could not note that everything of this cache is in S3", "err", err)
+			settled = false
+		}
+	}
 	if err := m.cache.Close(); err != nil {
 		m.log.Error("closing cache", "err", err)
+		if settled {
+			if err := os.Remove(filepath.Join(m.cacheDir, settledFile)); err != nil {
+				m.log.Warn("could not take back the note that everything of this cache is in S3", "err", err)
+			}
+		}
 	}
 	if err := removeDrainNote(m.cacheDir, note); err != nil {
 		m.log.Warn("could not remove the note that this mount is stopping", "err", err)

@@ -149,6 +149,57 @@ func TestKill9Resume(t *testing.T) {
 	}
 }
 
+// TestPendingUnderAnotherEndpointIsReported: what a crash left waits in the
+// cache directory of the endpoint it was written through. A mount of the
+// same bucket through another spelling of that endpoint gets a directory of
+// its own and cannot upload it: it says so, naming the other directory and
+// endpoint. A directory whose last mount stopped with everything in S3 is
+// not reported, and the next mount through the first spelling uploads what
+// was left.
+func TestPendingUnderAnotherEndpointIsReported(t *testing.T) {
+	srv := harness.StartServer(t)
+	b := srv.NewBucket(t)
+	cache := t.TempDir()
+	m := srv.Mount(t, b, harness.MountOptions{CacheDir: cache, Args: []string{"--write-back-delay", "1h"}})
+	if err := os.WriteFile(m.Path("left"), []byte("written before the crash"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.Kill9()
+	first, err := filepath.Glob(filepath.Join(cache, "*"))
+	if err != nil || len(first) != 1 {
+		t.Fatalf("cache directories after the first mount: %v %v", first, err)
+	}
+
+	other := strings.Replace(srv.Endpoint, "127.0.0.1", "localhost", 1)
+	m2 := srv.Mount(t, b, harness.MountOptions{CacheDir: cache, Endpoint: other})
+	m2.AllowLog(`through another endpoint`)
+	var warned string
+	for _, line := range strings.Split(m2.Log(), "\n") {
+		if strings.Contains(line, "level=WARN") && strings.Contains(line, "through another endpoint") {
+			warned = line
+		}
+	}
+	if warned == "" || !strings.Contains(warned, first[0]) || !strings.Contains(warned, srv.Endpoint) {
+		t.Fatalf("the mount through %s did not name the cache left through %s (%s):\n%s", other, srv.Endpoint, first[0], m2.Log())
+	}
+	if _, ok := srv.Get(t, b, "left"); ok {
+		t.Fatal("the mount through another endpoint uploaded the other cache's file")
+	}
+	if code := m2.Stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	m.AllowLog(`stale mount`)
+	m.Remount()
+	m.Flush()
+	if got, ok := srv.Get(t, b, "left"); !ok || string(got) != "written before the crash" {
+		t.Fatalf("after a remount through the first endpoint: %q %v", got, ok)
+	}
+	if strings.Contains(m.Log(), "through another endpoint") {
+		t.Fatalf("the directory of a mount that stopped with everything in S3 was reported:\n%s", m.Log())
+	}
+}
+
 // TestSigtermDrain: SIGTERM uploads everything pending, unmounts and exits
 // 0, even right after the writes.
 func TestSigtermDrain(t *testing.T) {
