@@ -246,6 +246,7 @@ type Cache struct {
 	rc        reconciler
 	fetch     fetcher
 	tasks     *tasks
+	aborts    aborter
 
 	// Passthrough (passthrough.go). passMu is a leaf; it guards
 	// assembling (files whose backing file is being made in the
@@ -328,6 +329,7 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		assembling: make(map[uint64]bool),
 	}
 	c.ns.seq.Store(uint64(opt.Now().UnixNano()))
+	c.aborts.wake = make(chan struct{}, 1)
 	c.zeroBlock = make([]byte, opt.BlockSize)
 	c.bufMem = newBufferBudget(max(16<<20, 8*opt.BlockSize))
 	minFree, err := minFreeFor(opt.MinFreeDisk, opt.Dir)
@@ -380,6 +382,7 @@ func Open(ctx context.Context, opt Options) (*Cache, error) {
 		db.Close()
 		return nil, fmt.Errorf("cache recovery: %w", err)
 	}
+	c.sweepAborts() // those a previous run left
 	c.tasks.Go(c.maintain)
 	c.tasks.Go(c.groupCommit)
 	return c, nil
@@ -808,13 +811,18 @@ func claimsOf(n *Inode) []string {
 
 // putInode stores rec and keeps the journal and claim indexes in step with
 // it. old is the record as it was before the change (nil for a new inode).
+// A multipart upload that old holds and rec does not is recorded to abort.
 func (c *Cache) putInode(txn *badger.Txn, old, rec *Inode) error {
-	return c.storeInode(txn, old, rec, rec.marshal())
+	return c.storeInode(txn, old, rec, rec.marshal(), false)
 }
 
-// storeInode is putInode with the record already marshalled.
-func (c *Cache) storeInode(txn *badger.Txn, old, rec *Inode, b []byte) error {
+// storeInode is putInode with the record already marshalled. ended says
+// that S3 completed or aborted old's multipart upload: no abort record.
+func (c *Cache) storeInode(txn *badger.Txn, old, rec *Inode, b []byte, ended bool) error {
 	if err := txn.Set(inodeKey(rec.Ino), b); err != nil {
+		return err
+	}
+	if err := keepUpload(txn, old, rec, ended); err != nil {
 		return err
 	}
 	// The journal entry is set with every stored record that needs work,
@@ -858,8 +866,13 @@ func (c *Cache) setClaims(txn *badger.Txn, ino uint64, prev *Inode, old, cur []s
 	return nil
 }
 
-func (c *Cache) deleteInode(txn *badger.Txn, old *Inode) error {
+// deleteInode deletes an inode's record, and records its multipart
+// upload to abort unless S3 ended it (ended).
+func (c *Cache) deleteInode(txn *badger.Txn, old *Inode, ended bool) error {
 	if err := txn.Delete(inodeKey(old.Ino)); err != nil {
+		return err
+	}
+	if err := keepUpload(txn, old, nil, ended); err != nil {
 		return err
 	}
 	if err := txn.Delete(journalKey(old.Ino)); err != nil {

@@ -72,6 +72,9 @@ func (c *Cache) precondition(ctx context.Context, st *inodeState, p *uploadPlan)
 			return errNoChange
 		}
 		st.upload = nil
+		if p.aborted {
+			t.endUpload(rec)
+		}
 		switch {
 		case ours:
 			// An older attempt of ours landed (its answer was lost to a
@@ -98,7 +101,7 @@ func (c *Cache) precondition(ctx context.Context, st *inodeState, p *uploadPlan)
 			// The conflict name is taken (an earlier conflict copy made in
 			// the same second): the next one.
 			rec.ConflictKey, rec.ConflictETag = nextConflictName(rec.ConflictKey), ""
-			rec.UploadKey, rec.UploadTokens, rec.UploadIfMatch = "", "", ""
+			rec.UploadKey, rec.UploadTokens, rec.UploadIfMatch, rec.UploadID = "", "", "", ""
 			res = writeback.Result{Outcome: writeback.Conflict}
 		default:
 			c.startConflict(rec, p.target)
@@ -113,7 +116,8 @@ func (c *Cache) precondition(ctx context.Context, st *inodeState, p *uploadPlan)
 }
 
 // startConflict turns an inode's upload into the saving of its local
-// version beside another writer's (t holds rec).
+// version beside another writer's (t holds rec). A multipart upload the
+// record still holds is left to the aborter (an abort record).
 func (c *Cache) startConflict(rec *Inode, target string) {
 	rec.ConflictKey = c.conflictName(target)
 	rec.ConflictETag = ""
@@ -156,7 +160,10 @@ func (c *Cache) baseGone(ctx context.Context, st *inodeState, p *uploadPlan, bas
 			return errNoChange
 		}
 		st.upload = nil
-		rec.UploadID = ""
+		if p.aborted {
+			t.endUpload(rec)
+		}
+		rec.UploadID = "" // one push did not abort is left to the aborter
 		if ours {
 			if rec.RemoteKey == p.snap.RemoteKey && rec.ETag == p.snap.ETag {
 				rec.ETag, rec.RemoteSize = info.ETag, info.Size
@@ -180,7 +187,7 @@ func (c *Cache) baseGone(ctx context.Context, st *inodeState, p *uploadPlan, bas
 // runs it again).
 func (c *Cache) applyConflictSaved(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan, etag string) []blocks.ID {
 	rec.ConflictETag = etag
-	rec.UploadKey, rec.UploadTokens, rec.UploadIfMatch, rec.UploadID = "", "", "", ""
+	rec.UploadKey, rec.UploadTokens, rec.UploadIfMatch = "", "", ""
 	if st.dataChanges != p.dataChanges || rec.MetaVer != p.metaVer {
 		return nil
 	}

@@ -22,6 +22,8 @@ import (
 //	s                        superblock (format and settings)
 //	u <ino> <upload id>      a multipart upload of a file still being
 //	                         written -> object key (aborted after a crash)
+//	a <key> 0 <upload id>    a multipart upload no inode holds any more,
+//	                         to abort (see abort.go)
 const (
 	pInode   = 'i'
 	pDentry  = 'd'
@@ -32,6 +34,7 @@ const (
 	pSuper   = 's'
 	pRename  = 'r'
 	pStream  = 'u'
+	pAbort   = 'a'
 )
 
 func inoKey(p byte, ino uint64) []byte {

@@ -23,6 +23,7 @@ type nsTx struct {
 	held    map[uint64]*inodeState
 	olds    map[uint64]*Inode // record before this transaction; nil if new
 	gone    map[uint64]bool   // records to delete
+	ended   map[uint64]bool   // S3 completed or aborted the record's multipart upload (endUpload)
 	sets    map[string][]byte
 	dels    map[string]bool
 	after   []func()
@@ -36,7 +37,7 @@ type nsTx struct {
 
 func (c *Cache) beginNS() *nsTx {
 	return &nsTx{c: c, held: make(map[uint64]*inodeState), olds: make(map[uint64]*Inode),
-		gone: make(map[uint64]bool), sets: make(map[string][]byte), dels: make(map[string]bool),
+		gone: make(map[uint64]bool), ended: make(map[uint64]bool), sets: make(map[string][]byte), dels: make(map[string]bool),
 		notify: make(map[uint64]bool), names: make(map[uint64]bool), subdirs: make(map[uint64]bool)}
 }
 
@@ -78,6 +79,16 @@ func (t *nsTx) drop(ino uint64) {
 	t.gone[ino] = true
 	if rec := t.held[ino].rec; rec != nil {
 		t.blockGC = append(t.blockGC, rec.clone())
+	}
+}
+
+// endUpload clears rec's multipart upload, which S3 completed or aborted:
+// no abort record is left for it. A record that lets go of its upload
+// otherwise leaves one (see abort.go).
+func (t *nsTx) endUpload(rec *Inode) {
+	if rec.UploadID != "" {
+		rec.UploadID = ""
+		t.ended[rec.Ino] = true
 	}
 }
 
@@ -162,10 +173,13 @@ func (t *nsTx) commit() error {
 		bytes    []byte
 	}
 	var puts []put
+	lost := false // a multipart upload to abort is recorded
 	for ino, st := range t.held {
 		if t.gone[ino] {
+			lost = lost || lostUpload(t.olds[ino], nil, t.ended[ino])
 			continue
 		}
+		lost = lost || lostUpload(t.olds[ino], st.rec, t.ended[ino])
 		b := st.rec.marshal()
 		if old := t.olds[ino]; old != nil && bytes.Equal(old.marshal(), b) {
 			continue
@@ -180,13 +194,13 @@ func (t *nsTx) commit() error {
 	err := update(t.c.db, func(txn *badger.Txn) error {
 		for ino := range t.held {
 			if t.gone[ino] && t.olds[ino] != nil {
-				if err := t.c.deleteInode(txn, t.olds[ino]); err != nil {
+				if err := t.c.deleteInode(txn, t.olds[ino], t.ended[ino]); err != nil {
 					return err
 				}
 			}
 		}
 		for _, p := range puts {
-			if err := t.c.storeInode(txn, p.old, p.rec, p.bytes); err != nil {
+			if err := t.c.storeInode(txn, p.old, p.rec, p.bytes, t.ended[p.ino]); err != nil {
 				return err
 			}
 		}
@@ -240,6 +254,9 @@ func (t *nsTx) commit() error {
 	}
 	for _, f := range t.after {
 		f()
+	}
+	if lost {
+		t.c.sweepAborts()
 	}
 	t.held = nil
 	return nil

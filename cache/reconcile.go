@@ -503,7 +503,7 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 			// it (resolveStaleUpload).
 			return errNoChange
 		}
-		rec.UploadID = "" // aborted by push
+		t.endUpload(rec)
 		return nil
 	})
 	if cerr != nil {
@@ -569,6 +569,7 @@ func (c *Cache) landed(st *inodeState, p *uploadPlan, etag string) writeback.Res
 // applySuccess updates the record after an upload landed (namespace.mu
 // held, st locked through t). It returns the blocks that became clean.
 func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan, etag string) []blocks.ID {
+	t.endUpload(rec) // completed
 	if p.conflict {
 		return c.applyConflictSaved(t, st, rec, p, etag)
 	}
@@ -577,7 +578,7 @@ func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan,
 	rec.AttrsKnown = true
 	rec.SyncedSeq = c.nextSeq()
 	rec.ValidUntil = c.now() + int64(c.opt.MetadataTTL)
-	rec.UploadKey, rec.UploadTokens, rec.UploadIfMatch, rec.UploadID = "", "", "", ""
+	rec.UploadKey, rec.UploadTokens, rec.UploadIfMatch = "", "", ""
 	var newly []blocks.ID
 	if rec.Kind == KindFile {
 		rec.RemoteSize = p.snap.Size
