@@ -15,17 +15,18 @@ import (
 // Multipart uploads to abort. An inode's record holds the multipart upload
 // of its upload in flight (Inode.UploadID) until S3 completed or aborted
 // it. A record that lets go of one otherwise (a conflict, the file
-// deleted) leaves an abort record in its place, a<key>\0<upload id>, in
-// the same badger transaction (storeInode, deleteInode), so that no path
-// can lose it. The aborter aborts them in the background, soon after they
-// are written and at every start, and drops each once S3 aborted it or no
-// longer knows it. A refusal for good (access denied, not implemented, a
-// request it calls malformed) is logged once, naming the upload, and the
-// record dropped: a lifecycle rule removes such uploads. Other failures
-// are retried, backing off, abortTries times in a row at most; what is
-// left then waits for the next record written or the next start. Close
-// does not wait for an abort under way: it cuts it short, and the record
-// stays.
+// deleted, an attempt that starts over) leaves an abort record in its
+// place, a<key>\0<upload id>, in the same badger transaction (storeInode,
+// deleteInode), so that no path can lose it. The aborter aborts them in
+// the background, soon after they are written and at every start, and
+// drops each once S3 aborted it or no longer knows it: no file's upload
+// waits for an abort. A refusal for good (access denied, not implemented,
+// a request it calls malformed) is logged once, naming the upload, and
+// the record dropped: a lifecycle rule removes such uploads. Other
+// failures are retried, backing off, abortTries times in a row at most;
+// what is left then waits for the next record written or the next start.
+// Close does not wait for an abort under way: it cuts it short, and the
+// record stays.
 
 // abortTries bounds the sweeps in a row that abort nothing.
 const abortTries = 10

@@ -258,6 +258,57 @@ func TestDeletedFileKeepsItsUploadToAbort(t *testing.T) {
 	}
 }
 
+// S3 refusing for good to abort a multipart upload (a policy without
+// s3:AbortMultipartUpload, a backend without the request) neither keeps
+// the file from being uploaded nor is asked again: one WARN names the
+// upload and the lifecycle rule that removes it. Before, every attempt
+// asked to abort it first and retried when refused: the file was never
+// uploaded (found in review).
+func TestRefusedAbortDoesNotBlockTheUpload(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"access denied", &s3backend.Error{Op: "AbortMultipartUpload", Key: "f", Status: 403, Code: "AccessDenied",
+			Kind: s3backend.ErrAccessDenied, Cause: errors.New("injected")}},
+		{"not implemented", &s3backend.Error{Op: "AbortMultipartUpload", Key: "f", Status: 501, Code: "NotImplemented",
+			Kind: s3backend.ErrNotImplemented, Cause: errors.New("injected")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, g := gatedEnv(t, nil)
+			e.logs.allow("AbortIncompleteMultipartUpload")
+			e.multipartLeftOpen(g, "f")
+			g.set(0, tc.err)
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if left, err := e.c.Drain(dctx); err != nil || len(left) > 0 {
+				t.Fatalf("drain with the abort refused: %v, left %v", err, left)
+			}
+			if got := e.object("f"); int64(len(got)) != e.opt.PartSize+e.opt.BlockSize {
+				t.Fatalf("the object holds %d bytes", len(got))
+			}
+			refused := g.askedFor()[0]
+			for deadline := time.Now().Add(10 * time.Second); e.logs.count("AbortIncompleteMultipartUpload") == 0; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("no warning about the upload S3 refuses to abort")
+				}
+			}
+			if n := e.logs.count("AbortIncompleteMultipartUpload"); n != 1 {
+				t.Fatalf("%d warnings about the refused abort, want 1", n)
+			}
+			if n := e.logs.count(refused); n != 1 {
+				t.Fatalf("%d log lines name the upload S3 refused to abort (%s), want 1", n, refused)
+			}
+			if n := e.abortRecords(); n != 0 {
+				t.Fatalf("%d uploads still recorded to abort after S3 refused for good", n)
+			}
+			if n := e.store.Uploads(); n != 1 {
+				t.Fatalf("%d multipart uploads in the bucket, want the one S3 refused to abort", n)
+			}
+		})
+	}
+}
+
 // abortRetryAt is when the sweep of the uploads to abort tries again
 // (zero if it does not wait), and whether a sweep runs.
 func (e *env) abortRetryAt() (at time.Time, running bool) {

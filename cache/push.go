@@ -226,12 +226,12 @@ func (c *Cache) uploadMultipart(ctx context.Context, st *inodeState, p *uploadPl
 
 // abortMultipart aborts a multipart upload that will not be completed,
 // and reports whether it did. One it did not stays recorded (see commit),
-// and the next attempt, in this mount or the next, aborts it
-// (resolveStaleUpload): a failure (S3 went away mid-upload, which is why
-// the upload failed) is logged at debug level only. When a stop ended the
-// attempt (ctx), it is not tried now: waited for, its 30 s into an S3 that
-// does not answer came on top of --shutdown-timeout (a stop took 55 s for
-// 25).
+// and the next attempt, in this mount or the next, hands it to the
+// aborter (resolveStaleUpload): a failure (S3 went away mid-upload, which
+// is why the upload failed) is logged at debug level only. When a stop
+// ended the attempt (ctx), it is not tried now: waited for, its 30 s into
+// an S3 that does not answer came on top of --shutdown-timeout (a stop
+// took 55 s for 25).
 func (c *Cache) abortMultipart(ctx context.Context, key, id string) bool {
 	if ctx.Err() != nil {
 		c.log.Debug("cache: multipart upload left for the next attempt to abort: the mount is stopping", "key", key)

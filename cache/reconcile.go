@@ -499,8 +499,8 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 		}
 		st.upload = nil
 		if rec.UploadID == "" || !p.aborted {
-			// Not aborted (a stop, S3 gone): the next attempt aborts
-			// it (resolveStaleUpload).
+			// Not aborted (a stop, S3 gone): the next attempt hands
+			// it to the aborter (resolveStaleUpload).
 			return errNoChange
 		}
 		t.endUpload(rec)
@@ -637,7 +637,10 @@ func (c *Cache) markDataPending(st *inodeState) error {
 // resolveStaleUpload settles a claim left by an attempt whose outcome is
 // unknown (crash, timeout) when the file now wants another key: if the
 // object there carries one of our tokens it is adopted as the file's
-// object, otherwise the claim is dropped. over says the attempt ends here
+// object, otherwise the claim is dropped. A multipart upload the attempt
+// left is handed to the aborter (an abort record, written with the change
+// that lets go of it), so that the file's upload never waits for its
+// abort: S3 may refuse that for good. over says the attempt ends here
 // with res.
 func (c *Cache) resolveStaleUpload(ctx context.Context, st *inodeState) (res writeback.Result, over bool) {
 	st.mu.Lock()
@@ -652,11 +655,6 @@ func (c *Cache) resolveStaleUpload(ctx context.Context, st *inodeState) (res wri
 	}
 	key, tokens, uploadID := rec.UploadKey, rec.UploadTokens, rec.UploadID
 	st.mu.Unlock()
-	if uploadID != "" {
-		if err := c.store.AbortMultipart(ctx, key, uploadID); err != nil {
-			return retry(fmt.Errorf("abort the multipart upload an earlier attempt left: %w", err)), true
-		}
-	}
 	if key == want && uploadID == "" {
 		return done, false
 	}
@@ -676,7 +674,7 @@ func (c *Cache) resolveStaleUpload(ctx context.Context, st *inodeState) (res wri
 		if err != nil || rec.UploadKey != key {
 			return errNoChange
 		}
-		rec.UploadID = ""
+		rec.UploadID = "" // to the aborter
 		if key == want {
 			return nil
 		}
