@@ -368,8 +368,8 @@ func TestAbortRetriesBackOffAndEnd(t *testing.T) {
 
 	// The next start tries again; a stop cuts that short.
 	g.hangAll()
-	e.reopen()
 	n := len(g.askedFor())
+	e.reopen()
 	e.waitUntil("the start did not abort the recorded upload", func() bool { return len(g.askedFor()) > n })
 	e.closeWithin(10 * time.Second)
 	g.set(0, nil)
