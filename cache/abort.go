@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -17,10 +18,12 @@ import (
 // it. A record that lets go of one otherwise (a conflict, the file
 // deleted, an attempt that starts over) leaves an abort record in its
 // place, a<key>\0<upload id>, in the same badger transaction (storeInode,
-// deleteInode), so that no path can lose it. The aborter aborts them in
-// the background, soon after they are written and at every start, and
-// drops each once S3 aborted it or no longer knows it: no file's upload
-// waits for an abort. A refusal for good (access denied, not implemented,
+// deleteInode), so that no path can lose it. A multipart copy (a rename
+// of an object over 5 GiB) that failed and could not abort its upload, or
+// was cut short by a stop, leaves one too (keepUploadLeft). The aborter
+// aborts them in the background, soon after they are written and at
+// every start, and drops each once S3 aborted it or no longer knows it:
+// no file's upload waits for an abort. A refusal for good (access denied, not implemented,
 // a request it calls malformed) is logged once, naming the upload, and
 // the record dropped: a lifecycle rule removes such uploads. Other
 // failures are retried, backing off, abortTries times in a row at most;
@@ -203,4 +206,20 @@ func (c *Cache) abortEach(ctx context.Context) (left, progress bool, err error) 
 		progress = true
 	}
 	return left, progress, nil
+}
+
+// keepUploadLeft records the multipart upload that a failed request left
+// open (err names it, as s3backend.UploadLeft: a multipart copy cut short
+// or whose abort failed) to abort in the background. It returns err, with
+// the failure to record joined to it.
+func (c *Cache) keepUploadLeft(err error) error {
+	var left *s3backend.UploadLeft
+	if !errors.As(err, &left) {
+		return err
+	}
+	if rerr := update(c.db, func(txn *badger.Txn) error { return txn.Set(abortKey(left.Key, left.UploadID), nil) }); rerr != nil {
+		return errors.Join(err, fmt.Errorf("record the multipart upload %s to abort: %w", left.UploadID, rerr))
+	}
+	c.sweepAborts()
+	return err
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -376,4 +377,53 @@ func TestAbortRetriesBackOffAndEnd(t *testing.T) {
 	e.open()
 	e.waitNoUploads()
 	e.waitUntil("the record of the aborted upload stays", func() bool { return e.abortRecords() == 0 })
+}
+
+// copyLeaves is a store whose first Copy fails as a multipart copy cut
+// short does: it names the upload it left open (left), for the caller to
+// abort.
+type copyLeaves struct {
+	s3backend.ObjectStore
+	copies atomic.Int32
+	left   string // the upload ID the first Copy reports
+}
+
+func (s *copyLeaves) Copy(ctx context.Context, in s3backend.CopyInput) (string, error) {
+	if s.copies.Add(1) == 1 {
+		id, err := s.ObjectStore.CreateMultipart(ctx, in.Dst, nil, "")
+		if err != nil {
+			return "", err
+		}
+		s.left = id
+		return "", &s3backend.UploadLeft{Key: in.Dst, UploadID: id,
+			Err: &s3backend.Error{Op: "UploadPartCopy", Key: in.Dst, Kind: s3backend.ErrUnavailable, Cause: errors.New("connection reset")}}
+	}
+	return s.ObjectStore.Copy(ctx, in)
+}
+
+// TestCopyLeftOpenIsAborted: the multipart upload that a failed copy (a
+// rename of an object over 5 GiB) could not abort goes to the aborter.
+func TestCopyLeftOpenIsAborted(t *testing.T) {
+	var cl *copyLeaves
+	e, g := gatedEnv(t, func(o *Options) {
+		cl = &copyLeaves{ObjectStore: o.Store}
+		o.Store = cl
+	})
+	e.write("f", 0, []byte("content"))
+	e.drain()
+	if err := e.c.Rename(ctx, RootIno, "f", RootIno, "g", 0); err != nil {
+		t.Fatal(err)
+	}
+	e.logs.allow("upload failed; will retry")
+	e.drain()
+	if got := e.object("g"); string(got) != "content" {
+		t.Fatalf("g after the rename: %q", got)
+	}
+	if cl.copies.Load() < 2 || cl.left == "" {
+		t.Fatalf("%d copies, left %q: the first copy did not fail as planned", cl.copies.Load(), cl.left)
+	}
+	e.waitUntil("the upload the copy left is aborted", func() bool { return e.store.Uploads() == 0 && e.abortRecords() == 0 })
+	if asked := g.askedFor(); !slices.Contains(asked, cl.left) {
+		t.Fatalf("aborts asked for %v, not the upload the copy left (%s)", asked, cl.left)
+	}
 }

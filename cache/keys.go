@@ -22,8 +22,9 @@ import (
 //	s                        superblock (format and settings)
 //	u <ino> <upload id>      a multipart upload of a file still being
 //	                         written -> object key (aborted after a crash)
-//	a <key> 0 <upload id>    a multipart upload no inode holds any more,
-//	                         to abort (see abort.go)
+//	a <key> 0 <upload id>    a multipart upload nothing holds any more
+//	                         (an inode let go of it, or a failed copy
+//	                         left it), to abort (see abort.go)
 const (
 	pInode   = 'i'
 	pDentry  = 'd'

@@ -87,8 +87,9 @@ func (c *Cache) copyObject(ctx context.Context, p *uploadPlan, meta s3backend.Me
 			merged[k] = v
 		}
 	}
-	return c.store.Copy(ctx, s3backend.CopyInput{Src: snap.RemoteKey, SrcETag: snap.ETag, SrcSize: info.Size,
+	etag, err := c.store.Copy(ctx, s3backend.CopyInput{Src: snap.RemoteKey, SrcETag: snap.ETag, SrcSize: info.Size,
 		Dst: p.target, Metadata: merged, ContentType: info.ContentType, Cond: p.cond})
+	return etag, c.keepUploadLeft(err)
 }
 
 // sourceChanged: the object to copy was replaced by another writer since

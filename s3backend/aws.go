@@ -559,12 +559,21 @@ func (s *Store) copyMultipart(ctx context.Context, in CopyInput) (string, error)
 	if err != nil {
 		return "", err
 	}
-	abort := func() {
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if err := s.AbortMultipart(actx, in.Dst, id); err != nil {
-			s.log.Warn("abort multipart copy", "key", in.Dst, "err", err)
+	// abort ends the upload of a copy that failed. Once the caller gave
+	// up (a stop) it is not tried: waiting for it into an S3 that does
+	// not answer would overrun the stop. The caller gets the upload, to
+	// abort later, then and when the abort fails.
+	abort := func(err error) error {
+		if ctx.Err() == nil {
+			actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			aerr := s.AbortMultipart(actx, in.Dst, id)
+			cancel()
+			if aerr == nil || errors.Is(aerr, ErrNotFound) {
+				return err
+			}
+			s.log.Debug("abort multipart copy; left to the caller", "key", in.Dst, "err", aerr)
 		}
+		return &UploadLeft{Key: in.Dst, UploadID: id, Err: err}
 	}
 
 	n := int((size + s.copyPartSize - 1) / s.copyPartSize)
@@ -609,16 +618,28 @@ func (s *Store) copyMultipart(ctx context.Context, in CopyInput) (string, error)
 		firstErr = &Error{Op: "UploadPartCopy", Key: in.Dst, Kind: ErrUnavailable, Cause: ctx.Err()}
 	}
 	if firstErr != nil {
-		abort()
-		return "", firstErr
+		return "", abort(firstErr)
 	}
 	tag, err := s.CompleteMultipart(ctx, in.Dst, id, parts, in.Cond)
 	if err != nil {
-		abort()
-		return "", err
+		return "", abort(err)
 	}
 	return tag, nil
 }
+
+// UploadLeft is the error of a multipart copy that failed and whose
+// upload was not aborted (the caller gave up, or the abort failed): the
+// caller aborts it later. It wraps the copy's error.
+type UploadLeft struct {
+	Key, UploadID string
+	Err           error
+}
+
+func (e *UploadLeft) Error() string {
+	return fmt.Sprintf("%v (multipart upload %s of %q left to abort)", e.Err, e.UploadID, e.Key)
+}
+
+func (e *UploadLeft) Unwrap() error { return e.Err }
 
 func (s *Store) Delete(ctx context.Context, key string, cond Condition) error {
 	ctx, c := s.track(ctx, key, 0)

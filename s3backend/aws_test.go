@@ -712,6 +712,58 @@ func TestStoreMultipartCopy(t *testing.T) {
 	}
 }
 
+// TestStoreMultipartCopyCutShortLeavesItsUpload: a multipart copy whose
+// caller gives up (a stop) does not then wait for an abort into an S3 that
+// does not answer; it hands the upload to the caller to abort later.
+func TestStoreMultipartCopyCutShortLeavesItsUpload(t *testing.T) {
+	srv, bucket := setup(t)
+	px := srv.StartProxy(t)
+	s := newStore(t, px.Endpoint, bucket)
+	s.copyThreshold = 1 << 20
+	s.copyPartSize = MinPartSize
+	raw := srv.Client(t)
+	data := make([]byte, 2*MinPartSize+1)
+	rand.Read(data)
+	srcTag, err := s.Put(context.Background(), PutInput{Key: "src", Body: bytes.NewReader(data), Size: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var aborts atomic.Int64
+	px.SetFaults(func(op string, r *http.Request) harness.Fault {
+		switch op {
+		case "UploadPartCopy":
+			cancel() // the stop comes while the parts are copied
+			return harness.Fault{Delay: time.Minute}
+		case "AbortMultipartUpload":
+			aborts.Add(1)
+			return harness.Fault{Delay: time.Minute}
+		}
+		return harness.Fault{}
+	})
+	start := time.Now()
+	_, err = s.Copy(ctx, CopyInput{Src: "src", SrcETag: srcTag, SrcSize: int64(len(data)), Dst: "dst"})
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("a cut multipart copy returned after %v (%v)", took, err)
+	}
+	var left *UploadLeft
+	if !errors.As(err, &left) || left.Key != "dst" || left.UploadID == "" || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("cut multipart copy: %v, want an unavailable error naming the upload left", err)
+	}
+	if n := aborts.Load(); n != 0 {
+		t.Fatalf("%d aborts sent after the caller gave up", n)
+	}
+	px.SetFaults(nil)
+	if err := s.AbortMultipart(context.Background(), left.Key, left.UploadID); err != nil {
+		t.Fatal(err)
+	}
+	ups, err := raw.ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: &bucket})
+	if err != nil || len(ups.Uploads) != 0 {
+		t.Fatalf("uploads left: %v %v", ups.Uploads, err)
+	}
+}
+
 func TestStoreAwkwardKeys(t *testing.T) {
 	srv, bucket := setup(t)
 	s := newStore(t, srv.Endpoint, bucket, func(c *Config) { c.Prefix = "pre fix+/" })

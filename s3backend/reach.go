@@ -342,11 +342,17 @@ func (q *request) answered() bool {
 }
 
 // finish records what the request said about S3 and returns its error,
-// made ErrUnavailable if Reach cut it short. release frees it (a GET's
-// body is read after finish).
+// made ErrUnavailable if Reach cut it short (still naming the multipart
+// upload a cut copy left, for the caller to abort). release frees it (a
+// GET's body is read after finish).
 func (q *request) finish(err error) error {
 	if cause := context.Cause(q.ctx); err != nil && cause != nil && errors.Is(cause, ErrUnreachable) {
-		err = &Error{Op: q.op, Key: q.key, Kind: ErrUnavailable, Cause: cause}
+		cut := &Error{Op: q.op, Key: q.key, Kind: ErrUnavailable, Cause: cause}
+		if left := (*UploadLeft)(nil); errors.As(err, &left) {
+			err = &UploadLeft{Key: left.Key, UploadID: left.UploadID, Err: cut}
+		} else {
+			err = cut
+		}
 	}
 	q.r.end(q.outer, err)
 	return err

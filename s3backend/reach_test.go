@@ -490,3 +490,43 @@ func (p *slowPut) firstCheck() {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// leavingCopy is a store whose Copy waits until it is cut short and then
+// reports the multipart upload it leaves, as a multipart copy does.
+type leavingCopy struct {
+	s3backend.ObjectStore
+	copying chan struct{}
+}
+
+func (s *leavingCopy) Copy(ctx context.Context, in s3backend.CopyInput) (string, error) {
+	close(s.copying)
+	<-ctx.Done()
+	return "", &s3backend.UploadLeft{Key: in.Dst, UploadID: "up-1",
+		Err: &s3backend.Error{Op: "UploadPartCopy", Key: in.Dst, Kind: s3backend.ErrUnavailable, Cause: ctx.Err()}}
+}
+
+// A multipart copy that Reach cuts short when S3 goes away still names the
+// upload it leaves, for the caller to abort later.
+func TestReachCutShortKeepsTheUploadLeft(t *testing.T) {
+	b := &leavingCopy{ObjectStore: memstore.New(), copying: make(chan struct{})}
+	r := s3backend.NewReach(b, s3backend.ReachOptions{Wait: 5 * time.Second, Clock: clockwork.NewFakeClock(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	t.Cleanup(r.Close)
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Copy(context.Background(), s3backend.CopyInput{Src: "a", Dst: "b", SrcSize: 6 << 30})
+		done <- err
+	}()
+	<-b.copying
+	r.DialFailed(errors.New("connect: connection refused"))
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the copy was not cut short")
+	}
+	var left *s3backend.UploadLeft
+	if !errors.As(err, &left) || left.Key != "b" || left.UploadID != "up-1" || !errors.Is(err, s3backend.ErrUnavailable) {
+		t.Fatalf("copy cut short: %v, want an unavailable error naming the upload left", err)
+	}
+}
