@@ -427,3 +427,56 @@ func TestCopyLeftOpenIsAborted(t *testing.T) {
 		t.Fatalf("aborts asked for %v, not the upload the copy left (%s)", asked, cl.left)
 	}
 }
+
+// TestStreamLeftByACrashRefusedOnce: an early upload a crash left, whose
+// abort S3 refuses for good, is named once and then let go, as other
+// uploads to abort are; before, every mount asked again and warned again.
+func TestStreamLeftByACrashRefusedOnce(t *testing.T) {
+	e, g := gatedEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
+	data := randBytes(2*int(e.opt.PartSize) + 5)
+	h := e.openW("f")
+	writeSeq(t, h, data, 0)
+	e.waitCount("UploadPart", 2)
+	if err := h.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.c.Close() // the handle is never released, as after kill -9
+	g.set(0, &s3backend.Error{Op: "AbortMultipartUpload", Key: "f", Status: 403, Code: "AccessDenied",
+		Kind: s3backend.ErrAccessDenied, Cause: errors.New("injected")})
+	e.logs.allow("AbortIncompleteMultipartUpload")
+	for range 2 {
+		e.open()
+		e.drain()
+		if got := e.object("f"); !bytes.Equal(got, data) {
+			t.Fatal("content differs")
+		}
+		e.waitUntil("the refused abort is let go", func() bool { return e.abortRecords() == 0 && e.streamRecords() == 0 })
+		e.c.Close()
+	}
+	if n := len(g.askedFor()); n != 1 {
+		t.Fatalf("%d aborts asked of the early upload S3 refuses to abort, want 1", n)
+	}
+	if n := e.logs.count("level=WARN"); n != 1 {
+		t.Fatalf("%d warnings, want the one naming the upload S3 refuses to abort", n)
+	}
+	e.open()
+}
+
+// streamRecords counts the early uploads recorded (pStream).
+func (e *env) streamRecords() int {
+	e.t.Helper()
+	n := 0
+	err := e.c.db.View(func(txn *badger.Txn) error {
+		pre := []byte{pStream}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
+		defer it.Close()
+		for it.Seek(pre); it.ValidForPrefix(pre); it.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}

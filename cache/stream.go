@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"mime"
@@ -284,19 +285,26 @@ func (s *stream) create() {
 	}
 }
 
-// abortStreamUpload aborts a stream's multipart upload and forgets its
-// record.
+// abortStreamUpload hands a stream's multipart upload to the aborter
+// (abort.go): its record becomes an abort record, in one transaction, so
+// that a refusal for good is named once and let go, and other failures
+// back off. If that cannot be written, the abort is tried here once.
 func (c *Cache) abortStreamUpload(ino uint64, key, id string) {
-	ctx, cancel := context.WithTimeout(c.tasks.ctx, 30*time.Second)
-	defer cancel()
-	if err := c.store.AbortMultipart(ctx, key, id); err != nil {
-		if c.tasks.ctx.Err() == nil {
-			c.log.Warn("cache: abort early upload; the next mount retries", "key", key, "err", err)
+	err := update(c.db, func(txn *badger.Txn) error {
+		if err := txn.Set(abortKey(key, id), nil); err != nil {
+			return err
 		}
+		return txn.Delete(streamKey(ino, id))
+	})
+	if err == nil {
+		c.sweepAborts()
 		return
 	}
-	if err := update(c.db, func(txn *badger.Txn) error { return txn.Delete(streamKey(ino, id)) }); err != nil {
-		c.log.Warn("cache: forget early upload", "err", err)
+	ctx, cancel := context.WithTimeout(c.tasks.ctx, 30*time.Second)
+	defer cancel()
+	if aerr := c.store.AbortMultipart(ctx, key, id); aerr != nil && c.tasks.ctx.Err() == nil {
+		c.log.Warn("cache: early upload neither recorded to abort nor aborted; the next mount retries if it is recorded",
+			"key", key, "upload_id", id, "err", errors.Join(err, aerr))
 	}
 }
 
@@ -387,8 +395,8 @@ func (p *uploadPlan) headersStale() bool {
 	return p.stream != nil && !maps.Equal(p.stream.meta, headersOf(p.snap, p.token))
 }
 
-// abortOrphanStreams aborts the early uploads a previous run left behind
-// (it stopped while files were being written).
+// abortOrphanStreams hands the early uploads a previous run left behind
+// (it stopped while files were being written) to the aborter.
 func (c *Cache) abortOrphanStreams() error {
 	type orphan struct {
 		ino     uint64
@@ -412,16 +420,11 @@ func (c *Cache) abortOrphanStreams() error {
 		}
 		return nil
 	})
-	if err != nil || len(list) == 0 {
+	if err != nil {
 		return err
 	}
-	c.tasks.Go(func() {
-		for _, o := range list {
-			c.abortStreamUpload(o.ino, o.key, o.id)
-			if c.tasks.ctx.Err() != nil {
-				return
-			}
-		}
-	})
+	for _, o := range list {
+		c.abortStreamUpload(o.ino, o.key, o.id)
+	}
 	return nil
 }
