@@ -476,7 +476,7 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 			_, err := f.WriteAt(chunk, pos)
 			return size, err
 		}
-		if err := c.writeBlock(ctx, st, idx, patch, blockOff, blockOff == 0 && int64(len(chunk)) == bs, pos+int64(len(chunk)), mirror); err != nil {
+		if err := c.writeBlock(ctx, h, st, idx, patch, blockOff, blockOff == 0 && int64(len(chunk)) == bs, pos+int64(len(chunk)), mirror); err != nil {
 			if n > 0 {
 				break
 			}
@@ -510,8 +510,10 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 // and grows the file to growTo if it is shorter. whole says the patch
 // overwrites the entire block, so its old content need not be read.
 // mirror makes the same change to a backing file in use (see
-// contentChangedLocked); nil when the caller does that itself.
-func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch func([]byte) error, from int64, whole bool, growTo int64, mirror func(f *os.File, size int64) (int64, error)) error {
+// contentChangedLocked); nil when the caller does that itself. h is the
+// handle written through, if any: once another writer's version replaced
+// the one it opened (a conflict), it gets ErrStale.
+func (c *Cache) writeBlock(ctx context.Context, h *Handle, st *inodeState, idx int64, patch func([]byte) error, from int64, whole bool, growTo int64, mirror func(f *os.File, size int64) (int64, error)) error {
 	reserved := false
 	staleRetries := 0
 	var fetched []byte // the block's old content, fetched without the lock
@@ -520,7 +522,10 @@ func (c *Cache) writeBlock(ctx context.Context, st *inodeState, idx int64, patch
 		pooled := false
 		st.mu.Lock()
 		rec := st.rec
-		if rec == nil {
+		if rec == nil || (h != nil && rec.ContentVer != h.ver) {
+			// Gone, or (through h) the version h opened was replaced:
+			// another writer's version took the name after a conflict
+			// copy saved ours, and a write would land in theirs.
 			st.mu.Unlock()
 			return ErrStale
 		}
@@ -895,7 +900,7 @@ func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
 		tail := size % bs
 		zero := func(b []byte) error { clear(b[tail:]); return nil }
 		// The truncate below cuts the backing file alike.
-		if err := c.writeBlock(ctx, st, size/bs, zero, tail, false, 0, nil); err != nil {
+		if err := c.writeBlock(ctx, nil, st, size/bs, zero, tail, false, 0, nil); err != nil {
 			return err
 		}
 	}

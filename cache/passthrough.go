@@ -376,7 +376,7 @@ func (c *Cache) takeIn(ctx context.Context, b *Backing) error {
 			}
 			return nil
 		}
-		if err := c.writeBlock(ctx, st, idx, fresh, 0, true, 0, nil); err != nil {
+		if err := c.writeBlock(ctx, nil, st, idx, fresh, 0, true, 0, nil); err != nil {
 			return err
 		}
 		taken++
