@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +47,11 @@ type Store struct {
 	copyThreshold int64 // Copy uses a multipart copy above this SrcSize
 	copyPartSize  int64
 	listPageSize  int32
+
+	// checkCopyDest: the endpoint ignores If-Match and If-None-Match on
+	// CopyObject although it enforces them on PUT (the probe found it), so
+	// Copy checks its destination with a HEAD first (checkDest).
+	checkCopyDest atomic.Bool
 }
 
 var _ ObjectStore = (*Store)(nil)
@@ -505,6 +511,11 @@ func targetGone(err error, cond Condition) error {
 }
 
 func (s *Store) Copy(ctx context.Context, in CopyInput) (string, error) {
+	if s.checkCopyDest.Load() {
+		if err := s.checkDest(ctx, in.Dst, in.Cond); err != nil {
+			return "", err
+		}
+	}
 	if in.SrcSize > s.copyThreshold {
 		return s.copyMultipart(ctx, in)
 	}
@@ -534,6 +545,35 @@ func (s *Store) Copy(ctx context.Context, in CopyInput) (string, error) {
 		return "", nil
 	}
 	return aws.ToString(out.CopyObjectResult.ETag), nil
+}
+
+// checkDest checks a copy's destination condition with a HEAD, for an
+// endpoint that ignores it on CopyObject: a destination taken (If-None-
+// Match) or changed (If-Match) fails as its 412 would. Another writer can
+// still get in between the HEAD and the copy; that window is what such an
+// endpoint leaves.
+func (s *Store) checkDest(ctx context.Context, key string, cond Condition) error {
+	if !cond.IfNoneMatch && cond.IfMatch == "" {
+		return nil
+	}
+	info, err := s.head(ctx, key, "")
+	exists := err == nil
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	var why string
+	switch {
+	case cond.IfNoneMatch && exists:
+		why = "the destination exists"
+	case cond.IfMatch != "" && !exists:
+		why = "the destination is gone"
+	case cond.IfMatch != "" && info.ETag != cond.IfMatch:
+		why = "the destination changed"
+	default:
+		return nil
+	}
+	return &Error{Op: "CopyObject", Key: key, Kind: ErrPrecondition,
+		Cause: errors.New(why + " (checked before the copy: this endpoint does not check conditions on CopyObject)")}
 }
 
 // copyMultipart copies an object too large for CopyObject. All parts are

@@ -529,6 +529,41 @@ func TestStoreConditionalWrites(t *testing.T) {
 	}
 }
 
+// TestStoreCopyConditionsCheckedWhereIgnored: on an endpoint that ignores
+// If-Match and If-None-Match on CopyObject (versitygw v1.8.0 copies
+// anyway) but enforces them on PUT, the probe notices, and Copy checks
+// the destination itself: a rename onto a name another mount took or
+// changed fails as a 412 would, rather than overwrite it (found by hand:
+// renames overwrote another mount's object with no log line).
+func TestStoreCopyConditionsCheckedWhereIgnored(t *testing.T) {
+	srv, bucket := setup(t)
+	s := newStore(t, srv.Endpoint, bucket)
+	ctx := context.Background()
+	if ok, err := s.ProbeConditionalWrites(ctx); !ok || err != nil {
+		t.Fatalf("probe: %v %v, want PUT conditions enforced", ok, err)
+	}
+	if keys := listAll(t, s, ListInput{}); len(keys) != 0 {
+		t.Fatalf("the probe left %v", keys)
+	}
+	src := put(t, s, "src", "data", Condition{})
+	dst := put(t, s, "dst", "other mount's", Condition{})
+	_, err := s.Copy(ctx, CopyInput{Src: "src", SrcETag: src, SrcSize: 4, Dst: "dst", Cond: Condition{IfNoneMatch: true}})
+	wantKind(t, "copy onto a name taken, if-none-match", err, ErrPrecondition)
+	_, err = s.Copy(ctx, CopyInput{Src: "src", SrcETag: src, SrcSize: 4, Dst: "dst", Cond: Condition{IfMatch: src}})
+	wantKind(t, "copy onto a name changed, if-match", err, ErrPrecondition)
+	_, err = s.Copy(ctx, CopyInput{Src: "src", SrcETag: src, SrcSize: 4, Dst: "gone", Cond: Condition{IfMatch: src}})
+	wantKind(t, "copy onto a name deleted, if-match", err, ErrPrecondition)
+	if got, err := readAll(t, s, "dst", 0, -1, ""); err != nil || got != "other mount's" {
+		t.Fatalf("dst after refused copies: %q %v", got, err)
+	}
+	if _, err := s.Copy(ctx, CopyInput{Src: "src", SrcETag: src, SrcSize: 4, Dst: "dst", Cond: Condition{IfMatch: dst}}); err != nil {
+		t.Fatalf("copy onto the version expected: %v", err)
+	}
+	if _, err := s.Copy(ctx, CopyInput{Src: "src", SrcETag: src, SrcSize: 4, Dst: "new", Cond: Condition{IfNoneMatch: true}}); err != nil {
+		t.Fatalf("copy to a free name: %v", err)
+	}
+}
+
 // versitygw v1.8.0 ignores If-Match and If-None-Match on CopyObject (it
 // copies anyway), so this checks that the headers are sent and that S3's
 // answers to them map right.

@@ -35,8 +35,10 @@ func (s *Store) CheckAccess(ctx context.Context) error {
 // ProbeConditionalWrites reports whether the endpoint enforces
 // If-None-Match on PUT. Some S3-compatible servers ignore the header and
 // overwrite silently, which would turn every conflict into a lost update;
-// the cache must know before it relies on 412s. The probe object is
-// deleted whatever happens.
+// the cache must know before it relies on 412s. Where PUT enforces it, a
+// CopyObject is tried too: a server that ignores it there (versitygw
+// v1.8.0) makes Copy check its destination first (checkCopyDest). The
+// probe objects are deleted whatever happens.
 func (s *Store) ProbeConditionalWrites(ctx context.Context) (bool, error) {
 	var b [8]byte
 	rand.Read(b[:])
@@ -68,9 +70,37 @@ func (s *Store) ProbeConditionalWrites(ctx context.Context) (bool, error) {
 	}
 	switch {
 	case errors.Is(err, ErrPrecondition):
+		s.probeCopyConditions(ctx, key)
 		return true, nil
 	case errors.Is(err, ErrNotImplemented), errors.Is(err, ErrInvalidRequest):
 		return false, nil
 	}
 	return false, err
+}
+
+// probeCopyConditions copies the probe object src onto a second one with
+// If-None-Match: an endpoint that enforces it answers 412. Anything else
+// (the copy done, refused otherwise, or no answer) makes Copy check its
+// destination itself: one HEAD per conditional copy, the safe side.
+func (s *Store) probeCopyConditions(ctx context.Context, src string) {
+	dst := src + "-copy"
+	_, err := s.put(ctx, PutInput{Key: dst, Body: bytes.NewReader(nil)})
+	if err == nil {
+		_, err = s.Copy(ctx, CopyInput{Src: src, Dst: dst, Cond: Condition{IfNoneMatch: true}})
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if derr := s.Delete(dctx, dst, Condition{}); derr != nil {
+		s.log.Warn("could not delete conditional-write probe object", "key", dst, "err", derr)
+	}
+	if errors.Is(err, ErrPrecondition) {
+		return
+	}
+	s.checkCopyDest.Store(true)
+	msg := "the endpoint does not check If-Match/If-None-Match on CopyObject; renames check the destination with a HEAD first"
+	if err != nil {
+		s.log.Info(msg, "copy_err", err)
+		return
+	}
+	s.log.Info(msg)
 }
