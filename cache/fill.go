@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 
@@ -289,6 +290,7 @@ func (c *Cache) mergeEntry(t *nsTx, dir *Inode, name string, e s3backend.ListEnt
 			}
 			return true, nil
 		case child.RemoteKey == key && child.ETag == e.ETag && (info == nil || child.AttrsKnown):
+			c.notePlaceRewrite(child, e.LastModified)
 			seen()
 			c.headIfUnknown(t, child)
 			return false, nil
@@ -375,6 +377,10 @@ func dentryKind(n *Inode) Kind {
 // comes from the object until written.
 func (c *Cache) setVersion(n *Inode, etag string, size, mtime int64) {
 	n.ETag, n.RemoteSize, n.Size, n.Mtime = etag, size, size, mtime
+	n.RemoteMod = 0
+	if mtime != 0 {
+		n.RemoteMod = time.Unix(0, mtime).Unix()
+	}
 	n.Atime, n.Rdev, n.Xattrs = mtime, 0, nil // until the headers are read
 	n.AttrsKnown = false
 	gen := c.newGen()
@@ -414,9 +420,30 @@ func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.List
 	return nil
 }
 
+// notePlaceRewrite notes the LastModified a listing shows for a clean
+// file's known version (same key, same ETag). One that moved on since
+// the version was seen says the object was rewritten in place, as another
+// mount's chmod, chown, touch or xattr change does: its headers are read
+// again. So are those of a version whose LastModified is not known yet
+// (this mount's own upload, whose answer does not carry it, or a record
+// of an older keelfs): once. A file with local changes keeps its own.
+func (c *Cache) notePlaceRewrite(n *Inode, lastModified time.Time) {
+	mod := lastModified.Unix()
+	if lastModified.IsZero() || mod == n.RemoteMod {
+		return
+	}
+	if n.AttrsKnown && !busy(n) && !c.opt.SkipHeaders {
+		n.AttrsKnown = false
+	}
+	n.RemoteMod = mod
+}
+
 // applyHeaders sets a record's attributes from an object's headers.
 func (c *Cache) applyHeaders(n *Inode, info *s3backend.ObjectInfo) {
 	n.AttrsKnown = true
+	if !info.LastModified.IsZero() {
+		n.RemoteMod = info.LastModified.Unix()
+	}
 	if c.opt.SkipHeaders {
 		return
 	}
@@ -1199,7 +1226,9 @@ func (c *Cache) recheck(ctx context.Context, ino uint64, n *Inode) (*Inode, erro
 			if err := c.newVersionLocked(t, cur, cur.RemoteKey, e, &info); err != nil {
 				return err
 			}
-		} else if !cur.AttrsKnown {
+		} else if !cur.AttrsKnown || info.LastModified.Unix() != cur.RemoteMod {
+			// Not read yet, or rewritten in place since (another
+			// mount's chmod): the HEAD carries the headers anyway.
 			c.applyHeaders(cur, &info)
 			if err := c.kindChangedLocked(t, cur); err != nil {
 				return err

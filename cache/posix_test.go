@@ -19,11 +19,12 @@ func TestInodeVersion1Decodes(t *testing.T) {
 	n := &Inode{Ino: 77, Gen: 3, Parent: 1, Name: "a", Path: "x/a", Kind: KindSymlink, Perm: 0o640, UID: 7, GID: 8,
 		Mtime: 1700000000123456789, Ctime: 5, Size: 9, RemoteKey: "x/a", ETag: `"e"`, Target: "t", Entries: 4}
 	v2 := n.marshal()
-	// Version 2 appends Rdev 0, Atime 0 and no xattrs: one byte each.
-	if tail := v2[len(v2)-3:]; string(tail) != "\x00\x00\x00" {
+	// Version 2 appends Rdev 0, Atime 0, no xattrs and RemoteMod 0: one
+	// byte each.
+	if tail := v2[len(v2)-4:]; string(tail) != "\x00\x00\x00\x00" {
 		t.Fatalf("unexpected version 2 tail %v", tail)
 	}
-	v1 := append([]byte{recordVersionV1}, v2[1:len(v2)-3]...)
+	v1 := append([]byte{recordVersionV1}, v2[1:len(v2)-4]...) // less Rdev, Atime, the xattr count and RemoteMod
 	got, err := unmarshalInode(v1)
 	if err != nil {
 		t.Fatalf("version 1 record: %v", err)
@@ -42,22 +43,30 @@ func encodeU(v uint64) []byte { var e encoder; e.u(v); return e.b }
 
 func TestInodeVersion2RoundTrip(t *testing.T) {
 	n := &Inode{Ino: 5, Gen: 1, Kind: KindCharDev, Perm: 0o600, Rdev: 259, Atime: -42, Mtime: 1,
-		Xattrs: map[string]string{"user.b": "\x00\xff", "user.a": "", "system.posix_acl_access": "acl"}}
+		Xattrs: map[string]string{"user.b": "\x00\xff", "user.a": "", "system.posix_acl_access": "acl"}, RemoteMod: 1_700_000_000}
 	got, err := unmarshalInode(n.marshal())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.Kind != KindCharDev || got.Rdev != 259 || got.Atime != -42 || len(got.Xattrs) != 3 ||
-		got.Xattrs["user.b"] != "\x00\xff" || got.Xattrs["user.a"] != "" || got.Xattrs["system.posix_acl_access"] != "acl" {
+		got.Xattrs["user.b"] != "\x00\xff" || got.Xattrs["user.a"] != "" || got.Xattrs["system.posix_acl_access"] != "acl" ||
+		got.RemoteMod != 1_700_000_000 {
 		t.Fatalf("round trip: %+v", got)
 	}
 	b := n.marshal()
+	var tail encoder
+	tail.i(n.RemoteMod)
+	optional := len(b) - len(tail.b) // the optional fields begin here
 	for cut := 1; cut < len(b); cut++ {
-		if _, err := unmarshalInode(b[:cut]); err == nil {
+		got, err := unmarshalInode(b[:cut])
+		switch {
+		case cut == optional && (err != nil || got.RemoteMod != 0):
+			t.Fatalf("record without its optional fields (as an older keelfs wrote it): %v %+v", err, got)
+		case cut != optional && err == nil:
 			t.Fatalf("record cut at %d of %d accepted", cut, len(b))
 		}
 	}
-	bad := n.marshal()
+	bad := b[:optional:optional]
 	bad[len(bad)-1-len("acl")-1-len("system.posix_acl_access")-1-len("\x00\xff")-1-len("user.b")-1-0-1-len("user.a")-1] = 200 // xattr count
 	if _, err := unmarshalInode(bad); err == nil {
 		t.Fatal("record with a bad xattr count accepted")

@@ -121,6 +121,16 @@ type Inode struct {
 	// x-amz-meta-xattr (see xattr.go). The map is never changed in place:
 	// a change installs a new one, so clones may share it.
 	Xattrs map[string]string
+
+	// Appended to version 2, optional: a record written before decodes it
+	// as 0 (unknown), and an older keelfs ignores it.
+	//
+	// RemoteMod is S3's LastModified of the version ETag names, in Unix
+	// seconds (LIST and HEAD agree to the second); 0 if unknown. Another
+	// mount's attribute change is a copy of the object onto itself: the
+	// same content, so the same ETag, and a new LastModified. A listing
+	// that shows one reads the headers again.
+	RemoteMod int64
 }
 
 // Run maps the blocks [Start, End) of a file to a content generation.
@@ -230,6 +240,7 @@ func (n *Inode) marshal() []byte {
 		e.s(name)
 		e.s(n.Xattrs[name])
 	}
+	e.i(n.RemoteMod)
 	return e.b
 }
 
@@ -307,6 +318,9 @@ func unmarshalInode(b []byte) (*Inode, error) {
 			name := d.s()
 			n.Xattrs[name] = d.s()
 		}
+	}
+	if len(d.b) > 0 {
+		n.RemoteMod = d.i()
 	}
 	if d.err != nil || n.Kind < KindFile || n.Kind > kindMax {
 		return nil, errCorruptRecord

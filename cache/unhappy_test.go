@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -1458,5 +1459,58 @@ func TestConflictEndsAHeldWriter(t *testing.T) {
 	e.drain()
 	if got := e.object("f"); string(got) != "C"+string(other[1:]) {
 		t.Fatalf("after a write through a new handle: %q", got)
+	}
+}
+
+// TestAttrChangeElsewhereIsSeen: another mount's chmod is a copy of the
+// object onto itself with new headers: the same content, so the same
+// ETag, and a new LastModified. It shows here once the TTL has passed,
+// whether the entry is refreshed by a listing or by a HEAD, and this
+// mount's next upload carries it rather than undo it. Before, every check
+// compared the ETag only: the other mount's chmod 600 never showed, and
+// the next append here put 0644 back (found by hand).
+func TestAttrChangeElsewhereIsSeen(t *testing.T) {
+	for _, via := range []string{"listing", "head"} {
+		t.Run(via, func(t *testing.T) {
+			e := newEnv(t, nil)
+			var sec atomic.Int64
+			sec.Store(1_700_000_000)
+			e.store.SetClock(func() time.Time { return time.Unix(sec.Load(), 0) })
+			e.write("f", 0, []byte("secret"))
+			e.drain()
+			if a := e.mustLookup("f"); a.Mode&0o7777 != 0o644 {
+				t.Fatalf("mode %o", a.Mode)
+			}
+			e.mustLookup("f")
+			_, info, _ := e.store.Object("f")
+			meta := maps.Clone(info.Metadata)
+			meta[metaMode] = fmt.Sprint(syscall.S_IFREG | 0o600)
+			sec.Add(5)
+			e.store.PutObject("f", []byte("secret"), meta) // the other mount's chmod
+			e.clock.Advance(2 * e.opt.MetadataTTL)
+			var a Attr
+			switch via {
+			case "listing":
+				a = e.mustLookup("f")
+			case "head":
+				r, err := e.c.revalidate(ctx, e.mustLookup("f").Ino)
+				if err != nil {
+					t.Fatal(err)
+				}
+				a = e.c.attrOf(r)
+			}
+			for deadline := time.Now().Add(5 * time.Second); a.Mode&0o7777 != 0o600; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("mode %o here after the other mount's chmod 600 and the TTL", a.Mode&0o7777)
+				}
+				a = e.mustLookup("f")
+			}
+			e.write("f", 6, []byte(" more"))
+			e.drain()
+			data, info, _ := e.store.Object("f")
+			if string(data) != "secret more" || info.Metadata[metaMode] != fmt.Sprint(syscall.S_IFREG|0o600) {
+				t.Fatalf("after an append here: %q mode %s: the chmod was undone", data, info.Metadata[metaMode])
+			}
+		})
 	}
 }
