@@ -511,13 +511,59 @@ func (c *Cache) commit(ctx context.Context, st *inodeState, p *uploadPlan, etag 
 	}
 	if errors.Is(err, ErrStale) && p.copyOnly {
 		// The object vanished before it could be copied: upload the
-		// content from the cache instead, if it is all there.
+		// content from the cache instead, if it is all there; if not,
+		// there is nothing left to move.
+		dropped, err := c.dropVanished(st, p)
+		if err != nil {
+			return retry(err)
+		}
+		if dropped {
+			return done
+		}
 		if err := c.markDataPending(st); err != nil {
 			return retry(err)
 		}
 		return again
 	}
 	return res
+}
+
+// dropVanished takes out a file whose rename or attribute change could not
+// be copied because its object is gone from S3 (another mount moved or
+// deleted it first), when no change of its content is here and the
+// content is not wholly in the cache either: nothing is left to move, so
+// the name goes, as after a delete elsewhere. It reports whether it did.
+// Without it, the upload from the cache met the missing blocks and the
+// file ended as a conflict that cannot be completed, reported for ever.
+func (c *Cache) dropVanished(st *inodeState, p *uploadPlan) (bool, error) {
+	dropped := false
+	var path string
+	err := c.transact(txChange, func(t *nsTx) error {
+		rec, err := t.get(st.ino)
+		if err != nil || rec.Unlinked || rec.Parent == 0 || rec.Kind != KindFile ||
+			rec.RemoteKey != p.snap.RemoteKey || rec.Pending&pendData != 0 || st.dataChanges != p.dataChanges {
+			return errNoChange
+		}
+		if complete, err := c.allLocal(rec); err != nil || complete {
+			return err
+		}
+		dir, err := t.get(rec.Parent)
+		if err != nil {
+			return err
+		}
+		path = rec.Path
+		rec.UploadKey, rec.UploadTokens, rec.UploadIfMatch = "", "", ""
+		if err := c.removeEntryLocked(t, dir, rec.Name, rec, c.nextSeq()); err != nil {
+			return err
+		}
+		dropped = true
+		return nil
+	})
+	if dropped {
+		c.log.Warn("a file renamed or changed here vanished from S3 before the change reached it (another mount moved or deleted it), and its content is not in the cache: it is gone here too",
+			"path", path, "key", p.snap.RemoteKey)
+	}
+	return dropped, err
 }
 
 // landed applies an upload that S3 took. The attempt is done: every change

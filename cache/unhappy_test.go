@@ -1514,3 +1514,48 @@ func TestAttrChangeElsewhereIsSeen(t *testing.T) {
 		})
 	}
 }
+
+// TestMovedFileVanishedElsewhere: a file renamed here whose object
+// another mount moved or deleted before this rename reached S3, and whose
+// content is not in the cache, has nothing left to move: it goes here
+// too, with a warning. Before, its copy failed, the upload from the cache
+// met the missing blocks, and the file ended as a conflict that "cannot be
+// completed", reported for ever, and holding the delete of its old
+// directory (found by hand: two mounts renaming one directory at once).
+func TestMovedFileVanishedElsewhere(t *testing.T) {
+	e := newEnv(t, nil)
+	e.logs.allow("vanished")
+	e.store.PutObject("d/f1", []byte("never read here"), nil)
+	e.store.PutObject("d/f2", []byte("read here"), nil)
+	e.mustLookup("d/f1")
+	if got := e.read("d/f2"); string(got) != "read here" {
+		t.Fatalf("d/f2: %q", got)
+	}
+	d := e.mustLookup("d")
+	// The other mount moves both away first.
+	for _, name := range []string{"f1", "f2"} {
+		data, _, _ := e.store.Object("d/" + name)
+		e.store.PutObject("other/"+name, data, nil)
+		e.store.DeleteObject("d/" + name)
+	}
+	for _, name := range []string{"f1", "f2"} {
+		if err := e.c.Rename(ctx, d.Ino, name, RootIno, "g"+name, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.drain()
+	if _, err := e.lookup("gf1"); !errors.Is(err, ErrNotExist) {
+		t.Fatalf("gf1, moved from an object that vanished and never read: %v, want ErrNotExist", err)
+	}
+	if slices.Contains(e.keys(), "gf1") {
+		t.Fatal("gf1 uploaded")
+	}
+	// The one whose content is here is uploaded from the cache.
+	if got := e.object("gf2"); string(got) != "read here" {
+		t.Fatalf("gf2 in S3: %q", got)
+	}
+	if n := e.logs.count("vanished"); n != 1 {
+		t.Fatalf("%d warnings of the vanished file, want 1", n)
+	}
+}
+
