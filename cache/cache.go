@@ -659,6 +659,10 @@ type inodeState struct {
 
 	handles int // open file handles
 	writers int // of which opened for writing
+	// conflictVer is the content version a conflict last switched the
+	// name to (the other writer's version), 0 if none: a handle opened
+	// before it neither reads nor writes any more (ErrStale).
+	conflictVer uint64
 	// dataChanges counts changes of content or size: an upload that ends
 	// with it unchanged since its seal leaves nothing of the data pending.
 	dataChanges uint64

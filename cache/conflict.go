@@ -201,6 +201,7 @@ func (c *Cache) applyConflictSaved(t *nsTx, st *inodeState, rec *Inode, p *uploa
 	rec.Runs = nil
 	rec.OpenGen = 0
 	rec.ContentVer++
+	st.conflictVer = rec.ContentVer // handles opened before end here
 	ino := rec.Ino
 	t.after = append(t.after, func() {
 		c.blocks.Unpin(ino)

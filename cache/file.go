@@ -180,7 +180,12 @@ func (h *Handle) Read(ctx context.Context, dest []byte, off int64) (int, error) 
 		st.mu.Unlock()
 		return 0, ErrStale
 	}
-	src := h.sourceLocked().clone() // read-ahead works on it without the lock
+	from := h.sourceLocked()
+	if from == nil {
+		st.mu.Unlock()
+		return 0, ErrStale
+	}
+	src := from.clone() // read-ahead works on it without the lock
 	size := src.Size
 	st.mu.Unlock()
 	if off >= size || len(dest) == 0 {
@@ -241,9 +246,15 @@ func (c *Cache) recheckStale(ctx context.Context, h *Handle) {
 }
 
 // sourceLocked returns the record reads should follow: the live one, or
-// the version this handle opened if another writer's replaced it.
+// the version this handle opened if another writer's replaced it. It is
+// nil (ErrStale) for a handle opened before a conflict moved the local
+// version to a conflict copy: its snapshot is the version the local edits
+// started from, which neither the name nor the copy holds.
 func (h *Handle) sourceLocked() *Inode {
 	rec := h.st.rec
+	if h.ver < h.st.conflictVer {
+		return nil
+	}
 	if rec.ContentVer == h.ver || h.write {
 		return rec
 	}
@@ -281,6 +292,10 @@ func (c *Cache) readBlock(ctx context.Context, h *Handle, idx int64) (data []byt
 			return nil, nil, ErrStale
 		}
 		rec := h.sourceLocked()
+		if rec == nil {
+			st.mu.Unlock()
+			return nil, nil, ErrStale
+		}
 		if rec == st.rec && st.buf != nil && st.buf.idx == idx {
 			if err := c.fillBufLocked(st); err != nil {
 				st.mu.Unlock()
@@ -323,7 +338,7 @@ func (c *Cache) readCachedRange(h *Handle, idx, off int64, dst []byte) bool {
 		return false
 	}
 	rec := h.sourceLocked()
-	if rec == st.rec && st.buf != nil && st.buf.idx == idx {
+	if rec == nil || (rec == st.rec && st.buf != nil && st.buf.idx == idx) {
 		st.mu.Unlock()
 		return false
 	}

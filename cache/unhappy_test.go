@@ -1559,3 +1559,41 @@ func TestMovedFileVanishedElsewhere(t *testing.T) {
 	}
 }
 
+// TestConflictEndsAHeldReader: a reader opened before a local edit that a
+// conflict then moved to a conflict copy can no longer read: the version
+// it followed is now only in the conflict copy, and the name shows the
+// other writer's. Before, it read the base version, which neither holds
+// (found by hand: a reader saw its own mount's completed write vanish).
+func TestConflictEndsAHeldReader(t *testing.T) {
+	e := newEnv(t, nil)
+	e.logs.allow("conflict")
+	e.write("f", 0, []byte("base version\n"))
+	e.drain()
+	r, _, err := e.c.Open(ctx, e.mustLookup("f").Ino, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := r.Read(ctx, buf, 0); err != nil || string(buf) != "base " {
+		t.Fatalf("read before: %q %v", buf, err)
+	}
+	e.write("f", 0, []byte("LOCAL"))
+	if _, err := r.Read(ctx, buf, 0); err != nil || string(buf) != "LOCAL" {
+		t.Fatalf("read after the local edit: %q %v", buf, err)
+	}
+	other := []byte("other writer's version\n")
+	e.store.PutObject("f", other, nil)
+	e.drain()
+	if got := e.conflictCopy("f", other); string(got) != "LOCALversion\n" {
+		t.Fatalf("conflict copy %q", got)
+	}
+	if n, err := r.Read(ctx, buf, 0); !errors.Is(err, ErrStale) {
+		t.Fatalf("read after the conflict through the old handle: %q %v, want ErrStale", buf[:n], err)
+	}
+	if err := r.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.read("f"); !bytes.Equal(got, other) {
+		t.Fatalf("a new open reads %q, want the other writer's version", got)
+	}
+}
