@@ -526,8 +526,10 @@ func (h *Handle) Write(ctx context.Context, data []byte, off int64) (int, error)
 // overwrites the entire block, so its old content need not be read.
 // mirror makes the same change to a backing file in use (see
 // contentChangedLocked); nil when the caller does that itself. h is the
-// handle written through, if any: once another writer's version replaced
-// the one it opened (a conflict), it gets ErrStale.
+// handle written through, if any: one opened before a conflict gets
+// ErrStale. (One whose clean version another writer's replaced without a
+// conflict writes on into the new one: an O_APPEND writer appends after
+// the other's lines.)
 func (c *Cache) writeBlock(ctx context.Context, h *Handle, st *inodeState, idx int64, patch func([]byte) error, from int64, whole bool, growTo int64, mirror func(f *os.File, size int64) (int64, error)) error {
 	reserved := false
 	staleRetries := 0
@@ -537,10 +539,10 @@ func (c *Cache) writeBlock(ctx context.Context, h *Handle, st *inodeState, idx i
 		pooled := false
 		st.mu.Lock()
 		rec := st.rec
-		if rec == nil || (h != nil && rec.ContentVer != h.ver) {
-			// Gone, or (through h) the version h opened was replaced:
-			// another writer's version took the name after a conflict
-			// copy saved ours, and a write would land in theirs.
+		if rec == nil || (h != nil && h.ver < st.conflictVer) {
+			// Gone, or (through h) opened before a conflict: another
+			// writer's version took the name after a conflict copy
+			// saved ours, and a write would land in theirs.
 			st.mu.Unlock()
 			return ErrStale
 		}
@@ -879,6 +881,16 @@ func (c *Cache) persistDataLocked(st *inodeState) error {
 // Truncate sets a file's size. Growing adds a hole; shrinking drops blocks
 // past the end and zeroes the tail of the last one.
 func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
+	return c.truncate(ctx, nil, ino, size)
+}
+
+// Truncate is Cache.Truncate through the handle (ftruncate): one opened
+// before a conflict gets ErrStale, as its writes do.
+func (h *Handle) Truncate(ctx context.Context, size int64) error {
+	return h.c.truncate(ctx, h, h.st.ino, size)
+}
+
+func (c *Cache) truncate(ctx context.Context, h *Handle, ino uint64, size int64) error {
 	if c.opt.ReadOnly {
 		return ErrReadOnly
 	}
@@ -907,6 +919,10 @@ func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
 		st.mu.Unlock()
 		return ErrInvalid
 	}
+	if h != nil && h.ver < st.conflictVer {
+		st.mu.Unlock()
+		return ErrStale
+	}
 	oldSize := st.rec.Size
 	st.mu.Unlock()
 	if size < oldSize && size%bs != 0 {
@@ -915,7 +931,7 @@ func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
 		tail := size % bs
 		zero := func(b []byte) error { clear(b[tail:]); return nil }
 		// The truncate below cuts the backing file alike.
-		if err := c.writeBlock(ctx, nil, st, size/bs, zero, tail, false, 0, nil); err != nil {
+		if err := c.writeBlock(ctx, h, st, size/bs, zero, tail, false, 0, nil); err != nil {
 			return err
 		}
 	}
@@ -924,6 +940,9 @@ func (c *Cache) Truncate(ctx context.Context, ino uint64, size int64) error {
 	rec := st.rec
 	if rec == nil {
 		return ErrNotExist
+	}
+	if h != nil && h.ver < st.conflictVer {
+		return ErrStale
 	}
 	if st.buf != nil && st.buf.idx*bs >= size {
 		c.bufMem.release(st.buf)
@@ -973,7 +992,7 @@ func (h *Handle) Allocate(ctx context.Context, off, length int64, mode uint32) e
 	size := h.st.rec.Size
 	h.st.mu.Unlock()
 	if off+length > size {
-		return h.c.Truncate(ctx, h.st.ino, off+length)
+		return h.Truncate(ctx, off+length)
 	}
 	return nil
 }

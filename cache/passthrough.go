@@ -344,7 +344,7 @@ func (c *Cache) takeIn(ctx context.Context, b *Backing) error {
 	}
 	size := st.rec.Size
 	st.mu.Unlock()
-	h := &Handle{c: c, st: st, write: true}
+	h := &Handle{c: c, st: st, write: true, ver: b.b.Ver} // current: the file's version now
 	mine := make([]byte, bs)
 	taken := 0
 	for idx := int64(0); idx*bs < size; idx++ {

@@ -1440,6 +1440,14 @@ func TestConflictEndsAHeldWriter(t *testing.T) {
 	if _, err := h.Write(ctx, []byte("A-second-half"), 6); !errors.Is(err, ErrStale) {
 		t.Fatalf("a write through a handle opened before the conflict: %v, want ErrStale", err)
 	}
+	// ftruncate and fallocate through it too (found in review: a
+	// truncate by inode number emptied the other writer's version).
+	if err := h.Truncate(ctx, 0); !errors.Is(err, ErrStale) {
+		t.Fatalf("a truncate through a handle opened before the conflict: %v, want ErrStale", err)
+	}
+	if err := h.Allocate(ctx, 0, 1<<20, 0); !errors.Is(err, ErrStale) {
+		t.Fatalf("an allocate through a handle opened before the conflict: %v, want ErrStale", err)
+	}
 	if err := h.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -1595,5 +1603,34 @@ func TestConflictEndsAHeldReader(t *testing.T) {
 	}
 	if got := e.read("f"); !bytes.Equal(got, other) {
 		t.Fatalf("a new open reads %q, want the other writer's version", got)
+	}
+}
+
+// TestWriterFollowsACleanReplacement: a writer whose file, clean here,
+// another mount replaced meanwhile writes on into the new version, as
+// replicas appending to one shared log expect: only a conflict ends a
+// handle (found in review: the first version of that rule ended every
+// handle whose version was replaced).
+func TestWriterFollowsACleanReplacement(t *testing.T) {
+	e := newEnv(t, nil)
+	e.write("log", 0, []byte("A1\n"))
+	e.drain()
+	h := e.openW("log")
+	other := []byte("A1\nB1\n")
+	e.store.PutObject("log", other, nil)
+	e.clock.Advance(2 * e.opt.MetadataTTL)
+	if _, err := e.c.revalidate(ctx, h.Ino()); err != nil {
+		t.Fatal(err)
+	}
+	if a := e.mustLookup("log"); a.Size != int64(len(other)) {
+		t.Fatalf("size %d after the other mount's append, want %d", a.Size, len(other))
+	}
+	if _, err := h.Write(ctx, []byte("A2\n"), int64(len(other))); err != nil {
+		t.Fatalf("an append after the other mount's: %v", err)
+	}
+	e.close(h)
+	e.drain()
+	if got := e.object("log"); string(got) != "A1\nB1\nA2\n" {
+		t.Fatalf("log in S3: %q", got)
 	}
 }

@@ -116,6 +116,14 @@ func (n *Node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 			return toErrno("setattr", err)
 		}
 	}
+	if f, ok := fh.(*fileHandle); ok && sa.Size != nil && f.h.Writable() {
+		// ftruncate: through the descriptor, which a conflict may
+		// have ended (ESTALE), as it ends its writes.
+		if err := f.h.Truncate(ctx, *sa.Size); err != nil {
+			return toErrno("setattr", err)
+		}
+		sa.Size = nil
+	}
 	a, err := n.fsys.c.Setattr(ctx, n.ino(), sa)
 	if err != nil {
 		return toErrno("setattr", err)
