@@ -424,12 +424,21 @@ func (c *Cache) newVersionLocked(t *nsTx, n *Inode, key string, e s3backend.List
 // file's known version (same key, same ETag). One that moved on since
 // the version was seen says the object was rewritten in place, as another
 // mount's chmod, chown, touch or xattr change does: its headers are read
-// again. So are those of a version whose LastModified is not known yet
-// (this mount's own upload, whose answer does not carry it, or a record
-// of an older keelfs): once. A file with local changes keeps its own.
+// again. The first one seen of this mount's own upload (RemoteMod below
+// zero: see ownUploadMod) is its baseline if it is no later than the
+// upload, and so is any for a record that knows none (an older keelfs
+// wrote it): no HEAD. A file with local changes keeps its own attributes.
+//
+// RemoteMod keeps the listing's value: the HEADs never change it, so that
+// a server whose HEAD and LIST disagree on the second costs one HEAD per
+// version, not one per listing.
 func (c *Cache) notePlaceRewrite(n *Inode, lastModified time.Time) {
 	mod := lastModified.Unix()
-	if lastModified.IsZero() || mod == n.RemoteMod {
+	switch {
+	case lastModified.IsZero() || mod == n.RemoteMod:
+		return
+	case n.RemoteMod == 0, n.RemoteMod < 0 && mod <= -n.RemoteMod:
+		n.RemoteMod = mod
 		return
 	}
 	if n.AttrsKnown && !busy(n) && !c.opt.SkipHeaders {
@@ -438,12 +447,21 @@ func (c *Cache) notePlaceRewrite(n *Inode, lastModified time.Time) {
 	n.RemoteMod = mod
 }
 
+// ownUploadSlack is how much later than this mount's clock at the answer
+// S3's LastModified of its own upload may be and still count as that
+// upload (clocks apart; S3 stamps the upload's start).
+const ownUploadSlack = 2
+
+// ownUploadMod is the RemoteMod of an upload this mount just made: its
+// answer carries no LastModified, so it holds the latest one (negated)
+// that the next listing may show for it (notePlaceRewrite).
+func (c *Cache) ownUploadMod() int64 {
+	return -(time.Unix(0, c.now()).Unix() + ownUploadSlack)
+}
+
 // applyHeaders sets a record's attributes from an object's headers.
 func (c *Cache) applyHeaders(n *Inode, info *s3backend.ObjectInfo) {
 	n.AttrsKnown = true
-	if !info.LastModified.IsZero() {
-		n.RemoteMod = info.LastModified.Unix()
-	}
 	if c.opt.SkipHeaders {
 		return
 	}
@@ -1227,7 +1245,7 @@ func (c *Cache) recheck(ctx context.Context, ino uint64, n *Inode) (*Inode, erro
 				return err
 			}
 		} else if !cur.AttrsKnown || info.LastModified.Unix() != cur.RemoteMod {
-			// Not read yet, or rewritten in place since (another
+			// Not read yet, or maybe rewritten in place since (another
 			// mount's chmod): the HEAD carries the headers anyway.
 			c.applyHeaders(cur, &info)
 			if err := c.kindChangedLocked(t, cur); err != nil {

@@ -621,7 +621,7 @@ func (c *Cache) applySuccess(t *nsTx, st *inodeState, rec *Inode, p *uploadPlan,
 	}
 	oldKey, oldETag := rec.RemoteKey, rec.ETag
 	rec.RemoteKey, rec.ETag = p.target, etag
-	rec.RemoteMod = 0 // the answer does not carry it: the next listing reads it
+	rec.RemoteMod = c.ownUploadMod()
 	rec.AttrsKnown = true
 	rec.SyncedSeq = c.nextSeq()
 	rec.ValidUntil = c.now() + int64(c.opt.MetadataTTL)

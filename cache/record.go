@@ -126,10 +126,11 @@ type Inode struct {
 	// as 0 (unknown), and an older keelfs ignores it.
 	//
 	// RemoteMod is S3's LastModified of the version ETag names, in Unix
-	// seconds (LIST and HEAD agree to the second); 0 if unknown. Another
-	// mount's attribute change is a copy of the object onto itself: the
-	// same content, so the same ETag, and a new LastModified. A listing
-	// that shows one reads the headers again.
+	// seconds, as the last listing showed it; 0 if unknown; below zero
+	// after this mount's own upload (see ownUploadMod). Another mount's
+	// attribute change is a copy of the object onto itself: the same
+	// content, so the same ETag, and a new LastModified. A listing that
+	// shows one reads the headers again (notePlaceRewrite).
 	RemoteMod int64
 }
 

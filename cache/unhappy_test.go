@@ -1481,9 +1481,7 @@ func TestAttrChangeElsewhereIsSeen(t *testing.T) {
 	for _, via := range []string{"listing", "head"} {
 		t.Run(via, func(t *testing.T) {
 			e := newEnv(t, nil)
-			var sec atomic.Int64
-			sec.Store(1_700_000_000)
-			e.store.SetClock(func() time.Time { return time.Unix(sec.Load(), 0) })
+			e.store.SetClock(e.clock.Now) // S3's clock and this mount's agree
 			e.write("f", 0, []byte("secret"))
 			e.drain()
 			if a := e.mustLookup("f"); a.Mode&0o7777 != 0o644 {
@@ -1493,7 +1491,7 @@ func TestAttrChangeElsewhereIsSeen(t *testing.T) {
 			_, info, _ := e.store.Object("f")
 			meta := maps.Clone(info.Metadata)
 			meta[metaMode] = fmt.Sprint(syscall.S_IFREG | 0o600)
-			sec.Add(5)
+			e.clock.Advance(5 * time.Second)
 			e.store.PutObject("f", []byte("secret"), meta) // the other mount's chmod
 			e.clock.Advance(2 * e.opt.MetadataTTL)
 			var a Attr
@@ -1632,5 +1630,63 @@ func TestWriterFollowsACleanReplacement(t *testing.T) {
 	e.drain()
 	if got := e.object("log"); string(got) != "A1\nB1\nA2\n" {
 		t.Fatalf("log in S3: %q", got)
+	}
+}
+
+// headSkew is a store whose HEADs show LastModified a second later than
+// its listings do, as a server whose two disagree on the rounding might.
+type headSkew struct{ s3backend.ObjectStore }
+
+func (h headSkew) Head(ctx context.Context, key string) (s3backend.ObjectInfo, error) {
+	info, err := h.ObjectStore.Head(ctx, key)
+	info.LastModified = info.LastModified.Add(time.Second)
+	return info, err
+}
+
+// TestListingsReadHeadersOncePerVersion: noticing attribute changes made
+// elsewhere (TestAttrChangeElsewhereIsSeen) costs no HEAD for this mount's
+// own uploads, and one per change at most, even from a server whose HEAD
+// and LIST disagree on LastModified (found in review: as first written,
+// every listing of such a server would have read every file's headers
+// again, and every own upload cost one HEAD).
+func TestListingsReadHeadersOncePerVersion(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Store = headSkew{o.Store} })
+	e.store.SetClock(e.clock.Now)
+	if _, err := e.c.Mkdir(ctx, RootIno, "d", 0o755, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		e.write("d/"+name, 0, []byte(name))
+	}
+	e.drain()
+	list := func() {
+		e.clock.Advance(2 * e.opt.MetadataTTL)
+		if got := e.readDir("d"); len(got) != 3 {
+			t.Fatalf("d lists %v", got)
+		}
+		for _, name := range []string{"a", "b", "c"} {
+			e.mustLookup("d/" + name) // waits for a HEAD of it under way
+		}
+	}
+	e.store.ResetCounts()
+	for range 3 {
+		list()
+	}
+	if n := e.store.Counts()["Head"]; n != 0 {
+		t.Fatalf("%d HEADs for listings of this mount's own uploads, want 0", n)
+	}
+	_, info, _ := e.store.Object("d/a")
+	meta := maps.Clone(info.Metadata)
+	meta[metaMode] = fmt.Sprint(syscall.S_IFREG | 0o600)
+	e.clock.Advance(5 * time.Second)
+	e.store.PutObject("d/a", []byte("a"), meta) // the other mount's chmod
+	for range 3 {
+		list()
+	}
+	if n := e.store.Counts()["Head"]; n != 1 {
+		t.Fatalf("%d HEADs for three listings after one chmod elsewhere, want 1", n)
+	}
+	if a := e.mustLookup("d/a"); a.Mode&0o7777 != 0o600 {
+		t.Fatalf("mode %o after the chmod elsewhere", a.Mode&0o7777)
 	}
 }
