@@ -69,8 +69,13 @@ func keepUpload(txn *badger.Txn, old, rec *Inode, ended bool) error {
 }
 
 // abortRefused reports whether S3 refuses an abort for good: asked again,
-// it would answer the same.
+// it would answer the same. A 403 for a clock too far from S3's is no
+// such refusal: it ends once the clock is set.
 func abortRefused(err error) bool {
+	var e *s3backend.Error
+	if errors.As(err, &e) && e.Code == "RequestTimeTooSkewed" {
+		return false
+	}
 	return errors.Is(err, s3backend.ErrAccessDenied) || errors.Is(err, s3backend.ErrNotImplemented) ||
 		errors.Is(err, s3backend.ErrInvalidRequest)
 }

@@ -480,3 +480,20 @@ func (e *env) streamRecords() int {
 	}
 	return n
 }
+
+func TestAbortRefusedForGood(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		good bool
+	}{
+		{&s3backend.Error{Status: 403, Code: "AccessDenied", Kind: s3backend.ErrAccessDenied}, true},
+		{&s3backend.Error{Status: 501, Code: "NotImplemented", Kind: s3backend.ErrNotImplemented}, true},
+		{&s3backend.Error{Status: 403, Code: "RequestTimeTooSkewed", Kind: s3backend.ErrAccessDenied}, false}, // from review
+		{&s3backend.Error{Status: 503, Code: "SlowDown", Kind: s3backend.ErrThrottled}, false},
+		{abortUnreachable("k"), false},
+	} {
+		if got := abortRefused(tc.err); got != tc.good {
+			t.Errorf("abortRefused(%v) = %v, want %v", tc.err, got, tc.good)
+		}
+	}
+}

@@ -560,7 +560,8 @@ func (c *Cache) dropVanished(st *inodeState, p *uploadPlan) (bool, error) {
 		return nil
 	})
 	if dropped {
-		c.log.Warn("a file renamed or changed here vanished from S3 before the change reached it (another mount moved or deleted it), and its content is not in the cache: it is gone here too",
+		c.wb.Release(p.target) // jobs waiting for the key go on at once
+		c.log.Warn("a file renamed or changed here vanished from S3 before the change reached it (another mount moved or deleted it first), and its content is not in the cache: this name goes; where the other mount put it shows in its directory's next listing",
 			"path", path, "key", p.snap.RemoteKey)
 	}
 	return dropped, err
