@@ -194,6 +194,11 @@ func (c *Cache) applyConflictSaved(t *nsTx, st *inodeState, rec *Inode, p *uploa
 	c.log.Warn("conflict: local version saved", "path", rec.Path, "conflict_key", rec.ConflictKey)
 	c.noteConflict(ConflictInfo{Path: rec.Path, Key: rec.ConflictKey, Time: c.opt.Now()})
 	rec.ConflictKey, rec.ConflictETag = "", ""
+	// The object of a name this file was renamed from goes, as after a
+	// rename that landed: its content is in the conflict copy now.
+	if old := rec.RemoteKey; old != "" && old != rec.expectedKey() {
+		t.tomb(old, rec.ETag, rec.Kind == KindDir)
+	}
 	// The name now shows the other writer's version: forget ours.
 	rec.RemoteKey, rec.ETag = rec.expectedKey(), ""
 	rec.Pending &^= pendData | pendMeta

@@ -1690,3 +1690,33 @@ func TestListingsReadHeadersOncePerVersion(t *testing.T) {
 		t.Fatalf("mode %o after the chmod elsewhere", a.Mode&0o7777)
 	}
 }
+
+// TestRenameOntoANameTakenElsewhere: a rename whose new name another mount
+// took first ends as a conflict copy of the file beside the other's, and
+// the old name's object goes, as after any rename. Before, the old name's
+// object stayed in S3 and the file came back under its old name at the
+// next listing, here and on every mount (found by hand).
+func TestRenameOntoANameTakenElsewhere(t *testing.T) {
+	e := newEnv(t, nil)
+	e.logs.allow("conflict")
+	e.write("mx", 0, []byte("A-file"))
+	e.drain()
+	if _, err := e.lookup("mnew"); !errors.Is(err, ErrNotExist) {
+		t.Fatalf("mnew before: %v", err)
+	}
+	if err := e.c.Rename(ctx, RootIno, "mx", RootIno, "mnew", 0); err != nil {
+		t.Fatal(err)
+	}
+	other := []byte("B-created-mnew")
+	e.store.PutObject("mnew", other, nil)
+	e.drain()
+	if got := e.object("mnew"); !bytes.Equal(got, other) {
+		t.Fatalf("mnew holds %q, want the other mount's", got)
+	}
+	if got := e.conflictCopy("mnew", other); string(got) != "A-file" {
+		t.Fatalf("conflict copy %q", got)
+	}
+	if slices.Contains(e.keys(), "mx") {
+		t.Fatalf("the renamed file's old object is still in S3: %v", e.keys())
+	}
+}
