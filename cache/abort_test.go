@@ -115,9 +115,21 @@ func (e *env) multipartLeftOpen(g *abortGate, name string) {
 // abortRecords counts the multipart uploads recorded to abort.
 func (e *env) abortRecords() int {
 	e.t.Helper()
+	return e.countKeys(pAbort)
+}
+
+// streamRecords counts the early uploads recorded (pStream).
+func (e *env) streamRecords() int {
+	e.t.Helper()
+	return e.countKeys(pStream)
+}
+
+// countKeys counts the badger keys of one prefix.
+func (e *env) countKeys(prefix byte) int {
+	e.t.Helper()
 	n := 0
 	err := e.c.db.View(func(txn *badger.Txn) error {
-		pre := []byte{pAbort}
+		pre := []byte{prefix}
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
 		defer it.Close()
 		for it.Seek(pre); it.ValidForPrefix(pre); it.Next() {
@@ -433,14 +445,7 @@ func TestCopyLeftOpenIsAborted(t *testing.T) {
 // uploads to abort are; before, every mount asked again and warned again.
 func TestStreamLeftByACrashRefusedOnce(t *testing.T) {
 	e, g := gatedEnv(t, func(o *Options) { o.WriteBackDelay = time.Hour })
-	data := randBytes(2*int(e.opt.PartSize) + 5)
-	h := e.openW("f")
-	writeSeq(t, h, data, 0)
-	e.waitCount("UploadPart", 2)
-	if err := h.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	e.c.Close() // the handle is never released, as after kill -9
+	data := e.streamLeftByACrash("f")
 	g.set(0, &s3backend.Error{Op: "AbortMultipartUpload", Key: "f", Status: 403, Code: "AccessDenied",
 		Kind: s3backend.ErrAccessDenied, Cause: errors.New("injected")})
 	e.logs.allow("AbortIncompleteMultipartUpload")
@@ -460,25 +465,6 @@ func TestStreamLeftByACrashRefusedOnce(t *testing.T) {
 		t.Fatalf("%d warnings, want the one naming the upload S3 refuses to abort", n)
 	}
 	e.open()
-}
-
-// streamRecords counts the early uploads recorded (pStream).
-func (e *env) streamRecords() int {
-	e.t.Helper()
-	n := 0
-	err := e.c.db.View(func(txn *badger.Txn) error {
-		pre := []byte{pStream}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
-		defer it.Close()
-		for it.Seek(pre); it.ValidForPrefix(pre); it.Next() {
-			n++
-		}
-		return nil
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return n
 }
 
 func TestAbortRefusedForGood(t *testing.T) {

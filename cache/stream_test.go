@@ -148,18 +148,27 @@ func TestStreamDroppedWhenUnusable(t *testing.T) {
 	}
 }
 
+// streamLeftByACrash writes name whole, two parts and a few bytes, and
+// closes the cache once the stream sent the two parts, with the file still
+// open, as kill -9 leaves it. It returns what was written.
+func (e *env) streamLeftByACrash(name string) []byte {
+	e.t.Helper()
+	data := randBytes(2*int(e.opt.PartSize) + 5)
+	h := e.openW(name)
+	writeSeq(e.t, h, data, 0)
+	e.waitCount("UploadPart", 2)
+	if err := h.Flush(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	e.c.Close() // the handle is never released
+	return data
+}
+
 // TestStreamAfterCrash: a mount that stops while a file is written leaves
 // a multipart upload open; the next one aborts it and uploads the file.
 func TestStreamAfterCrash(t *testing.T) {
 	e := streamEnv(t)
-	data := randBytes(2*int(e.opt.PartSize) + 5)
-	h := e.openW("f")
-	writeSeq(t, h, data, 0)
-	e.waitCount("UploadPart", 2)
-	if err := h.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	e.c.Close() // the handle is never released, as after kill -9
+	data := e.streamLeftByACrash("f")
 	if e.store.Uploads() != 1 {
 		t.Fatalf("%d multipart uploads open after the crash, want the stream's", e.store.Uploads())
 	}
