@@ -213,6 +213,16 @@ func (c *Cache) abortEach(ctx context.Context) (left, progress bool, err error) 
 	return left, progress, nil
 }
 
+// uploadsToAbort counts the abort records: multipart uploads left open in
+// S3 that no sweep has aborted yet.
+func (c *Cache) uploadsToAbort() (int, error) {
+	n, err := countPrefix(c.db, pAbort)
+	if err != nil {
+		return 0, fmt.Errorf("count the multipart uploads to abort: %w", err)
+	}
+	return n, nil
+}
+
 // keepUploadLeft records the multipart upload that a failed request left
 // open (err names it, as s3backend.UploadLeft: a multipart copy cut short
 // or whose abort failed) to abort in the background. It returns err, with

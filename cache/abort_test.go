@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	badger "github.com/dgraph-io/badger/v4"
 	"github.com/jonboulle/clockwork"
 
 	"github.com/keelfs/keelfs/s3backend"
@@ -127,16 +126,7 @@ func (e *env) streamRecords() int {
 // countKeys counts the badger keys of one prefix.
 func (e *env) countKeys(prefix byte) int {
 	e.t.Helper()
-	n := 0
-	err := e.c.db.View(func(txn *badger.Txn) error {
-		pre := []byte{prefix}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
-		defer it.Close()
-		for it.Seek(pre); it.ValidForPrefix(pre); it.Next() {
-			n++
-		}
-		return nil
-	})
+	n, err := countPrefix(e.c.db, prefix)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -375,6 +365,9 @@ func TestAbortRetriesBackOffAndEnd(t *testing.T) {
 	if n := e.abortRecords(); n != 1 {
 		t.Fatalf("%d uploads recorded to abort once the retries ended, want the one", n)
 	}
+	if st := e.c.Status(); st.ToAbort != 1 || st.ToAbortErr != nil {
+		t.Fatalf("status counts %d uploads to abort (%v), want the one", st.ToAbort, st.ToAbortErr)
+	}
 	if n := e.store.Uploads(); n != 1 {
 		t.Fatalf("%d multipart uploads in the bucket, want the one not aborted", n)
 	}
@@ -389,6 +382,9 @@ func TestAbortRetriesBackOffAndEnd(t *testing.T) {
 	e.open()
 	e.waitNoUploads()
 	e.waitUntil("the record of the aborted upload stays", func() bool { return e.abortRecords() == 0 })
+	if st := e.c.Status(); st.ToAbort != 0 || st.ToAbortErr != nil {
+		t.Fatalf("status counts %d uploads to abort (%v) once all were aborted", st.ToAbort, st.ToAbortErr)
+	}
 }
 
 // copyLeaves is a store whose first Copy fails as a multipart copy cut

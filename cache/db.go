@@ -79,3 +79,18 @@ func (b badgerLogger) Infof(f string, a ...any) {
 // Debugf drops badger's per-write tracing, which would drown every other
 // debug line.
 func (b badgerLogger) Debugf(string, ...any) {}
+
+// countPrefix counts the keys that start with the byte prefix.
+func countPrefix(db *badger.DB, prefix byte) (int, error) {
+	n := 0
+	err := db.View(func(txn *badger.Txn) error {
+		pre := []byte{prefix}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
+		defer it.Close()
+		for it.Seek(pre); it.ValidForPrefix(pre); it.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}

@@ -260,12 +260,19 @@ type Status struct {
 	Stuck     []PendingItem  // failed for good: not retried until changed, flushed or remounted
 	Retrying  []PendingItem  // failed, retried with backoff (the oldest few)
 	Conflicts []ConflictInfo // conflict copies made lately, oldest first
+	// ToAbort counts the multipart uploads left open in S3 that the
+	// aborter has yet to abort (abort.go); ToAbortErr is why they could
+	// not be counted (ToAbort is then 0).
+	ToAbort    int
+	ToAbortErr error
 }
 
 // Status reports the write-back's jobs by state, the changes that cannot
-// be uploaded and why, and the conflict copies made.
+// be uploaded and why, the conflict copies made, and the multipart uploads
+// left to abort.
 func (c *Cache) Status() Status {
 	st := Status{Jobs: c.JobCounts(), Conflicts: c.RecentConflicts()}
+	st.ToAbort, st.ToAbortErr = c.uploadsToAbort()
 	for _, in := range c.wb.Jobs() {
 		if in.State != writeback.Failed && in.State != writeback.BackingOff {
 			continue

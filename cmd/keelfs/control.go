@@ -66,6 +66,11 @@ type status struct {
 	Retrying  []cache.PendingItem  `json:"retrying,omitempty"`
 	Recent    []cache.ConflictInfo `json:"recent_conflicts,omitempty"`
 	Unrecover int64                `json:"unrecoverable"`
+	// Multipart uploads left open in S3 (a conflict, a delete or a crash
+	// cut them short) that are still to be aborted, or why they could not
+	// be counted.
+	ToAbort    int    `json:"multipart_uploads_to_abort"`
+	ToAbortErr string `json:"multipart_uploads_to_abort_error,omitempty"`
 	// Whether S3 answers, since when it does not, and its last answer.
 	S3Reachable bool      `json:"s3_reachable"`
 	S3DownSince time.Time `json:"s3_down_since,omitempty"`
@@ -83,7 +88,12 @@ func (m *mount) status() status {
 	if rs.Err != nil {
 		downErr = rs.Err.Error()
 	}
+	abortErr := ""
+	if wb.ToAbortErr != nil {
+		abortErr = wb.ToAbortErr.Error()
+	}
 	return status{
+		ToAbort: wb.ToAbort, ToAbortErr: abortErr,
 		S3Reachable: rs.Reachable, S3DownSince: rs.DownSince, S3DownError: downErr, S3LastOK: rs.LastOK,
 		Jobs: wb.Jobs, Stuck: wb.Stuck, Retrying: wb.Retrying, Recent: wb.Conflicts, Unrecover: st.Unrecoverable.Load(),
 		MountPoint: m.cfg.MountPoint, Source: "s3://" + m.cfg.Bucket + "/" + m.cfg.Prefix,
@@ -331,6 +341,12 @@ func statusCmd(args []string) error {
 		for _, it := range st.Retrying {
 			fmt.Printf("  %s\n", describePending(it))
 		}
+	}
+	switch {
+	case st.ToAbortErr != "":
+		fmt.Printf("to abort:         unknown (%s)\n", st.ToAbortErr)
+	case st.ToAbort > 0:
+		fmt.Printf("to abort:         %d multipart uploads left open in S3 (aborted in the background and at every start)\n", st.ToAbort)
 	}
 	fmt.Printf("s3 requests:      %d (%d without answer or 5xx, %d retried)\n", st.S3Requests, st.S3Failures, st.S3Retries)
 	fmt.Printf("s3 traffic:       %s up, %s down\n", humanBytes(st.S3BytesUp), humanBytes(st.S3BytesDown))
