@@ -245,6 +245,10 @@ func (c *Cache) recheckStale(ctx context.Context, h *Handle) {
 	}
 }
 
+// endedLocked reports whether a conflict ended h: it was opened before a
+// conflict switched the name to the other writer's version (st.mu held).
+func (h *Handle) endedLocked() bool { return h.ver < h.st.conflictVer }
+
 // sourceLocked returns the record reads should follow: the live one, or
 // the version this handle opened if another writer's replaced it. It is
 // nil (ErrStale) for a handle opened before a conflict moved the local
@@ -252,7 +256,7 @@ func (c *Cache) recheckStale(ctx context.Context, h *Handle) {
 // started from, which neither the name nor the copy holds.
 func (h *Handle) sourceLocked() *Inode {
 	rec := h.st.rec
-	if h.ver < h.st.conflictVer {
+	if h.endedLocked() {
 		return nil
 	}
 	if rec.ContentVer == h.ver || h.write {
@@ -539,7 +543,7 @@ func (c *Cache) writeBlock(ctx context.Context, h *Handle, st *inodeState, idx i
 		pooled := false
 		st.mu.Lock()
 		rec := st.rec
-		if rec == nil || (h != nil && h.ver < st.conflictVer) {
+		if rec == nil || (h != nil && h.endedLocked()) {
 			// Gone, or (through h) opened before a conflict: another
 			// writer's version took the name after a conflict copy
 			// saved ours, and a write would land in theirs.
@@ -919,7 +923,7 @@ func (c *Cache) truncate(ctx context.Context, h *Handle, ino uint64, size int64)
 		st.mu.Unlock()
 		return ErrInvalid
 	}
-	if h != nil && h.ver < st.conflictVer {
+	if h != nil && h.endedLocked() {
 		st.mu.Unlock()
 		return ErrStale
 	}
@@ -941,7 +945,7 @@ func (c *Cache) truncate(ctx context.Context, h *Handle, ino uint64, size int64)
 	if rec == nil {
 		return ErrNotExist
 	}
-	if h != nil && h.ver < st.conflictVer {
+	if h != nil && h.endedLocked() {
 		return ErrStale
 	}
 	if st.buf != nil && st.buf.idx*bs >= size {

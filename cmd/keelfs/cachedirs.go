@@ -53,6 +53,8 @@ func settleCacheDir(dir string) error {
 	return writeFileAtomic(filepath.Join(dir, settledFile), nil)
 }
 
+// writeFileAtomic writes body to path through a temporary file renamed
+// over it, so that a reader finds the old content or the new, never a part.
 func writeFileAtomic(path string, body []byte) error {
 	tmp := path + ".tmp"
 	err := os.WriteFile(tmp, body, 0o600)

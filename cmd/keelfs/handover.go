@@ -60,15 +60,9 @@ func pidNamespace() string {
 // cache at most until until (and drainGrace). It returns what it wrote,
 // for removeDrainNote.
 func writeDrainNote(dir string, until time.Time) (string, error) {
-	p := filepath.Join(dir, drainNoteName)
-	tmp := p + ".tmp"
 	body := fmt.Sprintf("%d %d %s\n", os.Getpid(), until.UnixNano(), pidNamespace())
-	err := os.WriteFile(tmp, []byte(body), 0o600)
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		return "", errors.Join(err, removeIfPresent(tmp))
+	if err := writeFileAtomic(filepath.Join(dir, drainNoteName), []byte(body)); err != nil {
+		return "", err
 	}
 	return body, nil
 }
